@@ -1,0 +1,92 @@
+"""Build a video manifest (Parquet) from a dataset's official annotation files.
+
+    python -m jobs.manifest ucf101 --annotations ucfTrainTestlist --videos UCF-101 --split 1 --out m.parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobs.common import cli, fail, write_config
+from pipeline.datasets import DATASETS, AnnotationError, load_dataset, summarize
+from schemas.manifest import manifest_table, write_manifest
+
+
+@dataclass(frozen=True)
+class ManifestConfig:
+    dataset: str
+    videos: str
+    out: str
+    annotations: str | None = None
+    split: int = 1
+    label_map: str | None = None
+    allow_missing: bool = False
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.manifest",
+        description="Read a dataset's official annotation files into one manifest (one row per video).",
+        add_help=add_help,
+    )
+    parser.add_argument(
+        "dataset",
+        choices=DATASETS,
+        help="ucf101: folder with classInd.txt, trainlist0N.txt, testlist0N.txt; hmdb51: folder with the 153 "
+        "<class>_test_splitN.txt files; kinetics: the CSV (label,youtube_id,time_start,time_end,split); "
+        "folder: ROOT/<class>/<video> (or ROOT/<split>/<class>/<video>); csv: a path,label[,split] list",
+    )
+    parser.add_argument("--annotations", help="annotation folder (ucf101, hmdb51) or CSV file (kinetics, csv); unused for folder")
+    parser.add_argument("--videos", required=True, help="root folder under which the video files are looked up")
+    parser.add_argument("--split", type=int, default=1, choices=(1, 2, 3), help="official split number for ucf101/hmdb51 (default 1)")
+    parser.add_argument("--label-map", help="kinetics only: file with one label per line giving the class order (default: sorted labels)")
+    parser.add_argument("--out", required=True, help="where to write the manifest (.parquet)")
+    parser.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="keep videos whose file is missing (exists=false) instead of failing",
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ManifestConfig:
+    return ManifestConfig(
+        dataset=args.dataset,
+        videos=args.videos,
+        out=args.out,
+        annotations=args.annotations,
+        split=args.split,
+        label_map=args.label_map,
+        allow_missing=args.allow_missing,
+    )
+
+
+def main(cfg: ManifestConfig) -> int:
+    try:
+        manifest = load_dataset(
+            cfg.dataset,
+            Path(cfg.annotations) if cfg.annotations else None,
+            Path(cfg.videos),
+            split=cfg.split,
+            label_map=Path(cfg.label_map) if cfg.label_map else None,
+        )
+        table = manifest_table(manifest.records, manifest.classes, manifest.dataset)
+    except (AnnotationError, ValueError) as exc:
+        return fail(str(exc))
+    print(summarize(manifest))
+    missing = manifest.missing
+    if missing and not cfg.allow_missing:
+        return fail(
+            f"{len(missing)} of {len(manifest.records)} videos are missing under {cfg.videos} (first: {missing[0].path}); "
+            "fix --videos or pass --allow-missing to keep them with exists=false"
+        )
+    write_manifest(table, cfg.out)
+    write_config(cfg, Path(cfg.out).with_suffix(".config.json"))
+    print(f"wrote {cfg.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli(get_args_parser, config_from_args, main))

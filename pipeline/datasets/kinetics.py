@@ -1,0 +1,120 @@
+"""Kinetics-400/600/700: CSV `label,youtube_id,time_start,time_end,split[,is_cc]` (test CSVs lack `label`).
+
+A clip's file is `<youtube_id>_<start:06d>_<end:06d>.<ext>` anywhere under the video root (flat or
+`<split>/<label>/`); where only the full video `<youtube_id>.<ext>` exists it is used with the trim window.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from schemas.manifest import SPLITS, VideoRecord
+
+from .common import AnnotationError, DatasetManifest, VideoIndex, read_lines
+
+EXTENSIONS = ("mp4", "webm", "mkv")
+REQUIRED_COLUMNS = ("youtube_id", "time_start", "time_end", "split")
+
+
+def read_label_map(path: Path) -> list[str]:
+    """Labels in index order, one per line (e.g. `kinetics400_label_map_i3d.txt`)."""
+    labels = [line for _, line in read_lines(path)]
+    if len(set(labels)) != len(labels):
+        raise AnnotationError(f"label map {path} lists a label twice; each label must appear once")
+    return labels
+
+
+def _seconds(value: str, csv_path: Path, lineno: int, column: str) -> int | float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise AnnotationError(f"{csv_path}:{lineno}: {column} {value!r} is not a number of seconds; fix the line") from None
+    return int(seconds) if seconds.is_integer() else seconds
+
+
+def _clip_stem(youtube_id: str, start: int | float, end: int | float) -> str:
+    return f"{youtube_id}_{int(start):06d}_{int(end):06d}"
+
+
+def load(annotations: Path, videos: Path, split: int | None = None, label_map: Path | None = None) -> DatasetManifest:
+    """Read a Kinetics CSV (`annotations`) and find its clips under `videos`.
+
+    Labels are ordered by `label_map` when given, else sorted. `split` is unused (the CSV names each row's split).
+
+    Raises:
+        AnnotationError: missing columns, a malformed row, or a label absent from the label map.
+    """
+    if not annotations.is_file():
+        raise AnnotationError(f"Kinetics CSV {annotations} does not exist; pass the annotation CSV with --annotations")
+    with annotations.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise AnnotationError(
+                f"{annotations}:1: header lacks {', '.join(missing)}; expected 'label,youtube_id,time_start,time_end,split'"
+            )
+        col = {name: i for i, name in enumerate(header)}
+        rows = []
+        for row in reader:
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) != len(header):
+                raise AnnotationError(
+                    f"{annotations}:{reader.line_num}: expected {len(header)} comma-separated fields, got {len(row)}; "
+                    "quote labels that contain commas"
+                )
+            rows.append((reader.line_num, row))
+
+    has_labels = "label" in col
+    row_labels = {row[col["label"]].strip() for _, row in rows} if has_labels else set()
+    if label_map is not None:
+        classes = read_label_map(label_map)
+    else:
+        classes = sorted(row_labels - {""})
+    class_ids = {name: i for i, name in enumerate(classes)}
+
+    index = VideoIndex(videos)
+    records = []
+    for lineno, row in rows:
+        youtube_id = row[col["youtube_id"]].strip()
+        split_name = row[col["split"]].strip()
+        if not youtube_id:
+            raise AnnotationError(f"{annotations}:{lineno}: empty youtube_id; fix the line")
+        if split_name not in SPLITS:
+            raise AnnotationError(f"{annotations}:{lineno}: split {split_name!r} is not one of {', '.join(SPLITS)}; fix the line")
+        start = _seconds(row[col["time_start"]], annotations, lineno, "time_start")
+        end = _seconds(row[col["time_end"]], annotations, lineno, "time_end")
+        label_name = row[col["label"]].strip() if has_labels else ""
+        if label_name and label_name not in class_ids:
+            raise AnnotationError(f"{annotations}:{lineno}: label {label_name!r} is not in the label map {label_map}; fix one of them")
+        label = class_ids[label_name] if label_name else -1
+        stem = _clip_stem(youtube_id, start, end)
+        path, start_sec, end_sec = _find_clip(index, youtube_id, stem, start, end, label_name)
+        records.append(
+            VideoRecord(
+                video_id=stem,
+                path=path if path is not None else str((videos / f"{stem}.{EXTENSIONS[0]}").absolute()),
+                label=label,
+                label_name=label_name,
+                split=split_name,
+                dataset="kinetics",
+                start_sec=start_sec,
+                end_sec=end_sec,
+                exists=path is not None,
+            )
+        )
+    return DatasetManifest(records, classes, "kinetics", sources=[str(annotations)])
+
+
+def _find_clip(index: VideoIndex, youtube_id: str, stem: str, start, end, label_name: str):
+    """(path, start_sec, end_sec): the trimmed clip if present, else the full video with its window, else None."""
+    label_dirs = [label_name, label_name.replace(" ", "_")] if label_name else [None]
+    for name in (stem, youtube_id):
+        for ext in EXTENSIONS:
+            for prefer in label_dirs:
+                found = index.find(f"{name}.{ext}", prefer_dir=prefer)
+                if found is not None:
+                    return (found, None, None) if name == stem else (found, float(start), float(end))
+    return None, None, None
