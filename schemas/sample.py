@@ -1,0 +1,241 @@
+"""The shard sample format: one WebDataset sample per video. The single definition, used to write and to read.
+
+A sample holds, under the key `<video_id>` (no '.' or '/'):
+
+    json                      metadata (SampleMeta as JSON): ids, label, fps, frame count, source, modalities
+    cls                       the label as ASCII digits (-1 when unlabelled)
+    rgb.000000.jpg ...        RGB frames, 0-based frame index i
+    tvl1.000000.x.jpg ...     flow i = frame i -> frame i+1 (N frames give N-1 flows), x and y as 8-bit
+    tvl1.000000.y.jpg         grayscale JPEGs, p = round(255 * (v + B) / (2B)) clipped, B = flow bound
+    warp_tvl1.000000.x.jpg    the same for camera-motion-compensated flow
+
+With `flow_encoding="png16"` the flow members end in `.x.png` / `.y.png` (16-bit, p = round(65535 (v+B)/2B)),
+with `"float16"` each flow is one `<modality>.<i>.npy` member (H, W, 2) float16. Frame indices are 0-based
+everywhere (rawframe tools number files from 1; that off-by-one does not exist here).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass, field
+
+import cv2
+import numpy as np
+
+FORMAT_VERSION = 1
+
+JSON = "json"
+CLS = "cls"
+RGB = "rgb"
+FLOW_MODALITIES = ("tvl1", "warp_tvl1")
+MODALITIES = (RGB, *FLOW_MODALITIES)
+FLOW_ENCODINGS = ("jpeg", "png16", "float16")
+DEFAULT_FLOW_BOUND = 20.0  # TSN / mmaction2 / I3D practice
+DEFAULT_JPEG_QUALITY = 95
+
+
+def rgb_member(index: int) -> str:
+    return f"{RGB}.{index:06d}.jpg"
+
+
+def flow_members(modality: str, index: int, encoding: str = "jpeg") -> tuple[str, ...]:
+    """Member name(s) of flow `index` (frame index -> index + 1): (x, y) for images, (npy,) for float16."""
+    if encoding == "jpeg":
+        return f"{modality}.{index:06d}.x.jpg", f"{modality}.{index:06d}.y.jpg"
+    if encoding == "png16":
+        return f"{modality}.{index:06d}.x.png", f"{modality}.{index:06d}.y.png"
+    if encoding == "float16":
+        return (f"{modality}.{index:06d}.npy",)
+    raise ValueError(f"unknown flow encoding {encoding!r}; choose one of {', '.join(FLOW_ENCODINGS)}")
+
+
+# --- flow quantisation (pure) ----------------------------------------------------------------------------
+
+
+def quantize(flow: np.ndarray, bound: float = DEFAULT_FLOW_BOUND) -> tuple[np.ndarray, np.ndarray]:
+    """Flow (..., 2) float -> (x, y) uint8 images with p = clip(round(255 * (v + B) / (2B)), 0, 255).
+
+    The formula of denseflow / dense_flow / mmaction2; values beyond +-B saturate. Zero flow maps to 128.
+    """
+    flow = np.asarray(flow)
+    if flow.shape[-1] != 2:
+        raise ValueError(f"flow must have a last axis of size 2 (x, y), got shape {flow.shape}")
+    if bound <= 0:
+        raise ValueError(f"flow bound must be positive, got {bound}")
+    p = np.clip(np.rint(255.0 * (flow.astype(np.float32) + bound) / (2.0 * bound)), 0, 255).astype(np.uint8)
+    return p[..., 0], p[..., 1]
+
+
+def dequantize(x: np.ndarray, y: np.ndarray, bound: float = DEFAULT_FLOW_BOUND) -> np.ndarray:
+    """(x, y) uint8 images -> flow (..., 2) float32 in pixels; the inverse of `quantize` within 2B/255."""
+    p = np.stack([np.asarray(x), np.asarray(y)], axis=-1).astype(np.float32)
+    return p * (2.0 * bound / 255.0) - bound
+
+
+def _quantize16(flow: np.ndarray, bound: float) -> tuple[np.ndarray, np.ndarray]:
+    p = np.clip(np.rint(65535.0 * (flow.astype(np.float64) + bound) / (2.0 * bound)), 0, 65535).astype(np.uint16)
+    return p[..., 0], p[..., 1]
+
+
+def _dequantize16(x: np.ndarray, y: np.ndarray, bound: float) -> np.ndarray:
+    p = np.stack([x, y], axis=-1).astype(np.float32)
+    return p * (2.0 * bound / 65535.0) - bound
+
+
+# --- image and flow (de)coding ---------------------------------------------------------------------------
+
+
+def encode_jpeg(image: np.ndarray, quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
+    """uint8 (H, W) grayscale or (H, W, 3) RGB -> JPEG bytes."""
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise ValueError(f"expected a uint8 (H, W) or (H, W, 3) image, got {image.dtype} {image.shape}")
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError(f"JPEG encoding failed for an image of shape {image.shape}")
+    return buf.tobytes()
+
+
+def decode_image(data: bytes, color: bool = True) -> np.ndarray:
+    """JPEG/PNG bytes -> (H, W, 3) RGB uint8 (color) or (H, W) grayscale (8- or 16-bit as stored)."""
+    flags = cv2.IMREAD_COLOR if color else cv2.IMREAD_UNCHANGED
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if image is None:
+        raise ValueError("could not decode image bytes (corrupt or not an image)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if color else image
+
+
+def encode_flow(flow: np.ndarray, encoding: str = "jpeg", bound: float = DEFAULT_FLOW_BOUND, quality: int = DEFAULT_JPEG_QUALITY) -> tuple[bytes, ...]:
+    """One flow field (H, W, 2) float -> the bytes of its member(s), in `flow_members` order."""
+    if encoding == "jpeg":
+        return tuple(encode_jpeg(p, quality) for p in quantize(flow, bound))
+    if encoding == "png16":
+        out = []
+        for p in _quantize16(flow, bound):
+            ok, buf = cv2.imencode(".png", p)
+            if not ok:
+                raise ValueError("16-bit PNG encoding failed")
+            out.append(buf.tobytes())
+        return tuple(out)
+    if encoding == "float16":
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(flow, dtype=np.float16), allow_pickle=False)
+        return (buf.getvalue(),)
+    raise ValueError(f"unknown flow encoding {encoding!r}; choose one of {', '.join(FLOW_ENCODINGS)}")
+
+
+def decode_flow(parts: tuple[bytes, ...], encoding: str = "jpeg", bound: float = DEFAULT_FLOW_BOUND) -> np.ndarray:
+    """The inverse of `encode_flow`: member bytes -> (H, W, 2) float32 flow in pixels."""
+    if encoding == "float16":
+        return np.load(io.BytesIO(parts[0]), allow_pickle=False).astype(np.float32)
+    x, y = (decode_image(p, color=False) for p in parts)
+    return _dequantize16(x, y, bound) if encoding == "png16" else dequantize(x, y, bound)
+
+
+def decode_flow_u8(parts: tuple[bytes, bytes]) -> np.ndarray:
+    """JPEG flow members -> (H, W, 2) uint8 as stored, for loaders that normalise (p - 128) / 128 themselves."""
+    return np.stack([decode_image(p, color=False) for p in parts], axis=-1)
+
+
+# --- the sample ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleMeta:
+    """What `json` holds. `flow_params` maps each flow modality to the parameters it was computed with."""
+
+    video_id: str
+    label: int
+    label_name: str
+    split: str
+    source: str  # the video file it came from
+    fps: float  # frame rate of the stored frames
+    num_frames: int  # RGB frames stored (or decoded, when RGB is not stored); flows: num_frames - 1
+    height: int
+    width: int
+    modalities: tuple[str, ...]
+    flow_encoding: str = "jpeg"
+    flow_bound: float = DEFAULT_FLOW_BOUND
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
+    flow_params: dict = field(default_factory=dict)
+    homographies: list = field(default_factory=list)  # warp_tvl1: per flow {"found": bool, "inliers": int}
+    start_sec: float | None = None
+    end_sec: float | None = None
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_flows(self) -> int:
+        return max(self.num_frames - 1, 0)
+
+
+@dataclass
+class Sample:
+    """A video's sample with its members still encoded; decode frames one at a time with the methods."""
+
+    meta: SampleMeta
+    rgb: list[bytes] = field(default_factory=list)  # one JPEG per frame
+    flow: dict[str, list[tuple[bytes, ...]]] = field(default_factory=dict)  # modality -> per-flow member bytes
+
+    @property
+    def key(self) -> str:
+        return self.meta.video_id
+
+    def rgb_frame(self, index: int) -> np.ndarray:
+        """Frame `index` as (H, W, 3) RGB uint8."""
+        return decode_image(self.rgb[index], color=True)
+
+    def flow_frame(self, modality: str, index: int) -> np.ndarray:
+        """Flow `index` (frame index -> index + 1) of `modality` as (H, W, 2) float32 pixels."""
+        return decode_flow(self.flow[modality][index], self.meta.flow_encoding, self.meta.flow_bound)
+
+
+def encode_sample(sample: Sample) -> dict[str, bytes]:
+    """Sample -> {"__key__": key, member suffix: bytes}, ready for `webdataset.TarWriter.write`.
+
+    Raises:
+        ValueError: the key is not a valid WebDataset key, or frame/flow counts disagree with the metadata.
+    """
+    meta = sample.meta
+    if not meta.video_id or "." in meta.video_id or "/" in meta.video_id:
+        raise ValueError(f"sample key {meta.video_id!r} must be non-empty without '.' or '/'")
+    if RGB in meta.modalities and len(sample.rgb) != meta.num_frames:
+        raise ValueError(f"{meta.video_id}: {len(sample.rgb)} RGB frames but num_frames = {meta.num_frames}")
+    out = {"__key__": meta.video_id, JSON: json.dumps(asdict(meta)).encode(), CLS: str(meta.label).encode()}
+    for i, data in enumerate(sample.rgb):
+        out[rgb_member(i)] = data
+    for modality, flows in sample.flow.items():
+        if modality not in FLOW_MODALITIES:
+            raise ValueError(f"{meta.video_id}: unknown flow modality {modality!r}; expected one of {FLOW_MODALITIES}")
+        if len(flows) != meta.num_flows:
+            raise ValueError(f"{meta.video_id}: {len(flows)} {modality} flows for {meta.num_frames} frames (expected {meta.num_flows})")
+        for i, parts in enumerate(flows):
+            for name, data in zip(flow_members(modality, i, meta.flow_encoding), parts, strict=True):
+                out[name] = data
+    return out
+
+
+def decode_sample(members: dict) -> Sample:
+    """{member suffix: bytes} as read by `webdataset` (undecoded) -> Sample. Nothing is image-decoded here.
+
+    Raises:
+        ValueError: the metadata is missing or from another format version, or frames are missing.
+    """
+    key = members.get("__key__", "?")
+    if JSON not in members:
+        raise ValueError(f"sample {key!r} has no {JSON} member; it was not written by flowshard")
+    raw = json.loads(members[JSON])
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"sample {key!r} has format version {raw.get('format_version')}, this flowshard reads {FORMAT_VERSION}; rebuild the shards")
+    raw["modalities"] = tuple(raw["modalities"])
+    meta = SampleMeta(**raw)
+    try:
+        rgb = [members[rgb_member(i)] for i in range(meta.num_frames)] if RGB in meta.modalities else []
+        flow = {
+            m: [tuple(members[n] for n in flow_members(m, i, meta.flow_encoding)) for i in range(meta.num_flows)]
+            for m in meta.modalities
+            if m in FLOW_MODALITIES
+        }
+    except KeyError as exc:
+        raise ValueError(f"sample {key!r} lacks member {exc.args[0]!r}; the shard is incomplete") from None
+    return Sample(meta=meta, rgb=rgb, flow=flow)

@@ -1,0 +1,341 @@
+"""Optical flow: the ops against OpenCV, TV-L1 on known motion, the public API's checks, warped flow."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pipeline.flow import PRESETS, TVL1Config, compute_flow, dequantize, flow_to_color, quantize, tvl1_flow, write_flow_png
+from pipeline.flow.ops import (
+    divergence,
+    forward_gradient,
+    image_gradients,
+    median_filter5,
+    median_filter5_tensor,
+    resize_linear,
+    threshold_step,
+    warp_bicubic,
+)
+from pipeline.synthetic import SyntheticConfig, render_video
+from tests.conftest import shared_path
+
+EAGER = {"compile": False}  # unit tests on small inputs run eagerly; one test checks the compiled path
+
+
+def textured(h=96, w=128, seed=0) -> np.ndarray:
+    """A smooth random texture, float32 0..255 (TV-L1 needs gradients everywhere)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, (h // 6, w // 6)).astype(np.float32)
+    img = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    img += cv2.resize(rng.uniform(-30, 30, (h // 2, w // 2)).astype(np.float32), (w, h))
+    return np.clip(img, 0, 255)
+
+
+def shift(img: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    """out(x) = img(x - d): content moves by (+dx, +dy)."""
+    m = np.float32([[1, 0, dx], [0, 1, dy]])
+    return cv2.warpAffine(img, m, img.shape[::-1], flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+
+
+def u8(img: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+# --- ops -------------------------------------------------------------------------------------------------
+
+
+def test_image_gradients_on_a_ramp_match_opencv_borders():
+    x = torch.arange(6.0).repeat(4, 1)[None, None] * 3  # d/dx = 3 everywhere, d/dy = 0
+    dx, dy = image_gradients(x)
+    assert torch.allclose(dx[..., 1:-1], torch.tensor(3.0))
+    assert torch.allclose(dx[..., 0], torch.tensor(1.5)) and torch.allclose(dx[..., -1], torch.tensor(1.5))
+    assert torch.count_nonzero(dy) == 0
+
+
+def test_divergence_is_the_negative_adjoint_of_forward_gradient():
+    """<grad u, p> = -<u, div p> for dual fields that vanish where the forward gradient does (as in TV-L1)."""
+    g = torch.Generator().manual_seed(0)
+    u, px, py = (torch.randn(2, 2, 7, 9, generator=g) for _ in range(3))
+    px[..., -1], py[..., -1, :] = 0, 0
+    gx, gy = forward_gradient(u)
+    lhs = (gx * px + gy * py).sum()
+    rhs = -(u * divergence(px, py)).sum()
+    assert torch.allclose(lhs, rhs, atol=1e-4)
+
+
+def test_median_filter_paths_equal_opencv():
+    u = torch.randn(2, 2, 23, 31, generator=torch.Generator().manual_seed(1))
+    expected = np.stack([[cv2.medianBlur(c.numpy(), 5) for c in pair] for pair in u])
+    assert np.array_equal(median_filter5(u).numpy(), expected)
+    assert np.array_equal(median_filter5_tensor(u).numpy(), expected)
+
+
+def test_warp_bicubic_matches_opencv_remap():
+    img = textured(40, 50)
+    rng = np.random.default_rng(2)
+    flow = cv2.resize(rng.uniform(-4, 4, (5, 6, 2)).astype(np.float32), (50, 40))
+    ys, xs = np.mgrid[0:40, 0:50].astype(np.float32)
+    ref = cv2.remap(img, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT)
+    out = warp_bicubic(torch.from_numpy(img)[None, None], torch.from_numpy(flow).permute(2, 0, 1)[None])[0, 0].numpy()
+    interior = np.s_[6:-6, 6:-6]
+    # OpenCV rounds sample positions to 1/32 pixel; the rest is identical.
+    assert np.abs(out - ref)[interior].mean() < 0.2
+    assert np.abs(out - ref).max() < 3.0
+
+
+def test_resize_linear_matches_opencv_resize():
+    img = textured(97, 131)
+    for scale in (0.8, 0.5, 0.9):
+        ref = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+        out = resize_linear(torch.from_numpy(img)[None, None], scale)[0, 0].numpy()
+        assert out.shape == ref.shape
+        assert np.abs(out - ref).max() < 0.02
+
+
+def test_threshold_step_branches():
+    grad = torch.tensor([[1.0, 0.0]]).view(1, 2, 1, 1).expand(3, 2, 1, 1).contiguous()
+    u = torch.zeros(3, 2, 1, 1)
+    rho_c = torch.tensor([-5.0, 5.0, 0.02]).view(3, 1, 1, 1)
+    v = threshold_step(u, grad, rho_c, l_t=0.1)
+    assert torch.allclose(v[:, 0, 0, 0], torch.tensor([0.1, -0.1, -0.02]))  # +l_t, -l_t, -rho/|grad|^2
+
+
+# --- TV-L1 -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dx, dy", [(2.5, -1.5), (-4.0, 3.0)])
+def test_translation_is_recovered(dx, dy):
+    a = textured()
+    flow = compute_flow(u8(a), u8(shift(a, dx, dy)), **EAGER)
+    interior = flow[16:-16, 16:-16].reshape(-1, 2)
+    assert np.allclose(np.median(interior, axis=0), [dx, dy], atol=0.1)
+    assert np.percentile(np.linalg.norm(interior - [dx, dy], axis=1), 90) < 0.3
+
+
+def test_identical_frames_give_zero_flow():
+    a = u8(textured())
+    flow = compute_flow(a, a, **EAGER)
+    assert np.abs(flow).max() < 1e-3
+
+
+def test_smooth_random_field_is_recovered():
+    """A textured image warped by a known smooth field: mean end-point error under 0.25 px inside."""
+    h, w = 96, 128
+    img = textured(h, w, seed=4)
+    rng = np.random.default_rng(5)
+    field = cv2.resize(rng.uniform(-3, 3, (3, 4, 2)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    # nxt(x + f(x)) ~ prev(x): sample prev at x - f(x) (f is smooth, so this is the forward warp to first order)
+    nxt = cv2.remap(img, xs - field[..., 0], ys - field[..., 1], cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+    flow = compute_flow(u8(img), u8(nxt), **EAGER)
+    epe = np.linalg.norm(flow - field, axis=-1)[12:-12, 12:-12]
+    assert epe.mean() < 0.25
+
+
+def test_batch_equals_single_pairs():
+    frames = [u8(textured(seed=s)) for s in range(3)]
+    nxts = [u8(shift(f.astype(np.float32), 1.0 + s, -0.5 * s)) for s, f in enumerate(frames)]
+    batch = compute_flow(np.stack(frames), np.stack(nxts), **EAGER)
+    assert batch.shape == (3, 96, 128, 2)
+    for i in range(3):
+        single = compute_flow(frames[i], nxts[i], **EAGER)
+        assert np.abs(batch[i] - single).max() < 1e-3
+
+
+def test_compiled_matches_eager_with_non_default_parameters():
+    a = textured(64, 80)
+    prev, nxt = u8(a), u8(shift(a, 1.5, 0.5))
+    cfg = TVL1Config(lambda_=0.2, gamma=0.4, nscales=3, warps=2)
+    I0 = torch.from_numpy(np.stack([prev, prev])).float()[:, None] / 255
+    I1 = torch.from_numpy(np.stack([nxt, prev])).float()[:, None] / 255
+    eager = tvl1_flow(I0, I1, cfg.replace(compile=False))
+    compiled = tvl1_flow(I0, I1, cfg)
+    assert (eager - compiled).abs().max() < 1e-3
+    assert (compiled[0].mean((1, 2)) - torch.tensor([1.5, 0.5])).abs().max() < 0.15
+
+
+def test_convergence_check_interval_does_not_change_the_result():
+    a = textured(64, 80)
+    prev, nxt = u8(a), u8(shift(a, 2.0, 1.0))
+    every = compute_flow(prev, nxt, check_every=1, **EAGER)
+    sparse = compute_flow(prev, nxt, check_every=7, **EAGER)
+    assert np.abs(every - sparse).max() < 1e-5
+
+
+def test_tiny_and_odd_sizes_work():
+    rng = np.random.default_rng(0)
+    for h, w in [(2, 2), (5, 7), (17, 15)]:
+        a = rng.integers(0, 255, (h, w), dtype=np.uint8)
+        assert compute_flow(a, a, **EAGER).shape == (h, w, 2)
+
+
+# --- the public API --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "prev, nxt, message",
+    [
+        (np.zeros((4, 5, 6, 7), np.uint8), np.zeros((4, 5, 6, 7), np.uint8), "must be \\(H, W\\) or \\(N, H, W\\)"),
+        (np.zeros((8, 8), np.float32), np.zeros((8, 8), np.float32), "must be uint8"),
+        (np.zeros((8, 8), np.uint8), np.zeros((8, 9), np.uint8), "sizes differ"),
+        (np.zeros((0, 8, 8), np.uint8), np.zeros((0, 8, 8), np.uint8), "is empty"),
+        (np.zeros((8, 1), np.uint8), np.zeros((8, 1), np.uint8), "at least 2x2"),
+        (torch.full((8, 8), float("nan")), torch.zeros(8, 8), "contains NaN"),
+        (np.zeros((8, 8), np.uint8), torch.zeros(8, 8, dtype=torch.uint8), "must both be numpy arrays or both torch tensors"),
+        ([[0, 1], [2, 3]], [[0, 1], [2, 3]], "must both be numpy arrays or both torch tensors"),
+    ],
+)
+def test_bad_inputs_raise_value_error(prev, nxt, message):
+    with pytest.raises(ValueError, match=message):
+        compute_flow(prev, nxt)
+
+
+def test_bad_names_raise_value_error():
+    a = np.zeros((8, 8), np.uint8)
+    with pytest.raises(ValueError, match="unknown flow algorithm"):
+        compute_flow(a, a, algorithm="farneback")
+    with pytest.raises(ValueError, match="unknown flow preset"):
+        compute_flow(a, a, preset="fast")
+    with pytest.raises(ValueError, match="unknown flow parameter\\(s\\) lamda"):
+        compute_flow(a, a, lamda=0.1)
+    with pytest.raises(ValueError, match="must be positive"):
+        compute_flow(a, a, tau=-1)
+
+
+def test_lambda_spelled_without_underscore_is_accepted():
+    a = textured(48, 64)
+    prev, nxt = u8(a), u8(shift(a, 1.0, 0.0))
+    strong = compute_flow(prev, nxt, **{"lambda": 0.5}, **EAGER)
+    weak = compute_flow(prev, nxt, lambda_=0.02, **EAGER)
+    assert not np.allclose(strong, weak)
+
+
+def test_tensors_in_tensors_out():
+    a = u8(textured(48, 64))
+    b = u8(shift(a.astype(np.float32), 1.0, 0.0))
+    out = compute_flow(torch.from_numpy(a), torch.from_numpy(b), **EAGER)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and out.shape == (48, 64, 2)
+    assert np.allclose(out.numpy(), compute_flow(a, b, **EAGER))
+    out_f = compute_flow(torch.from_numpy(a).float(), torch.from_numpy(b).float(), **EAGER)
+    assert torch.allclose(out, out_f)
+
+
+def test_default_device_is_cuda_when_present():
+    from pipeline.flow import default_device
+
+    assert default_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    a = textured()
+    prev, nxt = u8(a), u8(shift(a, 2.0, -1.0))
+    cpu = compute_flow(prev, nxt, device="cpu", **EAGER)
+    gpu = compute_flow(prev, nxt, device="cuda")
+    assert np.abs(cpu - gpu).mean() < 0.01
+
+
+# --- 8-bit flow images and pictures ----------------------------------------------------------------------
+
+
+def test_quantize_round_trip_and_convention():
+    bound = 20.0
+    rng = np.random.default_rng(0)
+    flow = rng.uniform(-25, 25, (32, 32, 2)).astype(np.float32)
+    x, y = quantize(flow, bound)
+    assert x.dtype == np.uint8 and x.shape == (32, 32)
+    back = dequantize(x, y, bound)
+    inside = np.abs(flow) <= bound
+    assert np.abs(back - flow)[inside].max() <= 2 * bound / 255
+    assert np.all(back[~inside] == np.sign(flow[~inside]) * bound)  # saturates at +-B
+    zx, zy = quantize(np.zeros((1, 1, 2)), bound)
+    assert zx[0, 0] == zy[0, 0] == 128  # round(127.5) with round-half-even, as OpenCV's saturate_cast
+
+
+def test_color_wheel_picture(tmp_path):
+    flow = np.zeros((10, 40, 2), np.float32)
+    flow[:, 10:20, 0] = 5  # right
+    flow[:, 20:30, 1] = 5  # down
+    rgb = flow_to_color(flow)
+    assert tuple(rgb[0, 0]) == (255, 255, 255)  # no motion is white
+    right, down = rgb[5, 15].astype(int), rgb[5, 25].astype(int)
+    assert right[0] > 200 and right[1] < 60  # rightward is red in the Middlebury wheel
+    assert np.abs(right - down).sum() > 150
+    path = write_flow_png(tmp_path / "f.png", flow)
+    assert cv2.imread(str(path)).shape == (10, 40, 3)
+
+
+# --- warped flow -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def panning_video():
+    cfg = SyntheticConfig(classes=4, camera_pan=2.0)
+    video = render_video(cfg, 1, 100, 200)  # objects move down at ~2 px/frame, the camera pans 2 px/frame
+    gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in video.frames[:3]])
+    return video, gray
+
+
+def test_warped_flow_removes_camera_pan_and_keeps_object_motion(panning_video):
+    video, gray = panning_video
+    plain = compute_flow(gray[:-1], gray[1:], "tvl1")
+    warped, homographies = compute_flow(gray[:-1], gray[1:], "warp_tvl1", return_homographies=True)
+    for i, h in enumerate(homographies):
+        assert h.found and h.inliers > 100
+        assert np.allclose(h.matrix[:2, 2], video.background_velocity, atol=0.2)
+        background = ~(video.object_mask[i] | video.object_mask[i + 1])
+        background[:, -6:] = background[:, :6] = False  # the strip entering / leaving the view
+        magnitude = lambda f: np.linalg.norm(f[background], axis=-1)  # noqa: E731
+        assert np.median(magnitude(plain[i])) > 1.5  # plain flow shows the pan
+        assert np.median(magnitude(warped[i])) <= 0.3
+        objects = video.object_mask[i] & video.object_mask[i + 1]
+        own = np.median(warped[i][objects], axis=0)
+        true = np.array(video.object_velocity)
+        assert np.linalg.norm(own - true) <= 0.2 * np.linalg.norm(true)
+
+
+def test_featureless_frames_fall_back_to_identity():
+    flat = np.full((2, 48, 64), 120, np.uint8)
+    flow, homographies = compute_flow(flat[:1], flat[1:], "warp_tvl1", return_homographies=True, **EAGER)
+    assert not homographies[0].found and np.array_equal(homographies[0].matrix, np.eye(3))
+    assert np.abs(flow).max() < 1e-3
+
+
+# --- Middlebury ------------------------------------------------------------------------------------------
+
+MIDDLEBURY = {
+    "RubberWhale": ("frame10.png", "frame11.png", "flow10.flo"),
+    "Grove2": ("frame10.png", "frame11.png", "flow10.flo"),
+    "Urban2": ("frame10.png", "frame11.png", "flow10.flo"),
+    "Venus": ("frame10.png", "frame11.png", "flow10.flo"),
+    "Yosemite": ("yos9.png", "yos10.png", "correct_yos.flo"),
+}
+
+
+def read_flo(path) -> np.ndarray:
+    with open(path, "rb") as f:
+        assert np.fromfile(f, np.float32, 1)[0] == 202021.25, f"{path} is not a .flo file"
+        w, h = np.fromfile(f, np.int32, 2)
+        return np.fromfile(f, np.float32, 2 * w * h).reshape(h, w, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sequence", list(MIDDLEBURY))
+def test_middlebury_opencv_preset_within_5_percent_of_opencv(sequence):
+    root = shared_path("middlebury", sequence)
+    a, b, f = MIDDLEBURY[sequence]
+    prev, nxt = cv2.imread(str(root / a), cv2.IMREAD_GRAYSCALE), cv2.imread(str(root / b), cv2.IMREAD_GRAYSCALE)
+    gt = read_flo(root / f)
+    valid = np.abs(gt).max(-1) < 1e9
+    epe = lambda flow: np.linalg.norm(flow - gt, axis=-1)[valid].mean()  # noqa: E731
+    reference = epe(cv2.optflow.DualTVL1OpticalFlow_create().calc(prev, nxt, None))
+    ours = epe(compute_flow(prev, nxt, preset="opencv", device="cpu"))
+    assert ours <= 1.05 * reference, f"{sequence}: {ours:.3f} vs OpenCV {reference:.3f}"
+
+
+def test_presets_are_documented_configs():
+    assert PRESETS["opencv"] == TVL1Config()
+    assert PRESETS["accurate"].nscales is None
