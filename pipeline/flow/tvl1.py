@@ -21,12 +21,13 @@ from .ops import (
     dual_step,
     image_gradients,
     median_filter5,
-    median_filter5_tensor,
+    median_filter5_cv,
     pyramid_size,
     resize_linear,
     threshold_step,
     upsample_flow,
     warp_bicubic,
+    warp_bicubic_cv,
 )
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,10 @@ class TVL1Config:
     gamma: float = 0.0  # weight of an illumination-change term (0 = off)
     median_filtering: int = 5  # median filter size applied to the flow (1 = off, or 5)
     min_size: int = 16  # a pyramid level narrower or lower than this is not used (OpenCV: 16)
-    # How the solver runs; neither changes the result.
+    # How the solver runs; none of these changes the result.
     compile: bool = True  # fuse each iteration into one kernel with torch.compile (falls back to eager)
     check_every: int | None = None  # iterations between convergence checks; None = 1 on CPU, 10 on GPU
+    opencv_cpu_ops: bool = True  # on the CPU, OpenCV's own remap and median filter (False: the GPU code)
 
     def __post_init__(self):
         for name in ("tau", "lambda_", "theta", "epsilon"):
@@ -132,19 +134,23 @@ def _iteration_after_filter(u_grad, u, px, py, grad_i, rho_c, active, params):
 
 
 class _Kernels:
-    """The iteration and median functions for one device type, compiled once per process where possible.
+    """The iteration, median and warp functions for one device, compiled once per process where possible.
 
-    A failed compilation (no C++ compiler, an unsupported GPU) is logged once and the eager versions are used.
+    On the CPU the median filter and the warp are OpenCV's own functions (same results, faster) unless
+    `opencv_cpu_ops` is off; elsewhere they are the tensor versions. A failed compilation (no C++
+    compiler, an unsupported GPU) is logged once and the eager versions are used.
     """
 
-    def __init__(self, device_type: str, compile: bool):
-        self.median = median_filter5 if device_type == "cpu" else median_filter5_tensor
+    def __init__(self, device_type: str, compile: bool, opencv_cpu_ops: bool):
+        opencv = device_type == "cpu" and opencv_cpu_ops
+        self.median = median_filter5_cv if opencv else median_filter5
+        self.warp = warp_bicubic_cv if opencv else warp_bicubic
         self._eager = {"same": _iteration, "after_filter": _iteration_after_filter}
         self._fns = dict(self._eager)
         if compile:
             self._fns = {name: torch.compile(fn, dynamic=True) for name, fn in self._eager.items()}
-            if device_type != "cpu":
-                self.median = torch.compile(median_filter5_tensor, dynamic=True)
+            if not opencv:
+                self.median = torch.compile(median_filter5, dynamic=True)
 
     def iterate(self, u_grad, u, *args):
         """Run one iteration, compiled where possible (see `_update` for the arguments)."""
@@ -157,14 +163,14 @@ class _Kernels:
             # Compilation problems (no C++ compiler, an unsupported GPU) surface on the first call.
             log.warning("torch.compile failed (%s); TV-L1 continues without it (slower)", str(exc).splitlines()[0])
             self._fns = self._eager
-            if self.median is not median_filter5:
-                self.median = median_filter5_tensor
+            if self.median not in (median_filter5_cv, median_filter5):
+                self.median = median_filter5
             return self._fns[name](*call_args)
 
 
 @functools.cache
-def _kernels(device_type: str, compile: bool) -> _Kernels:
-    return _Kernels(device_type, compile)
+def _kernels(device_type: str, compile: bool, opencv_cpu_ops: bool) -> _Kernels:
+    return _Kernels(device_type, compile, opencv_cpu_ops)
 
 
 def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor, cfg: TVL1Config = PRESETS["opencv"]) -> torch.Tensor:
@@ -176,7 +182,7 @@ def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor, cfg: TVL1Config = PRESETS["
     Returns:
         (N, 2, H, W) float32 forward flow in pixels, channel 0 = x (dx), channel 1 = y (dy).
     """
-    kernels = _kernels(prev.device.type, cfg.compile)
+    kernels = _kernels(prev.device.type, cfg.compile, cfg.opencv_cpu_ops)
     check_every = cfg.check_every or (1 if prev.device.type == "cpu" else 10)
     # OpenCV works on 0..255 intensities; lambda is tuned for that range.
     levels = [(prev * 255.0, nxt * 255.0)]
@@ -204,28 +210,48 @@ def _solve_level(I0, I1, u, cfg: TVL1Config, kernels: _Kernels, check_every: int
     I1x, I1y = image_gradients(I1)
     stack = torch.cat([I1, I1x, I1y], 1)  # (N, 3, H, W), warped together
     px, py = torch.zeros_like(u), torch.zeros_like(u)
-    pending = torch.zeros_like(u)  # no dual update is pending at a new level: p = 0 and grad(0) = 0
-    iterations = 0
-    for _ in range(cfg.warps):
-        warped = warp_bicubic(stack, u[:, :2])  # (N, 3, H, W): I1(x + u), its x and y gradients
+    for warp in range(cfg.warps):
+        warped = kernels.warp(stack, u[:, :2])  # (N, 3, H, W): I1(x + u), its x and y gradients
         grad_xy = warped[:, 1:]
         rho_c = warped[:, :1] - (grad_xy * u[:, :2]).sum(1, keepdim=True) - I0
         grad_i = grad_xy if u.shape[1] == 2 else torch.cat([grad_xy, grad_xy.new_full((N, 1, H, W), cfg.gamma)], 1)
-        active = torch.ones(N, dtype=torch.bool, device=u.device)
-        converged = False
-        for _ in range(cfg.outer_iterations):
-            u_v = u
-            if cfg.median_filtering > 1:
-                filtered = kernels.median(u[:, :2])
-                u_v = torch.cat([filtered, u[:, 2:]], 1) if u.shape[1] == 3 else filtered
-                u_v = torch.where(active.view(-1, 1, 1, 1), u_v, u)
-            for _ in range(cfg.inner_iterations):
-                u, px, py, active = kernels.iterate(pending, u_v, px, py, grad_i, rho_c, active, params)
-                pending = u_v = u
-                iterations += 1
-                if iterations % check_every == 0 and not bool(active.any()):
-                    converged = True
-                    break
-            if converged:
-                break
+        # At a new level p = 0 and no dual update is pending; grad(0) = 0 makes the pending update a no-op.
+        pending = torch.zeros_like(u) if warp == 0 else u
+        u, px, py = _iterate_warp(pending, u, px, py, grad_i, rho_c, params, cfg, kernels, check_every)
     return u
+
+
+def _iterate_warp(pending, u, px, py, grad_i, rho_c, params, cfg: TVL1Config, kernels: _Kernels, check_every: int):
+    """The outer / inner iterations of one warp, each pair until its own convergence.
+
+    Pairs that converge are set aside at the next check (their state written to the output) and the rest
+    go on as a smaller batch, so a batch costs the sum of its pairs' iterations, not N times the slowest.
+    """
+    out_u, out_px, out_py = torch.empty_like(u), torch.empty_like(px), torch.empty_like(py)
+    index = torch.arange(u.shape[0], device=u.device)  # batch positions of the pairs still iterating
+    active = torch.ones(u.shape[0], dtype=torch.bool, device=u.device)
+    iterations = 0
+    for _ in range(cfg.outer_iterations):
+        u_v = u
+        if cfg.median_filtering > 1:
+            filtered = kernels.median(u[:, :2])
+            u_v = torch.cat([filtered, u[:, 2:]], 1) if u.shape[1] == 3 else filtered
+            u_v = torch.where(active.view(-1, 1, 1, 1), u_v, u)
+        for _ in range(cfg.inner_iterations):
+            u, px, py, active = kernels.iterate(pending, u_v, px, py, grad_i, rho_c, active, params)
+            pending = u_v = u
+            iterations += 1
+            if iterations % check_every:
+                continue
+            remaining = int(active.sum())
+            if remaining < len(index):
+                done = ~active
+                out_u[index[done]], out_px[index[done]], out_py[index[done]] = u[done], px[done], py[done]
+                if remaining == 0:
+                    return out_u, out_px, out_py
+                keep = active.nonzero().squeeze(1)
+                index, active = index[keep], active[keep]
+                u, px, py, grad_i, rho_c = u[keep], px[keep], py[keep], grad_i[keep], rho_c[keep]
+                pending = u_v = u
+    out_u[index], out_px[index], out_py[index] = u, px, py
+    return out_u, out_px, out_py

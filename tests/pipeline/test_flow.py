@@ -8,15 +8,17 @@ import pytest
 import torch
 
 from pipeline.flow import PRESETS, TVL1Config, compute_flow, dequantize, flow_to_color, quantize, tvl1_flow, write_flow_png
+from pipeline.flow.flo import end_point_error, read_flo, write_flo
 from pipeline.flow.ops import (
     divergence,
     forward_gradient,
     image_gradients,
     median_filter5,
-    median_filter5_tensor,
+    median_filter5_cv,
     resize_linear,
     threshold_step,
     warp_bicubic,
+    warp_bicubic_cv,
 )
 from pipeline.synthetic import SyntheticConfig, render_video
 from tests.conftest import shared_path
@@ -68,8 +70,8 @@ def test_divergence_is_the_negative_adjoint_of_forward_gradient():
 def test_median_filter_paths_equal_opencv():
     u = torch.randn(2, 2, 23, 31, generator=torch.Generator().manual_seed(1))
     expected = np.stack([[cv2.medianBlur(c.numpy(), 5) for c in pair] for pair in u])
+    assert np.array_equal(median_filter5_cv(u).numpy(), expected)
     assert np.array_equal(median_filter5(u).numpy(), expected)
-    assert np.array_equal(median_filter5_tensor(u).numpy(), expected)
 
 
 def test_warp_bicubic_matches_opencv_remap():
@@ -78,11 +80,11 @@ def test_warp_bicubic_matches_opencv_remap():
     flow = cv2.resize(rng.uniform(-4, 4, (5, 6, 2)).astype(np.float32), (50, 40))
     ys, xs = np.mgrid[0:40, 0:50].astype(np.float32)
     ref = cv2.remap(img, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT)
-    out = warp_bicubic(torch.from_numpy(img)[None, None], torch.from_numpy(flow).permute(2, 0, 1)[None])[0, 0].numpy()
-    interior = np.s_[6:-6, 6:-6]
-    # OpenCV rounds sample positions to 1/32 pixel; the rest is identical.
-    assert np.abs(out - ref)[interior].mean() < 0.2
-    assert np.abs(out - ref).max() < 3.0
+    args = torch.from_numpy(img)[None, None], torch.from_numpy(flow).permute(2, 0, 1)[None]
+    assert np.array_equal(warp_bicubic_cv(*args)[0, 0].numpy(), ref)
+    out = warp_bicubic(*args)[0, 0].numpy()
+    assert np.abs(out - ref).mean() < 0.05
+    assert np.abs(out - ref).max() < 1.0
 
 
 def test_resize_linear_matches_opencv_resize():
@@ -152,7 +154,8 @@ def test_compiled_matches_eager_with_non_default_parameters():
     I1 = torch.from_numpy(np.stack([nxt, prev])).float()[:, None] / 255
     eager = tvl1_flow(I0, I1, cfg.replace(compile=False))
     compiled = tvl1_flow(I0, I1, cfg)
-    assert (eager - compiled).abs().max() < 1e-3
+    # float32 rounding differs between the fused kernel and eager ops; the flows agree to ~1e-3 px
+    assert (eager - compiled).abs().max() < 5e-3 and (eager - compiled).abs().mean() < 1e-4
     assert (compiled[0].mean((1, 2)) - torch.tensor([1.5, 0.5])).abs().max() < 0.15
 
 
@@ -162,6 +165,17 @@ def test_convergence_check_interval_does_not_change_the_result():
     every = compute_flow(prev, nxt, check_every=1, **EAGER)
     sparse = compute_flow(prev, nxt, check_every=7, **EAGER)
     assert np.abs(every - sparse).max() < 1e-5
+
+
+def test_gpu_code_path_on_the_cpu_matches_the_opencv_ops():
+    """The tensor remap and median (what runs on a GPU) give the flow OpenCV's own ops give on the CPU."""
+    a = textured(64, 80)
+    prev, nxt = u8(a), u8(shift(a, 2.5, -1.0))
+    native = compute_flow(prev, nxt, **EAGER)
+    portable = compute_flow(prev, nxt, opencv_cpu_ops=False, **EAGER)
+    # The ops agree to 3e-4 gray levels; TV-L1's thresholding amplifies that into ~0.01 px, mostly at borders.
+    assert np.abs(native - portable).mean() < 0.02
+    assert np.allclose(np.median(native.reshape(-1, 2), 0), np.median(portable.reshape(-1, 2), 0), atol=1e-3)
 
 
 def test_tiny_and_odd_sizes_work():
@@ -315,13 +329,6 @@ MIDDLEBURY = {
 }
 
 
-def read_flo(path) -> np.ndarray:
-    with open(path, "rb") as f:
-        assert np.fromfile(f, np.float32, 1)[0] == 202021.25, f"{path} is not a .flo file"
-        w, h = np.fromfile(f, np.int32, 2)
-        return np.fromfile(f, np.float32, 2 * w * h).reshape(h, w, 2)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sequence", list(MIDDLEBURY))
 def test_middlebury_opencv_preset_within_5_percent_of_opencv(sequence):
@@ -329,11 +336,21 @@ def test_middlebury_opencv_preset_within_5_percent_of_opencv(sequence):
     a, b, f = MIDDLEBURY[sequence]
     prev, nxt = cv2.imread(str(root / a), cv2.IMREAD_GRAYSCALE), cv2.imread(str(root / b), cv2.IMREAD_GRAYSCALE)
     gt = read_flo(root / f)
-    valid = np.abs(gt).max(-1) < 1e9
-    epe = lambda flow: np.linalg.norm(flow - gt, axis=-1)[valid].mean()  # noqa: E731
-    reference = epe(cv2.optflow.DualTVL1OpticalFlow_create().calc(prev, nxt, None))
-    ours = epe(compute_flow(prev, nxt, preset="opencv", device="cpu"))
+    reference = end_point_error(cv2.optflow.DualTVL1OpticalFlow_create().calc(prev, nxt, None), gt)
+    ours = end_point_error(compute_flow(prev, nxt, preset="opencv", device="cpu"), gt)
     assert ours <= 1.05 * reference, f"{sequence}: {ours:.3f} vs OpenCV {reference:.3f}"
+
+
+def test_flo_round_trip_and_bad_file(tmp_path):
+    flow = np.random.default_rng(0).normal(size=(5, 7, 2)).astype(np.float32)
+    write_flo(tmp_path / "a.flo", flow)
+    assert np.array_equal(read_flo(tmp_path / "a.flo"), flow)
+    truth = flow.copy()
+    truth[0, 0] = 1e10  # unknown
+    assert end_point_error(flow + [3, 4], truth) == pytest.approx(5.0)
+    (tmp_path / "b.flo").write_bytes(b"JUNK" + bytes(8))
+    with pytest.raises(ValueError, match="not a Middlebury .flo file"):
+        read_flo(tmp_path / "b.flo")
 
 
 def test_presets_are_documented_configs():

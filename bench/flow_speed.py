@@ -1,0 +1,126 @@
+"""Flow speed: frame pairs per second at 340x256 on real video frames, beside OpenCV's CPU DualTVL1.
+
+    python bench/flow_speed.py [--videos ../shared/data/videos] [--batches 1,8,32] [--device cpu|cuda]
+
+Consecutive frame pairs are decoded from the 340x256 clips in --videos. OpenCV's `DualTVL1OpticalFlow`
+(defaults, all cores) is timed on the same pairs in the same run; the table gives pairs/s, the ratio to
+OpenCV, the mean absolute difference between the two flows, and the peak memory per pair (host RSS growth
+on the CPU, `torch.cuda.max_memory_allocated` on a GPU). Compilation happens in a warm-up that is not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.flow import compute_flow, default_device  # noqa: E402
+
+CLIPS = ("demo.mp4", "Kop0sDqOn-c.mp4")  # 340x256 stored
+
+
+def load_pairs(videos: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
+    frames = []
+    for name in CLIPS:
+        with av.open(str(videos / name)) as container:
+            for frame in container.decode(video=0):
+                gray = frame.to_ndarray(format="gray")
+                frames.append(cv2.resize(gray, (340, 256)) if gray.shape != (256, 340) else gray)
+    frames = np.stack(frames)
+    # Pairs spread over the clips (every 5th frame starts a pair) so the motion varies.
+    starts = np.linspace(0, len(frames) - 2, count).astype(int)
+    return frames[starts], frames[starts + 1]
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+class PeakRSS:
+    """Samples this process's resident memory in a thread; `peak` is the growth over the start."""
+
+    def __init__(self):
+        self.peak, self._stop = 0, threading.Event()
+
+    def __enter__(self):
+        self.base = rss_bytes()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes() - self.base)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"))
+    parser.add_argument("--batches", default=None, help="batch sizes, comma-separated (default 1,8,32; on a GPU also 128,512)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    parser.add_argument("--opencv-pairs", type=int, default=8, help="pairs OpenCV is timed on (default 8)")
+    parser.add_argument("--preset", default="opencv")
+    args = parser.parse_args()
+    device = torch.device(args.device) if args.device else default_device()
+    batches = [int(b) for b in args.batches.split(",")] if args.batches else ([1, 8, 32, 128, 512] if device.type == "cuda" else [1, 8, 32])
+    videos = Path(args.videos)
+    if not all((videos / c).is_file() for c in CLIPS):
+        print(f"error: the clips {', '.join(CLIPS)} are not in {videos}; pass --videos DIR", file=sys.stderr)
+        return 2
+    prev, nxt = load_pairs(videos, max(max(batches), args.opencv_pairs))
+
+    tvl1 = cv2.optflow.DualTVL1OpticalFlow_create()
+    start = time.perf_counter()
+    reference = [tvl1.calc(prev[i], nxt[i], None) for i in range(args.opencv_pairs)]
+    cv_rate = args.opencv_pairs / (time.perf_counter() - start)
+
+    print(f"340x256 frame pairs from {', '.join(CLIPS)}; device {device}, torch threads {torch.get_num_threads()}, "
+          f"OpenCV threads {cv2.getNumThreads()}, preset {args.preset}\n")
+    print("| method | batch | pairs/s | vs OpenCV | mean abs diff to OpenCV (px) | peak MB per pair | warm-up s |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| OpenCV DualTVL1 (CPU) | 1 | {cv_rate:.2f} | 1.00 | - | - | - |", flush=True)
+    for batch in batches:
+        a, b = prev[:batch], nxt[:batch]
+        start = time.perf_counter()
+        compute_flow(a, b, preset=args.preset, device=device)  # compiles kernels for this batch shape
+        warmup = time.perf_counter() - start
+        repeats = max(1, 16 // batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        with PeakRSS() as rss:
+            start = time.perf_counter()
+            for _ in range(repeats):
+                flow = compute_flow(a, b, preset=args.preset, device=device)
+            elapsed = time.perf_counter() - start
+        rate = batch * repeats / elapsed
+        peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else rss.peak
+        n = min(batch, len(reference))
+        diff = float(np.mean([np.abs(flow[i] - reference[i]).mean() for i in range(n)]))
+        print(f"| flowshard {device.type} | {batch} | {rate:.2f} | {rate / cv_rate:.2f} | {diff:.4f} | "
+              f"{peak / batch / 2**20:.1f} | {warmup:.1f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
