@@ -2,8 +2,9 @@
 
     python bench/flow_speed.py [--videos ../shared/data/videos] [--batches 1,8,32] [--device cpu|cuda]
 
-Consecutive frame pairs are decoded from the 340x256 clips in --videos. OpenCV's `DualTVL1OpticalFlow`
-(defaults, all cores) is timed on the same pairs in the same run; the table gives pairs/s, the ratio to
+Consecutive frame pairs are decoded from the 340x256 clips in --videos. Every row computes the same
+--pairs pairs (in batches of its size); OpenCV's `DualTVL1OpticalFlow` (defaults, all cores) is timed on
+those pairs in the same run. The table gives pairs/s, the ratio to
 OpenCV, the mean absolute difference between the two flows, and the peak memory per pair (host RSS growth
 on the CPU, `torch.cuda.max_memory_allocated` on a GPU). Compilation happens in a warm-up that is not timed.
 """
@@ -78,7 +79,7 @@ def main() -> int:
     parser.add_argument("--videos", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"))
     parser.add_argument("--batches", default=None, help="batch sizes, comma-separated (default 1,8,32; on a GPU also 128,512)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    parser.add_argument("--opencv-pairs", type=int, default=8, help="pairs OpenCV is timed on (default 8)")
+    parser.add_argument("--pairs", type=int, default=None, help="pairs every row computes (default: the largest batch, at least 16)")
     parser.add_argument("--preset", default="opencv")
     args = parser.parse_args()
     device = torch.device(args.device) if args.device else default_device()
@@ -87,36 +88,35 @@ def main() -> int:
     if not all((videos / c).is_file() for c in CLIPS):
         print(f"error: the clips {', '.join(CLIPS)} are not in {videos}; pass --videos DIR", file=sys.stderr)
         return 2
-    prev, nxt = load_pairs(videos, max(max(batches), args.opencv_pairs))
+    pairs = args.pairs or max(16, max(batches))
+    prev, nxt = load_pairs(videos, pairs)
 
     tvl1 = cv2.optflow.DualTVL1OpticalFlow_create()
     start = time.perf_counter()
-    reference = [tvl1.calc(prev[i], nxt[i], None) for i in range(args.opencv_pairs)]
-    cv_rate = args.opencv_pairs / (time.perf_counter() - start)
+    reference = [tvl1.calc(prev[i], nxt[i], None) for i in range(pairs)]
+    cv_rate = pairs / (time.perf_counter() - start)
 
     print(f"340x256 frame pairs from {', '.join(CLIPS)}; device {device}, torch threads {torch.get_num_threads()}, "
-          f"OpenCV threads {cv2.getNumThreads()}, preset {args.preset}\n")
+          f"OpenCV threads {cv2.getNumThreads()}, preset {args.preset}, {pairs} pairs per row\n")
     print("| method | batch | pairs/s | vs OpenCV | mean abs diff to OpenCV (px) | peak MB per pair | warm-up s |")
     print("|---|---|---|---|---|---|---|")
     print(f"| OpenCV DualTVL1 (CPU) | 1 | {cv_rate:.2f} | 1.00 | - | - | - |", flush=True)
     for batch in batches:
-        a, b = prev[:batch], nxt[:batch]
         start = time.perf_counter()
-        compute_flow(a, b, preset=args.preset, device=device)  # compiles kernels for this batch shape
+        compute_flow(prev[:batch], nxt[:batch], preset=args.preset, device=device)  # compiles for this shape
         warmup = time.perf_counter() - start
-        repeats = max(1, 16 // batch)
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+        flows = []
         with PeakRSS() as rss:
             start = time.perf_counter()
-            for _ in range(repeats):
-                flow = compute_flow(a, b, preset=args.preset, device=device)
+            for i in range(0, pairs, batch):
+                flows.extend(compute_flow(prev[i : i + batch], nxt[i : i + batch], preset=args.preset, device=device))
             elapsed = time.perf_counter() - start
-        rate = batch * repeats / elapsed
+        rate = pairs / elapsed
         peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else rss.peak
-        n = min(batch, len(reference))
-        diff = float(np.mean([np.abs(flow[i] - reference[i]).mean() for i in range(n)]))
+        diff = float(np.mean([np.abs(f - r).mean() for f, r in zip(flows, reference)]))
         print(f"| flowshard {device.type} | {batch} | {rate:.2f} | {rate / cv_rate:.2f} | {diff:.4f} | "
               f"{peak / batch / 2**20:.1f} | {warmup:.1f} |", flush=True)
     return 0

@@ -1,0 +1,115 @@
+"""The sample format: flow encodings, and samples through a real tar read back by plain webdataset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from schemas.sample import (
+    FORMAT_VERSION,
+    Sample,
+    SampleMeta,
+    decode_flow,
+    decode_flow_u8,
+    decode_sample,
+    encode_flow,
+    encode_jpeg,
+    encode_sample,
+    flow_members,
+    rgb_member,
+)
+
+
+def smooth_flow(h=48, w=64, seed=0, scale=8.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    a, b, c, d = rng.uniform(-1, 1, 4)
+    return scale * np.stack([np.sin(3 * xx + a) + b * yy, np.cos(2 * yy + c) + d * xx], -1).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "encoding, tolerance",
+    [("jpeg", 2 * 20 / 255 * 2.5), ("png16", 2 * 20 / 65535), ("float16", 0.01)],
+)
+def test_flow_encodings_round_trip(encoding, tolerance):
+    flow = smooth_flow()
+    parts = encode_flow(flow, encoding, bound=20.0)
+    assert len(parts) == len(flow_members("tvl1", 0, encoding))
+    back = decode_flow(parts, encoding, bound=20.0)
+    assert back.shape == flow.shape and back.dtype == np.float32
+    assert np.abs(back - flow).max() <= tolerance
+
+
+def test_jpeg_quality_changes_size_and_error():
+    flow = smooth_flow(seed=1) + np.random.default_rng(1).normal(0, 0.5, (48, 64, 2)).astype(np.float32)
+    low, high = encode_flow(flow, quality=30), encode_flow(flow, quality=95)
+    assert sum(map(len, low)) < sum(map(len, high))
+    assert np.abs(decode_flow(high) - flow).mean() < np.abs(decode_flow(low) - flow).mean()
+
+
+def test_decode_flow_u8_gives_stored_values():
+    x = np.full((8, 8), 200, np.uint8)
+    y = np.full((8, 8), 50, np.uint8)
+    stored = decode_flow_u8((encode_jpeg(x), encode_jpeg(y)))
+    assert stored.shape == (8, 8, 2) and abs(int(stored[4, 4, 0]) - 200) <= 1 and abs(int(stored[4, 4, 1]) - 50) <= 1
+
+
+def make_sample(key="v_Move000_g01_c01", frames=3, encoding="jpeg") -> Sample:
+    rng = np.random.default_rng(0)
+    rgb = [encode_jpeg(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)) for _ in range(frames)]
+    flows = [encode_flow(smooth_flow(24, 32, seed=i), encoding) for i in range(frames - 1)]
+    meta = SampleMeta(
+        video_id=key, label=2, label_name="Move180", split="train", source="/x.mp4", fps=25.0, num_frames=frames,
+        height=24, width=32, modalities=("rgb", "tvl1"), flow_encoding=encoding, flow_params={"tvl1": {"preset": "opencv"}},
+    )
+    return Sample(meta=meta, rgb=rgb, flow={"tvl1": flows})
+
+
+@pytest.mark.parametrize("encoding", ["jpeg", "png16", "float16"])
+def test_sample_round_trip_through_a_tar_read_by_plain_webdataset(tmp_path, encoding):
+    samples = [make_sample(f"video_{i}", frames=3 + i, encoding=encoding) for i in range(3)]
+    path = str(tmp_path / "train-000000.tar")
+    with wds.TarWriter(path) as sink:
+        for s in samples:
+            sink.write(encode_sample(s))
+    read = list(wds.WebDataset(path, shardshuffle=False))
+    assert [r["__key__"] for r in read] == ["video_0", "video_1", "video_2"]
+    for original, members in zip(samples, read):
+        back = decode_sample(members)
+        assert back.meta == original.meta
+        assert back.rgb == original.rgb and back.flow == original.flow
+        assert int(members["cls"]) == 2
+        assert back.rgb_frame(1).shape == (24, 32, 3)
+        assert back.flow_frame("tvl1", 0).shape == (24, 32, 2)
+        assert back.meta.num_flows == back.meta.num_frames - 1
+
+
+def test_plain_webdataset_decoders_read_the_images(tmp_path):
+    path = str(tmp_path / "s.tar")
+    with wds.TarWriter(path) as sink:
+        sink.write(encode_sample(make_sample()))
+    (decoded,) = list(wds.WebDataset(path, shardshuffle=False).decode("rgb8"))
+    assert decoded[rgb_member(0)].shape == (24, 32, 3)
+    x_name, _ = flow_members("tvl1", 1)
+    assert decoded[x_name].shape[:2] == (24, 32)
+    assert decoded["json"]["format_version"] == FORMAT_VERSION
+
+
+def test_encode_sample_rejects_inconsistent_samples():
+    s = make_sample()
+    s.flow["tvl1"] = s.flow["tvl1"][:-1]
+    with pytest.raises(ValueError, match="1 tvl1 flows for 3 frames"):
+        encode_sample(s)
+    bad = make_sample(key="a.b")
+    with pytest.raises(ValueError, match="without '.' or '/'"):
+        encode_sample(bad)
+
+
+def test_decode_sample_rejects_foreign_or_incomplete_members():
+    members = encode_sample(make_sample())
+    with pytest.raises(ValueError, match="no json member"):
+        decode_sample({"__key__": "x", "cls": b"1"})
+    del members[rgb_member(2)]
+    with pytest.raises(ValueError, match="lacks member 'rgb.000002.jpg'"):
+        decode_sample(members)
