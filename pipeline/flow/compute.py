@@ -92,14 +92,29 @@ def compute_flow(
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown flow algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-    _check_pair(prev, nxt)
-    tvl1_cfg, homography_cfg = resolve_params(preset, params)
     if return_homographies and algorithm != "warp_tvl1":
         raise ValueError("return_homographies needs algorithm='warp_tvl1'")
+    flows, homographies = compute_flows(prev, nxt, (algorithm,), preset, device, **params)
+    return (flows[algorithm], homographies) if return_homographies else flows[algorithm]
+
+
+def compute_flows(prev, nxt, algorithms=("tvl1",), preset: str = "opencv", device=None, **params):
+    """Several flow algorithms for the same pairs, sharing work: warped TV-L1 starts from plain TV-L1.
+
+    Arguments as `compute_flow`; `algorithms` is any non-empty subset of ALGORITHMS.
+
+    Returns:
+        ({algorithm: flow}, homographies): flows shaped as in `compute_flow`; one HomographyResult per pair
+        when warp_tvl1 is among the algorithms, else [].
+    """
+    unknown = [a for a in algorithms if a not in ALGORITHMS]
+    if unknown or not algorithms:
+        raise ValueError(f"unknown flow algorithm(s) {unknown or algorithms}; choose from {', '.join(ALGORITHMS)}")
+    _check_pair(prev, nxt)
+    tvl1_cfg, homography_cfg = resolve_params(preset, params)
     as_tensor = isinstance(prev, torch.Tensor)
     single = prev.ndim == 2
     if as_tensor:
-        dev = prev.device
         I0, I1 = (x.to(torch.float32) for x in (prev, nxt))
     else:
         dev = torch.device(device) if device is not None else default_device()
@@ -109,15 +124,16 @@ def compute_flow(
     I0, I1 = I0[:, None] / 255.0, I1[:, None] / 255.0  # (N, 1, H, W) in [0, 1]
 
     with torch.inference_mode():
-        flow = tvl1_flow(I0, I1, tvl1_cfg)  # (N, 2, H, W)
+        flows = {"tvl1": tvl1_flow(I0, I1, tvl1_cfg)}  # (N, 2, H, W)
         homographies: list[HomographyResult] = []
-        if algorithm == "warp_tvl1":
-            flow, homographies = _remove_camera_motion(I0, I1, flow, tvl1_cfg, homography_cfg)
-        out = flow.permute(0, 2, 3, 1).contiguous()  # (N, H, W, 2)
-    out = out[0] if single else out
-    if not as_tensor:
-        out = out.cpu().numpy()
-    return (out, homographies) if return_homographies else out
+        if "warp_tvl1" in algorithms:
+            flows["warp_tvl1"], homographies = _remove_camera_motion(I0, I1, flows["tvl1"], tvl1_cfg, homography_cfg)
+        out = {}
+        for name in algorithms:
+            flow = flows[name].permute(0, 2, 3, 1).contiguous()  # (N, H, W, 2)
+            flow = flow[0] if single else flow
+            out[name] = flow if as_tensor else flow.cpu().numpy()
+    return out, homographies
 
 
 def _remove_camera_motion(I0, I1, flow, tvl1_cfg: TVL1Config, homography_cfg: HomographyConfig):

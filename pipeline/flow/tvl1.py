@@ -32,6 +32,8 @@ from .ops import (
 
 log = logging.getLogger(__name__)
 
+AUTO_COMPILE_PIXELS = 160 * 120  # below this, eager is faster than a process's one-time compilation
+
 
 @dataclass(frozen=True)
 class TVL1Config:
@@ -50,7 +52,8 @@ class TVL1Config:
     median_filtering: int = 5  # median filter size applied to the flow (1 = off, or 5)
     min_size: int = 16  # a pyramid level narrower or lower than this is not used (OpenCV: 16)
     # How the solver runs; none of these changes the result.
-    compile: bool = True  # fuse each iteration into one kernel with torch.compile (falls back to eager)
+    compile: bool | None = None  # fuse each iteration into one kernel with torch.compile; None = when it pays
+    # (on a GPU, or frames of at least AUTO_COMPILE_PIXELS); compiling costs ~10-60 s once per process
     check_every: int | None = None  # iterations between convergence checks; None = 1 on CPU, 10 on GPU
     opencv_cpu_ops: bool = True  # on the CPU, OpenCV's own remap and median filter (False: the GPU code)
 
@@ -168,6 +171,13 @@ class _Kernels:
             return self._fns[name](*call_args)
 
 
+def use_compile(cfg: TVL1Config, device_type: str, height: int, width: int) -> bool:
+    """Whether to compile: as configured, else on a GPU or for frames of at least AUTO_COMPILE_PIXELS."""
+    if cfg.compile is not None:
+        return cfg.compile
+    return device_type != "cpu" or height * width >= AUTO_COMPILE_PIXELS
+
+
 @functools.cache
 def _kernels(device_type: str, compile: bool, opencv_cpu_ops: bool) -> _Kernels:
     return _Kernels(device_type, compile, opencv_cpu_ops)
@@ -182,7 +192,8 @@ def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor, cfg: TVL1Config = PRESETS["
     Returns:
         (N, 2, H, W) float32 forward flow in pixels, channel 0 = x (dx), channel 1 = y (dy).
     """
-    kernels = _kernels(prev.device.type, cfg.compile, cfg.opencv_cpu_ops)
+    compile = use_compile(cfg, prev.device.type, *prev.shape[-2:])
+    kernels = _kernels(prev.device.type, compile, cfg.opencv_cpu_ops)
     check_every = cfg.check_every or (1 if prev.device.type == "cpu" else 10)
     # OpenCV works on 0..255 intensities; lambda is tuned for that range.
     levels = [(prev * 255.0, nxt * 255.0)]

@@ -149,7 +149,7 @@ def test_batch_equals_single_pairs():
 def test_compiled_matches_eager_with_non_default_parameters():
     a = textured(64, 80)
     prev, nxt = u8(a), u8(shift(a, 1.5, 0.5))
-    cfg = TVL1Config(lambda_=0.2, gamma=0.4, nscales=3, warps=2)
+    cfg = TVL1Config(lambda_=0.2, gamma=0.4, nscales=3, warps=2, compile=True)
     I0 = torch.from_numpy(np.stack([prev, prev])).float()[:, None] / 255
     I1 = torch.from_numpy(np.stack([nxt, prev])).float()[:, None] / 255
     eager = tvl1_flow(I0, I1, cfg.replace(compile=False))
@@ -157,6 +157,17 @@ def test_compiled_matches_eager_with_non_default_parameters():
     # float32 rounding differs between the fused kernel and eager ops; the flows agree to ~1e-3 px
     assert (eager - compiled).abs().max() < 5e-3 and (eager - compiled).abs().mean() < 1e-4
     assert (compiled[0].mean((1, 2)) - torch.tensor([1.5, 0.5])).abs().max() < 0.15
+
+
+def test_compile_is_chosen_by_device_and_frame_size_unless_set():
+    from pipeline.flow.tvl1 import use_compile
+
+    auto = TVL1Config()
+    assert not use_compile(auto, "cpu", 60, 80)  # small frames: eager beats the one-time compilation
+    assert use_compile(auto, "cpu", 256, 340)
+    assert use_compile(auto, "cuda", 60, 80)
+    assert use_compile(auto.replace(compile=True), "cpu", 8, 8)
+    assert not use_compile(auto.replace(compile=False), "cuda", 256, 340)
 
 
 def test_convergence_check_interval_does_not_change_the_result():

@@ -1,0 +1,157 @@
+"""Preprocess a manifest into WebDataset shards of RGB frames and TV-L1 / warped TV-L1 flow, on Ray.
+
+    python -m jobs.preprocess --manifest m.parquet --out data/ [--modalities rgb,tvl1,warp_tvl1]
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m jobs.preprocess --manifest ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobs.common import cli, fail, write_config
+from pipeline.decode import PIXEL_GRIDS, DecodeConfig
+from pipeline.flow import PRESETS
+from pipeline.preprocess import PreprocessConfig, format_summary, run_preprocess
+from pipeline.ray_tasks import ClusterConfig
+from pipeline.shards import ProcessConfig
+from schemas.sample import DEFAULT_FLOW_BOUND, DEFAULT_JPEG_QUALITY, FLOW_ENCODINGS, MODALITIES
+
+EXIT_FAILURES = 1  # --strict and some videos failed
+
+
+@dataclass(frozen=True)
+class PreprocessJobConfig:
+    run: PreprocessConfig
+    strict: bool = False
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 340x256, got {text!r}") from None
+    return w, h
+
+
+def _modalities(text: str) -> tuple[str, ...]:
+    names = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in names if m not in MODALITIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown modality {','.join(unknown) or text!r}; choose from {','.join(MODALITIES)}")
+    return names
+
+
+def _flow_param(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE such as lambda=0.2, got {text!r}")
+    lowered = value.strip().lower()
+    if lowered in ("true", "false", "none"):
+        return key.strip(), {"true": True, "false": False, "none": None}[lowered]
+    try:
+        return key.strip(), ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        return key.strip(), value.strip()
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.preprocess",
+        description="Decode the videos of a manifest, compute optical flow, and write WebDataset shards "
+        "(OUT/shards/<split>-NNNNNN.tar) with OUT/index.parquet, OUT/results.parquet and OUT/dataset.json. "
+        "Runs on an embedded local Ray unless --address or RAY_ADDRESS names a cluster. Re-running resumes.",
+        add_help=add_help,
+    )
+    io = parser.add_argument_group("input and output")
+    io.add_argument("--manifest", required=True, help="manifest written by `python -m jobs.manifest`")
+    io.add_argument("--out", required=True, help="output folder (a local path; created if missing)")
+    io.add_argument("--overwrite", action="store_true", help="delete the shards already in --out and start over")
+    io.add_argument("--strict", action="store_true", help="exit with status 1 when any video failed (default: 0, failures are listed)")
+
+    frames = parser.add_argument_group("frames")
+    frames.add_argument("--modalities", type=_modalities, default=("rgb", "tvl1"), help="comma-separated subset of rgb,tvl1,warp_tvl1 (default rgb,tvl1)")
+    size = frames.add_mutually_exclusive_group()
+    size.add_argument("--short-side", type=int, default=256, help="resize so the shorter side is this many pixels, never upscaling (default 256)")
+    size.add_argument("--size", type=_size, help="resize to exactly WIDTHxHEIGHT (e.g. 340x256) instead")
+    frames.add_argument("--fps", type=float, help="resample to this frame rate (default: keep every frame)")
+    frames.add_argument("--max-frames", type=int, help="keep at most this many frames per video (default: all)")
+    frames.add_argument(
+        "--pixel-grid", choices=PIXEL_GRIDS, default="stored",
+        help="stored: pixels as stored, like OpenCV-based tools (default); square: correct the sample aspect ratio",
+    )
+    frames.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY, help=f"JPEG quality of RGB frames and flow images (default {DEFAULT_JPEG_QUALITY})")
+
+    flow = parser.add_argument_group("optical flow")
+    flow.add_argument("--flow-preset", choices=list(PRESETS), default="opencv", help="TV-L1 preset: opencv (OpenCV's defaults) or accurate (default opencv)")
+    flow.add_argument("--flow-param", type=_flow_param, action="append", default=[], metavar="NAME=VALUE",
+                      help="override one TV-L1 or homography parameter, e.g. lambda_=0.2 or warps=3 (repeatable)")
+    flow.add_argument("--flow-bound", type=float, default=DEFAULT_FLOW_BOUND, help=f"flow clipped to +-this many pixels before 8-bit quantisation (default {DEFAULT_FLOW_BOUND:g})")
+    flow.add_argument("--flow-encoding", choices=FLOW_ENCODINGS, default="jpeg", help="jpeg: 8-bit x/y JPEGs (default); png16 or float16: lossless")
+    flow.add_argument("--flow-batch", type=int, default=32, help="frame pairs per flow batch (default 32; raise on a GPU)")
+    flow.add_argument("--device", choices=("cpu", "cuda"), help="force the flow device (default: cuda when a task has a GPU)")
+
+    run = parser.add_argument_group("sharding and cluster")
+    run.add_argument("--shard-size-mb", type=float, default=1024, help="approximate shard size in MB (default 1024)")
+    run.add_argument("--videos-per-shard", type=int, help="videos per shard, instead of estimating it from --shard-size-mb")
+    run.add_argument("--address", help="Ray cluster address (host:6379 or ray://host:10001); default: RAY_ADDRESS, else an embedded local Ray")
+    run.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs per shard task (default 1)")
+    run.add_argument("--gpus-per-task", type=float, default=0.25, help="GPU share per shard task when the cluster has GPUs (default 0.25)")
+    run.add_argument("--max-retries", type=int, default=3, help="retries of a shard task whose worker died (default 3)")
+    run.add_argument("--progress-seconds", type=float, default=10.0, help="seconds between progress lines (default 10)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> PreprocessJobConfig:
+    decode = DecodeConfig(
+        short_side=None if args.size else args.short_side,
+        size=args.size,
+        fps=args.fps,
+        max_frames=args.max_frames,
+        pixel_grid=args.pixel_grid,
+    )
+    process = ProcessConfig(
+        modalities=args.modalities,
+        decode=decode,
+        flow_preset=args.flow_preset,
+        flow_params=tuple(args.flow_param),
+        flow_bound=args.flow_bound,
+        flow_encoding=args.flow_encoding,
+        jpeg_quality=args.jpeg_quality,
+        flow_batch=args.flow_batch,
+        device=args.device,
+    )
+    cluster = ClusterConfig(
+        address=args.address, cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task, max_retries=args.max_retries
+    )
+    if args.videos_per_shard is not None and args.videos_per_shard < 1:
+        raise ValueError(f"--videos-per-shard must be at least 1, got {args.videos_per_shard}")
+    if args.shard_size_mb <= 0:
+        raise ValueError(f"--shard-size-mb must be positive, got {args.shard_size_mb}")
+    run = PreprocessConfig(
+        manifest=args.manifest,
+        out=args.out,
+        process=process,
+        cluster=cluster,
+        shard_size_mb=args.shard_size_mb,
+        videos_per_shard=args.videos_per_shard,
+        overwrite=args.overwrite,
+        progress_seconds=args.progress_seconds,
+    )
+    return PreprocessJobConfig(run=run, strict=args.strict)
+
+
+def main(cfg: PreprocessJobConfig) -> int:
+    try:
+        summary = run_preprocess(cfg.run, print_fn=lambda line: print(line, flush=True))
+    except ValueError as exc:
+        return fail(str(exc))
+    write_config(cfg, Path(cfg.run.out) / "preprocess.config.json")
+    print(format_summary(summary, cfg.run.out), flush=True)
+    return EXIT_FAILURES if cfg.strict and summary.failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli(get_args_parser, config_from_args, main))

@@ -1,0 +1,153 @@
+"""Decoding videos with PyAV: any container and codec FFmpeg reads, audio ignored, frames counted by decoding.
+
+Frames are resized as they are decoded (FFmpeg's swscale, area averaging), so memory holds only the
+output-size frames. The pixel grid is a choice (`DecodeConfig.pixel_grid`):
+  - "stored" (default): the pixels as stored, ignoring the sample aspect ratio, as OpenCV-based tools
+    (denseflow, mmaction2) do. A 340x256 Kinetics clip with sample aspect 64/51 stays 340x256.
+  - "square": sample-aspect corrected, so pixels are square: that clip becomes 426x256 before resizing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+
+PIXEL_GRIDS = ("stored", "square")
+TRUNCATION_TOLERANCE = 0.9  # fewer decoded frames than this share of a declared count means a cut-off file
+
+
+class VideoError(Exception):
+    """A video that cannot be used; str(error) is the one-line reason recorded in the results."""
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How frames are taken from a video."""
+
+    short_side: int | None = 256  # shorter side after resizing, never upscaling; None = native size
+    size: tuple[int, int] | None = None  # exact (width, height); overrides short_side
+    fps: float | None = None  # resample to this frame rate (nearest frame in time); None = every frame
+    max_frames: int | None = None  # keep at most this many frames (from the start of the clip)
+    pixel_grid: str = "stored"  # "stored" or "square", see the module docstring
+
+    def __post_init__(self):
+        if self.short_side is not None and self.short_side < 2:
+            raise ValueError(f"short side must be at least 2 pixels, got {self.short_side}")
+        if self.size is not None and (len(self.size) != 2 or min(self.size) < 2):
+            raise ValueError(f"size must be (width, height) of at least 2x2, got {self.size}")
+        if self.fps is not None and not self.fps > 0:
+            raise ValueError(f"fps must be positive, got {self.fps}")
+        if self.max_frames is not None and self.max_frames < 2:
+            raise ValueError(f"max frames must be at least 2 (one flow needs two frames), got {self.max_frames}")
+        if self.pixel_grid not in PIXEL_GRIDS:
+            raise ValueError(f"pixel grid must be one of {', '.join(PIXEL_GRIDS)}, got {self.pixel_grid!r}")
+
+
+@dataclass
+class DecodedVideo:
+    frames: np.ndarray  # (T, H, W, 3) uint8 RGB
+    fps: float  # frame rate of `frames`
+    source_size: tuple[int, int]  # stored (width, height)
+    sample_aspect: Fraction  # of the source; 1 where unknown
+    decoded_frames: int  # frames decoded from the source (before fps resampling and max_frames)
+
+
+def output_size(width: int, height: int, sample_aspect: Fraction, cfg: DecodeConfig) -> tuple[int, int]:
+    """(width, height) of the output frames for a source of the given stored size."""
+    if cfg.size is not None:
+        return cfg.size
+    display_width = width * sample_aspect if cfg.pixel_grid == "square" else width
+    if cfg.short_side is None:
+        return max(2, round(display_width)), height
+    scale = min(1.0, cfg.short_side / min(display_width, height))  # never upscale
+    return max(2, round(display_width * scale)), max(2, round(height * scale))
+
+
+def resample_indices(times: np.ndarray, fps: float, start: float) -> np.ndarray:
+    """Indices of the frames nearest in time to start, start + 1/fps, ... up to the end of the last frame.
+
+    Args:
+        times: (T,) increasing frame timestamps in seconds.
+    """
+    if len(times) == 0:
+        return np.zeros(0, int)
+    step = np.median(np.diff(times)) if len(times) > 1 else 1.0 / fps
+    duration = times[-1] + step - start
+    count = max(1, int(math.floor(duration * fps + 1e-6)))
+    targets = start + np.arange(count) / fps
+    right = np.clip(np.searchsorted(times, targets), 1, len(times) - 1) if len(times) > 1 else np.zeros(count, int)
+    left = np.maximum(right - 1, 0)
+    nearer_left = np.abs(times[left] - targets) <= np.abs(times[right] - targets)
+    return np.where(nearer_left, left, right)
+
+
+def decode_video(path: str, cfg: DecodeConfig = DecodeConfig(), start_sec: float | None = None, end_sec: float | None = None) -> DecodedVideo:
+    """Decode the frames of `path` (optionally only [start_sec, end_sec)) at the configured size and rate.
+
+    Raises:
+        VideoError: missing, empty, unreadable, without a video stream, cut off, corrupt, or fewer than
+            2 frames; the message is one line naming the reason.
+    """
+    if not os.path.isfile(path):
+        raise VideoError("file not found")
+    if os.path.getsize(path) == 0:
+        raise VideoError("empty file (0 bytes)")
+    try:
+        container = av.open(path)
+    except av.error.FFmpegError as exc:
+        raise VideoError(f"not a readable video file ({_reason(exc)})") from None
+    with container:
+        if not container.streams.video:
+            kinds = ", ".join(sorted({s.type for s in container.streams})) or "no streams"
+            raise VideoError(f"no video stream (contains: {kinds})")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        sample_aspect = stream.sample_aspect_ratio or Fraction(1)
+        width, height = output_size(stream.codec_context.width, stream.codec_context.height, sample_aspect, cfg)
+        trimming = start_sec is not None or end_sec is not None
+        if start_sec:
+            try:
+                container.seek(int(start_sec / stream.time_base), stream=stream, backward=True)
+            except av.error.FFmpegError:
+                container.seek(0)
+        native_rate = float(stream.average_rate or stream.guessed_rate or 25)
+        frames, times = [], []
+        keep_all = cfg.fps is None
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                t = frame.time if frame.time is not None else index / native_rate
+                if start_sec is not None and t < start_sec - 1e-6:
+                    continue
+                if end_sec is not None and t >= end_sec - 1e-6:
+                    break
+                frames.append(frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray())
+                times.append(t)
+                if keep_all and cfg.max_frames is not None and len(frames) >= cfg.max_frames:
+                    break
+        except av.error.FFmpegError as exc:
+            raise VideoError(f"corrupt or cut off after {len(frames)} decoded frames ({_reason(exc)})") from None
+        declared = stream.frames
+        stopped_early = keep_all and cfg.max_frames is not None and len(frames) >= cfg.max_frames
+        if not trimming and not stopped_early and declared > 2 and len(frames) < TRUNCATION_TOLERANCE * declared:
+            raise VideoError(f"cut off: decoded {len(frames)} of the {declared} frames the file declares")
+    decoded = len(frames)
+    fps = native_rate
+    if cfg.fps is not None and frames:
+        picks = resample_indices(np.asarray(times), cfg.fps, start_sec if start_sec is not None else times[0])
+        frames, fps = [frames[i] for i in picks], cfg.fps
+    if cfg.max_frames is not None:
+        frames = frames[: cfg.max_frames]
+    if len(frames) < 2:
+        raise VideoError(f"too short: {len(frames)} frame(s), at least 2 are needed for optical flow")
+    return DecodedVideo(np.stack(frames), fps, (stream.codec_context.width, stream.codec_context.height), sample_aspect, decoded)
+
+
+def _reason(exc: Exception) -> str:
+    """The FFmpeg error text without the file name PyAV appends."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text.split(":")[0].strip() if ": '" in text else text.strip()

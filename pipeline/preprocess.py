@@ -1,0 +1,203 @@
+"""The preprocessing run: manifest -> plan -> shard tasks on Ray -> index, results and dataset.json.
+
+Re-running with the same manifest and parameters skips the shards already done and redoes nothing else;
+a run interrupted at any point (worker or driver killed) finishes on re-run with every video exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas.dataset import DATASET_FILE, INDEX_FILE, INDEX_SCHEMA, RESULTS_FILE, RESULTS_SCHEMA, SHARDS_DIR, DatasetInfo
+from schemas.manifest import VideoRecord, read_manifest
+
+from . import __version__
+from .progress import Progress, format_duration
+from .ray_tasks import ClusterConfig, run_shards
+from .shards import PROGRESS_DIR, ProcessConfig, ShardResult, VideoResult, completed_shards, estimate_video_mb, plan_shards
+from .storage import OutputDir
+
+RUN_FILE = "run.json"  # under _progress/: the parameters the existing shards were built with
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    manifest: str
+    out: str
+    process: ProcessConfig = ProcessConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    shard_size_mb: float = 1024.0  # target shard size; videos per shard is estimated from it
+    videos_per_shard: int | None = None  # set explicitly instead of estimating
+    overwrite: bool = False
+    progress_seconds: float = 10.0
+
+
+@dataclass
+class RunSummary:
+    videos: int
+    ok: int
+    failed: int
+    shards: int
+    shards_run: int
+    bytes: int
+    seconds: float
+    failures: list[VideoResult] = field(default_factory=list)
+
+
+def manifest_fingerprint(records: list[VideoRecord]) -> str:
+    """A hash of what the plan depends on (ids, paths, labels, splits, trim windows), in order."""
+    h = hashlib.sha256()
+    for r in records:
+        h.update(json.dumps([r.video_id, r.path, r.label, r.split, r.start_sec, r.end_sec]).encode())
+    return h.hexdigest()
+
+
+def run_parameters(cfg: PreprocessConfig, records: list[VideoRecord], videos_per_shard: int) -> dict:
+    return {
+        "process": json.loads(json.dumps(asdict(cfg.process), default=str)),
+        "videos_per_shard": videos_per_shard,
+        "manifest": manifest_fingerprint(records),
+    }
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = print) -> RunSummary:
+    """Run (or resume) preprocessing and write index.parquet, results.parquet and dataset.json.
+
+    Raises:
+        ValueError: an unreadable manifest, or an output folder built with other parameters (without
+            overwrite); the message says how to fix it.
+    """
+    start = time.monotonic()
+    records, classes = read_manifest(cfg.manifest)
+    if not records:
+        raise ValueError(f"manifest {cfg.manifest} lists no videos")
+    out = OutputDir(cfg.out)
+    videos_per_shard = cfg.videos_per_shard or max(1, math.floor(cfg.shard_size_mb / estimate_video_mb(cfg.process)))
+    params = run_parameters(cfg, records, videos_per_shard)
+
+    if cfg.overwrite:
+        for folder in (SHARDS_DIR, PROGRESS_DIR):
+            out.delete_dir(folder)
+        for name in (INDEX_FILE, RESULTS_FILE, DATASET_FILE):
+            out.delete_file(name)
+    elif out.exists(PROGRESS_DIR, RUN_FILE):
+        previous = json.loads(out.read_bytes(PROGRESS_DIR, RUN_FILE))
+        if previous != params:
+            old, new = _flatten(previous), _flatten(params)
+            changed = [f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+            raise ValueError(
+                f"{cfg.out} holds shards built with other parameters ({'; '.join(changed[:4])}); "
+                "pass --overwrite to rebuild them, or choose another --out"
+            )
+    out.write_bytes(json.dumps(params, indent=2).encode(), PROGRESS_DIR, RUN_FILE)
+    out.remove_temporaries(SHARDS_DIR)
+    out.remove_temporaries(PROGRESS_DIR)
+
+    specs = plan_shards(records, videos_per_shard)
+    done = {name: r for name, r in completed_shards(out).items() if name in {s.name for s in specs}}
+    todo = [s for s in specs if s.name not in done]
+    print_fn(
+        f"{len(records)} videos in {len(specs)} shards of up to {videos_per_shard} videos; "
+        f"{len(done)} shards already done, {len(todo)} to run; modalities {','.join(cfg.process.modalities)}"
+    )
+
+    done_videos = sum(len(r.videos) for r in done.values())
+    done_failed = sum(v.status != "ok" for r in done.values() for v in r.videos)
+    progress = Progress(len(records), cfg.progress_seconds, print_fn, already_done=done_videos)
+
+    def on_progress(videos: int, frames: int, failed: int) -> None:
+        progress.update(done_videos + videos, frames, done_failed + failed)
+
+    def on_shard(result: ShardResult) -> None:
+        bad = [v for v in result.videos if v.status != "ok"]
+        for v in bad:
+            print_fn(f"  failed: {v.video_id}: {v.reason}")
+
+    new = run_shards(todo, cfg.process, cfg.out, cfg.cluster, on_progress, on_shard) if todo else []
+    results = sorted([*done.values(), *new], key=lambda r: r.name)
+    videos = [v for r in results for v in r.videos]
+    progress.update(len(videos), sum(v.frames for r in new for v in r.videos), sum(v.status != "ok" for v in videos), force=True)
+    _write_outputs(out, cfg, classes, params, results)
+    failures = [v for v in videos if v.status != "ok"]
+    return RunSummary(
+        videos=len(videos),
+        ok=len(videos) - len(failures),
+        failed=len(failures),
+        shards=sum(r.tar is not None for r in results),
+        shards_run=len(new),
+        bytes=sum(r.bytes for r in results),
+        seconds=time.monotonic() - start,
+        failures=failures,
+    )
+
+
+def _write_outputs(out: OutputDir, cfg: PreprocessConfig, classes: list[str], params: dict, results: list[ShardResult]) -> None:
+    """index.parquet, results.parquet and dataset.json, each written atomically, after all shards closed."""
+    videos = [v for r in results for v in r.videos]
+    tar_of = {r.name: r.tar for r in results}
+    index_rows = [
+        {"key": v.video_id, "shard": tar_of[v.shard], "label": v.label, "split": v.split, "frames": v.frames, "bytes": v.bytes}
+        for v in videos
+        if v.status == "ok"
+    ]
+    _write_parquet(out, INDEX_FILE, pa.Table.from_pylist(index_rows, schema=INDEX_SCHEMA))
+    _write_parquet(out, RESULTS_FILE, pa.Table.from_pylist([asdict(v) for v in videos], schema=RESULTS_SCHEMA))
+    shards: dict[str, list[str]] = {}
+    for r in results:
+        if r.tar is not None:
+            shards.setdefault(r.split, []).append(r.tar)
+    info = DatasetInfo(
+        classes=list(classes),
+        modalities=list(cfg.process.modalities),
+        parameters={**params["process"], "videos_per_shard": params["videos_per_shard"]},
+        counts={
+            "videos": len(videos),
+            "ok": sum(v.status == "ok" for v in videos),
+            "failed": sum(v.status != "ok" for v in videos),
+            "samples": dict(Counter(v.split for v in videos if v.status == "ok")),
+            "shards": {split: len(names) for split, names in shards.items()},
+            "frames": sum(v.frames for v in videos),
+        },
+        shards=shards,
+        flowshard_version=__version__,
+    )
+    out.write_bytes(info.to_json().encode(), DATASET_FILE)
+
+
+def _write_parquet(out: OutputDir, name: str, table: pa.Table) -> None:
+    with out.atomic_write(name) as stream:
+        pq.write_table(table, stream)
+
+
+def format_summary(summary: RunSummary, out: str, show_failures: int = 10) -> str:
+    lines = [
+        f"{summary.ok} ok, {summary.failed} failed of {summary.videos} videos; {summary.shards} shards "
+        f"({summary.shards_run} written in this run), {summary.bytes / 2**20:.1f} MB, {format_duration(summary.seconds)}",
+    ]
+    if summary.failures:
+        reasons = Counter(v.reason.split(" (")[0] for v in summary.failures)
+        lines.append("failures by reason: " + "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common()))
+        lines += [f"  {v.video_id}: {v.reason}" for v in summary.failures[:show_failures]]
+        if len(summary.failures) > show_failures:
+            lines.append(f"  ... {len(summary.failures) - show_failures} more in {out}/{RESULTS_FILE}")
+    lines.append(f"shards in {out}/{SHARDS_DIR}/, index {out}/{INDEX_FILE}, per-video results {out}/{RESULTS_FILE}")
+    return "\n".join(lines)

@@ -1,0 +1,256 @@
+"""Shards: the deterministic plan (videos -> shards) and the work of one shard (decode, flow, write a tar).
+
+`process_shard` is plain Python, testable without Ray; `pipeline.ray_tasks` runs it as a Ray task. A shard
+is written whole or not at all: the tar is written under a temporary name and moved into place, then its
+completion record (`_progress/<shard>.done.json`) is written. A shard counts as done once that record exists,
+so a retried or re-run shard is rewritten from scratch and no video is ever stored twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+import webdataset as wds
+
+from schemas.dataset import SHARDS_DIR
+from schemas.manifest import SPLITS, VideoRecord
+from schemas.sample import (
+    DEFAULT_FLOW_BOUND,
+    DEFAULT_JPEG_QUALITY,
+    FLOW_ENCODINGS,
+    FLOW_MODALITIES,
+    MODALITIES,
+    RGB,
+    Sample,
+    SampleMeta,
+    encode_flow,
+    encode_jpeg,
+    encode_sample,
+)
+
+from .decode import DecodeConfig, VideoError, decode_video
+from .flow import compute_flows, resolve_params
+from .storage import HashingWriter, OutputDir
+
+PROGRESS_DIR = "_progress"  # one completion record per finished shard
+DONE_SUFFIX = ".done.json"
+TAR_MTIME = 0.0  # fixed member times: the same input gives byte-identical shards
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    """What each video becomes (the parameters every shard task shares)."""
+
+    modalities: tuple[str, ...] = (RGB, "tvl1")
+    decode: DecodeConfig = DecodeConfig()
+    flow_preset: str = "opencv"
+    flow_params: tuple[tuple[str, object], ...] = ()  # individual TV-L1 / homography overrides
+    flow_bound: float = DEFAULT_FLOW_BOUND
+    flow_encoding: str = "jpeg"
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
+    flow_batch: int = 32  # frame pairs per compute_flow call (more on a GPU)
+    device: str | None = None  # None: cuda when the task sees a GPU, else cpu
+
+    def __post_init__(self):
+        unknown = [m for m in self.modalities if m not in MODALITIES]
+        if unknown or not self.modalities or len(set(self.modalities)) != len(self.modalities):
+            raise ValueError(f"modalities must be distinct names from {', '.join(MODALITIES)}, got {','.join(self.modalities)}")
+        if self.flow_encoding not in FLOW_ENCODINGS:
+            raise ValueError(f"flow encoding must be one of {', '.join(FLOW_ENCODINGS)}, got {self.flow_encoding!r}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"JPEG quality must be 1..100, got {self.jpeg_quality}")
+        if not self.flow_bound > 0:
+            raise ValueError(f"flow bound must be positive, got {self.flow_bound}")
+        if self.flow_batch < 1:
+            raise ValueError(f"flow batch must be at least 1, got {self.flow_batch}")
+        resolve_params(self.flow_preset, dict(self.flow_params))  # raises ValueError on unknown names
+
+    @property
+    def flow_modalities(self) -> tuple[str, ...]:
+        return tuple(m for m in self.modalities if m in FLOW_MODALITIES)
+
+    def flow_description(self) -> dict:
+        """The flow parameters written into every sample's metadata."""
+        tvl1, homography = resolve_params(self.flow_preset, dict(self.flow_params))
+        solver = {k: v for k, v in asdict(tvl1).items() if k not in ("compile", "check_every", "opencv_cpu_ops")}
+        return {
+            m: {"preset": self.flow_preset, "tvl1": solver, **({"homography": asdict(homography)} if m == "warp_tvl1" else {})}
+            for m in self.flow_modalities
+        }
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """One unit of work: the videos of one shard, in manifest order."""
+
+    name: str  # "<split>-<NNNNNN>", also the tar's file name without ".tar"
+    split: str
+    records: tuple[VideoRecord, ...]
+
+
+@dataclass
+class VideoResult:
+    """One row of results.parquet: what happened to one manifest video."""
+
+    video_id: str
+    split: str
+    shard: str
+    status: str  # "ok" or "failed"
+    reason: str  # "" when ok
+    seconds: float
+    frames: int = 0
+    bytes: int = 0
+    label: int = -1
+
+
+@dataclass
+class ShardResult:
+    name: str
+    split: str
+    tar: str | None  # file name under shards/, None when no video of the shard could be used
+    samples: int
+    bytes: int
+    sha256: str
+    seconds: float
+    videos: list[VideoResult] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ShardResult":
+        raw = json.loads(text)
+        raw["videos"] = [VideoResult(**v) for v in raw["videos"]]
+        return cls(**raw)
+
+
+def plan_shards(records: list[VideoRecord], videos_per_shard: int) -> list[ShardSpec]:
+    """Assign videos to shards deterministically: per split, in manifest order, `videos_per_shard` each.
+
+    The plan depends only on the manifest and this number, so a re-run finds the same shards.
+    """
+    if videos_per_shard < 1:
+        raise ValueError(f"videos per shard must be at least 1, got {videos_per_shard}")
+    specs = []
+    for split in SPLITS:
+        rows = [r for r in records if r.split == split]
+        for i in range(0, len(rows), videos_per_shard):
+            specs.append(ShardSpec(f"{split}-{i // videos_per_shard:06d}", split, tuple(rows[i : i + videos_per_shard])))
+    return specs
+
+
+def estimate_video_mb(cfg: ProcessConfig, frames: int = 300) -> float:
+    """Rough size of one stored video (default: 10 s at 30 fps), for choosing videos per shard."""
+    w, h = cfg.decode.size or (340, cfg.decode.short_side or 256)
+    pixels = w * h / (340 * 256)
+    per_frame = 0.0
+    if RGB in cfg.modalities:
+        per_frame += 0.030 * pixels * cfg.jpeg_quality / 95  # an RGB JPEG at q95 is ~30 KB at 340x256
+    per_flow = {"jpeg": 0.012, "png16": 0.2, "float16": 0.35}[cfg.flow_encoding] * pixels
+    per_frame += per_flow * len(cfg.flow_modalities)
+    frames = min(frames, cfg.decode.max_frames or frames)
+    return max(per_frame * frames, 1e-3)
+
+
+def process_video(record: VideoRecord, cfg: ProcessConfig) -> Sample:
+    """Decode one video and compute its modalities; everything stays in memory until it is complete.
+
+    Raises:
+        VideoError: the video cannot be used (the reason is one line).
+    """
+    if not record.exists:
+        raise VideoError("file not found (listed as missing in the manifest)")
+    video = decode_video(record.path, cfg.decode, record.start_sec, record.end_sec)
+    frames = video.frames  # (T, H, W, 3)
+    T, H, W, _ = frames.shape
+    rgb = [encode_jpeg(f, cfg.jpeg_quality) for f in frames] if RGB in cfg.modalities else []
+    flows: dict[str, list[tuple[bytes, ...]]] = {m: [] for m in cfg.flow_modalities}
+    homographies = []
+    if flows:
+        gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])  # (T, H, W)
+        for start in range(0, T - 1, cfg.flow_batch):
+            stop = min(start + cfg.flow_batch, T - 1)
+            out, found = compute_flows(
+                gray[start:stop], gray[start + 1 : stop + 1], tuple(flows), cfg.flow_preset, cfg.device, **dict(cfg.flow_params)
+            )
+            homographies += [h.as_dict() for h in found]
+            for modality, batch in out.items():
+                flows[modality] += [encode_flow(f, cfg.flow_encoding, cfg.flow_bound, cfg.jpeg_quality) for f in batch]
+    meta = SampleMeta(
+        video_id=record.video_id,
+        label=record.label,
+        label_name=record.label_name,
+        split=record.split,
+        source=record.path,
+        fps=float(video.fps),
+        num_frames=T,
+        height=H,
+        width=W,
+        modalities=tuple(cfg.modalities),
+        flow_encoding=cfg.flow_encoding,
+        flow_bound=cfg.flow_bound,
+        jpeg_quality=cfg.jpeg_quality,
+        flow_params=cfg.flow_description(),
+        homographies=homographies,
+        start_sec=record.start_sec,
+        end_sec=record.end_sec,
+    )
+    return Sample(meta=meta, rgb=rgb, flow=flows)
+
+
+def process_shard(
+    spec: ShardSpec,
+    cfg: ProcessConfig,
+    out: OutputDir,
+    on_video: Callable[[VideoResult], None] | None = None,
+) -> ShardResult:
+    """Process every video of a shard and write the shard tar, then its completion record.
+
+    A video that cannot be used becomes a failed VideoResult with its reason; the others are written.
+    `on_video` is called after each video (for progress reporting).
+    """
+    start = time.monotonic()
+    if cfg.device is None and torch.cuda.is_available():
+        cfg = replace(cfg, device="cuda")
+    results: list[VideoResult] = []
+    tar_name, samples, size, digest = f"{spec.name}.tar", 0, 0, ""
+    with out.atomic_write(SHARDS_DIR, tar_name) as stream:
+        writer = HashingWriter(stream)
+        with wds.TarWriter(writer, mtime=TAR_MTIME) as sink:
+            for record in spec.records:
+                t0 = time.monotonic()
+                try:
+                    members = encode_sample(process_video(record, cfg))
+                except VideoError as exc:
+                    result = VideoResult(record.video_id, spec.split, spec.name, "failed", str(exc), time.monotonic() - t0, label=record.label)
+                else:
+                    before = writer.bytes
+                    sink.write(members)
+                    frames = json.loads(members["json"])["num_frames"]
+                    result = VideoResult(record.video_id, spec.split, spec.name, "ok", "", time.monotonic() - t0, frames, writer.bytes - before, record.label)
+                    samples += 1
+                results.append(result)
+                if on_video is not None:
+                    on_video(result)
+        size, digest = writer.bytes, writer.sha256
+    if samples == 0:  # nothing usable: no empty tar in the dataset, the record says why
+        out.delete_file(SHARDS_DIR, tar_name)
+        tar_name, size, digest = None, 0, ""
+    result = ShardResult(spec.name, spec.split, tar_name, samples, size, digest, time.monotonic() - start, results)
+    out.write_bytes(result.to_json().encode(), PROGRESS_DIR, spec.name + DONE_SUFFIX)
+    return result
+
+
+def completed_shards(out: OutputDir) -> dict[str, ShardResult]:
+    """The shards whose completion record exists, by name."""
+    done = {}
+    for name in out.list(PROGRESS_DIR, suffix=DONE_SUFFIX):
+        result = ShardResult.from_json(out.read_bytes(PROGRESS_DIR, name).decode())
+        done[result.name] = result
+    return done

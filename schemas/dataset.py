@@ -1,0 +1,82 @@
+"""The files beside the shards of a preprocessed dataset, written last (after every shard has closed):
+
+    OUT/shards/<split>-<NNNNNN>.tar   the samples (see schemas.sample)
+    OUT/index.parquet                 one row per sample: key, shard, label, split, frames, bytes
+    OUT/results.parquet               one row per manifest video: ok or failed, the reason, seconds
+    OUT/dataset.json                  classes, modalities, parameters, counts, the flowshard version
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from .sample import FORMAT_VERSION
+
+SHARDS_DIR = "shards"
+INDEX_FILE = "index.parquet"
+RESULTS_FILE = "results.parquet"
+DATASET_FILE = "dataset.json"
+
+INDEX_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),  # the sample key (= video_id)
+        pa.field("shard", pa.string(), nullable=False),  # tar file name under shards/
+        pa.field("label", pa.int32(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("frames", pa.int32(), nullable=False),
+        pa.field("bytes", pa.int64(), nullable=False),  # the sample's bytes in the tar, headers included
+    ]
+)
+
+RESULTS_SCHEMA = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),  # the shard the video was planned into
+        pa.field("status", pa.string(), nullable=False),  # "ok" or "failed"
+        pa.field("reason", pa.string(), nullable=False),  # one line; "" when ok
+        pa.field("seconds", pa.float64(), nullable=False),
+        pa.field("frames", pa.int32(), nullable=False),
+        pa.field("bytes", pa.int64(), nullable=False),
+        pa.field("label", pa.int32(), nullable=False),
+    ]
+)
+
+
+@dataclass
+class DatasetInfo:
+    """dataset.json: what a trainer needs to know about the shards without opening them."""
+
+    classes: list[str]
+    modalities: list[str]
+    parameters: dict  # the preprocessing configuration (decode, flow, encoding)
+    counts: dict  # {"videos": n, "ok": n, "failed": n, "samples": {split: n}, "shards": {split: n}, "frames": n}
+    shards: dict = field(default_factory=dict)  # {split: [tar file names]}
+    flowshard_version: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "DatasetInfo":
+        return cls(**json.loads(text))
+
+
+def read_dataset_info(root: str | Path) -> DatasetInfo:
+    """Read OUT/dataset.json of a preprocessed dataset.
+
+    Raises:
+        ValueError: the folder is not a finished flowshard dataset, or from another format version.
+    """
+    path = Path(root) / DATASET_FILE
+    if not path.is_file():
+        raise ValueError(f"{root} has no {DATASET_FILE}: it is not a finished flowshard dataset (run `python -m jobs.preprocess` to completion)")
+    info = DatasetInfo.from_json(path.read_text())
+    if info.format_version != FORMAT_VERSION:
+        raise ValueError(f"{root} was written in sample format {info.format_version}; this flowshard reads {FORMAT_VERSION}. Rebuild the shards.")
+    return info
