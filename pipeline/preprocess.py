@@ -133,6 +133,8 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
             print_fn(f"  failed: {v.video_id}: {v.reason}")
 
     new = run_shards(todo, cfg.process, cfg.out, cfg.cluster, on_progress, on_shard) if todo else []
+    for folder in (SHARDS_DIR, PROGRESS_DIR):  # leftovers of attempts whose worker died (Ray retried them)
+        out.remove_temporaries(folder)
     results = sorted([*done.values(), *new], key=lambda r: r.name)
     videos = [v for r in results for v in r.videos]
     progress.update(len(videos), sum(v.frames for r in new for v in r.videos), sum(v.status != "ok" for v in videos), force=True)

@@ -154,12 +154,13 @@ class SyntheticEntry:
 def plan_dataset(cfg: SyntheticConfig) -> list[SyntheticEntry]:
     """Every video of the dataset with its UCF101-style name and split (test groups disjoint from train)."""
     names = class_names(cfg.classes)
-    groups = math.ceil(cfg.videos_per_class / cfg.clips_per_group)
+    per_group = min(cfg.clips_per_group, cfg.videos_per_class // 2)  # at least two groups: one for test
+    groups = math.ceil(cfg.videos_per_class / per_group)
     test_groups = min(groups - 1, max(1, round(groups * TEST_GROUP_FRACTION)))
     entries = []
     for label, name in enumerate(names):
         for i in range(cfg.videos_per_class):
-            group, clip = i // cfg.clips_per_group + 1, i % cfg.clips_per_group + 1
+            group, clip = i // per_group + 1, i % per_group + 1
             split = "test" if group <= test_groups else "train"
             entries.append(SyntheticEntry(f"{name}/v_{name}_g{group:02d}_c{clip:02d}.mp4", label, group, clip, split))
     return entries

@@ -1,0 +1,136 @@
+"""Decoding: real clips with odd codecs and aspect ratios, resampling and trimming, and every bad input."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from pipeline.decode import DecodeConfig, VideoError, decode_video, output_size, resample_indices
+from tests.conftest import shared_path
+
+# name: (decoded frames, stored size, output size at short side 256 stored grid, sample aspect)
+REAL_CLIPS = {
+    "demo.mp4": (280, (340, 256), (340, 256), Fraction(64, 51)),
+    "test.avi": (164, (320, 240), (320, 240), Fraction(1)),  # never upscaled
+    "part_0.mp4": (32, (340, 256), (340, 256), Fraction(1024, 765)),
+    "Kop0sDqOn-c.mp4": (300, (340, 256), (340, 256), Fraction(1024, 765)),
+    "flipping_a_pancake.mkv": (310, (426, 240), (426, 240), Fraction(1)),  # no frame count in the header
+    "S001C001P001R001A001_rgb.avi": (103, (1920, 1080), (455, 256), Fraction(1)),  # 1080p
+}
+
+
+def write_mp4(path, frames: np.ndarray, fps: int = 25, faststart: bool = False) -> None:
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), "w", options=options) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for f in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def noise_frames(n: int, h: int = 48, w: int = 64) -> np.ndarray:
+    return np.random.default_rng(n).integers(0, 255, (n, h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("name", list(REAL_CLIPS))
+def test_real_clips_decode_right(name):
+    path = shared_path("videos", name)
+    frames, stored, size, sar = REAL_CLIPS[name]
+    video = decode_video(str(path), DecodeConfig())
+    assert video.frames.shape == (frames, size[1], size[0], 3)
+    assert video.source_size == stored and video.sample_aspect == sar
+    assert video.decoded_frames == frames
+    assert video.frames.std() > 10  # real content, not blank frames
+
+
+def test_square_pixel_grid_corrects_the_sample_aspect_ratio():
+    path = shared_path("videos", "demo.mp4")
+    video = decode_video(str(path), DecodeConfig(pixel_grid="square"))
+    assert video.frames.shape[1:3] == (256, 427)  # 340 * 64/51 = 426.7 shown width
+
+
+def test_exact_size_fps_resampling_and_max_frames():
+    path = str(shared_path("videos", "demo.mp4"))  # 280 frames at 28 fps = 10 s
+    video = decode_video(path, DecodeConfig(size=(170, 128), fps=10))
+    assert video.frames.shape == (100, 128, 170, 3) and video.fps == 10
+    assert decode_video(path, DecodeConfig(max_frames=16)).frames.shape[0] == 16
+
+
+def test_trim_window():
+    path = str(shared_path("videos", "Kop0sDqOn-c.mp4"))  # 30 fps
+    video = decode_video(path, DecodeConfig(), start_sec=2.0, end_sec=4.0)
+    assert video.frames.shape[0] == 60
+    whole = decode_video(path, DecodeConfig())
+    # The trimmed clip starts with the frame at 2 s of the whole clip.
+    assert np.abs(video.frames[0].astype(int) - whole.frames[60].astype(int)).mean() < 1.0
+
+
+def test_output_size_never_upscales():
+    cfg = DecodeConfig(short_side=256)
+    assert output_size(1920, 1080, Fraction(1), cfg) == (455, 256)
+    assert output_size(160, 120, Fraction(1), cfg) == (160, 120)
+    assert output_size(340, 256, Fraction(64, 51), DecodeConfig(pixel_grid="square")) == (427, 256)
+
+
+def test_resample_indices_pick_the_nearest_frames():
+    times = np.arange(30) / 30.0  # 1 s at 30 fps
+    picks = resample_indices(times, 10, 0.0)
+    assert list(picks) == [0, 3, 6, 9, 12, 15, 18, 21, 24, 27]
+    assert len(resample_indices(times, 60, 0.0)) == 60  # upsampling repeats frames
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    (root / "empty.mp4").write_bytes(b"")
+    (root / "notes.mp4").write_text("this is not a video\n")
+    write_mp4(root / "one.mp4", noise_frames(1))
+    write_mp4(root / "whole.mp4", noise_frames(30))
+    data = (root / "whole.mp4").read_bytes()
+    (root / "cut.mp4").write_bytes(data[: len(data) // 2])  # index (moov) at the end: lost
+    write_mp4(root / "fast.mp4", noise_frames(30), faststart=True)
+    data = (root / "fast.mp4").read_bytes()
+    (root / "cut_faststart.mp4").write_bytes(data[: len(data) // 2])  # index kept, frames lost
+    with av.open(str(root / "audio.m4a"), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for _ in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate = 16000
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return root
+
+
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("missing.mp4", "file not found"),
+        ("empty.mp4", "empty file (0 bytes)"),
+        ("notes.mp4", "not a readable video file"),
+        ("cut.mp4", "not a readable video file"),
+        ("cut_faststart.mp4", "cut off: decoded"),
+        ("audio.m4a", "no video stream (contains: audio)"),
+        ("one.mp4", "too short: 1 frame(s)"),
+    ],
+)
+def test_bad_inputs_raise_video_error_with_a_one_line_reason(bad_files, name, reason):
+    with pytest.raises(VideoError) as info:
+        decode_video(str(bad_files / name))
+    message = str(info.value)
+    assert message.startswith(reason) and "\n" not in message
+
+
+def test_good_file_beside_the_bad_ones_decodes(bad_files):
+    assert decode_video(str(bad_files / "whole.mp4")).frames.shape == (30, 48, 64, 3)
+    assert decode_video(str(bad_files / "fast.mp4")).frames.shape == (30, 48, 64, 3)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="pixel grid"):
+        DecodeConfig(pixel_grid="display")
+    with pytest.raises(ValueError, match="max frames"):
+        DecodeConfig(max_frames=1)

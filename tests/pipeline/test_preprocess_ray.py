@@ -1,0 +1,331 @@
+"""`jobs.preprocess` end to end on real Ray: embedded, a real head with `ray job submit`, killed workers and
+drivers, every bad input kind, and the real clips in ../shared/data/videos."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from pipeline.synthetic import SyntheticConfig, class_direction, class_names, generate_dataset
+from schemas.dataset import read_dataset_info
+from schemas.manifest import read_manifest
+from schemas.sample import decode_sample
+from tests.conftest import REPO, SHARED_DATA, run_job
+from tests.pipeline.test_decode import write_mp4, noise_frames
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+SMALL = SyntheticConfig(classes=4, videos_per_class=4, width=64, height=48, frames=8, seed=2)
+FAST = ["--progress-seconds", "2", "--size", "64x48"]
+BAD_REASONS = {
+    "missing": "file not found",
+    "zero_bytes": "empty file (0 bytes)",
+    "truncated": "cut off: decoded",
+    "not_a_video": "not a readable video file",
+    "audio_only": "no video stream",
+    "one_frame": "too short: 1 frame(s)",
+}
+
+
+def write_bad_inputs(root: Path) -> dict[str, Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    paths = {name: root / f"{name}.mp4" for name in BAD_REASONS}
+    paths["audio_only"] = root / "audio_only.m4a"
+    paths["zero_bytes"].write_bytes(b"")
+    paths["not_a_video"].write_text("not a video\n")
+    write_mp4(paths["one_frame"], noise_frames(1))
+    write_mp4(root / "whole.mp4", noise_frames(30), faststart=True)
+    data = (root / "whole.mp4").read_bytes()
+    paths["truncated"].write_bytes(data[: len(data) // 2])
+    import av
+
+    with av.open(str(paths["audio_only"]), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for _ in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate = 16000
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return paths
+
+
+def make_manifest(root: Path, cfg: SyntheticConfig, bad: bool) -> tuple[Path, list]:
+    """A csv manifest of a synthetic dataset (plus, optionally, one video of each bad kind)."""
+    entries = generate_dataset(cfg, root / "videos")
+    names = class_names(cfg.classes)
+    rows = [f"{root / 'videos' / e.relpath},{names[e.label]},{e.split}" for e in entries]
+    if bad:
+        rows += [f"{p},{names[0]},train" for p in write_bad_inputs(root / "bad").values()]
+    (root / "list.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    args = ["csv", "--annotations", str(root / "list.csv"), "--videos", str(root), "--out", str(root / "manifest.parquet")]
+    result = run_job("jobs.manifest", *args, *(["--allow-missing"] if bad else []))
+    assert result.returncode == 0, result.stderr
+    return root / "manifest.parquet", entries
+
+
+def read_shards(out: Path) -> list[dict]:
+    tars = sorted(str(p) for p in (out / "shards").glob("*.tar"))
+    return list(wds.WebDataset(tars, shardshuffle=False)) if tars else []
+
+
+def assert_every_good_video_exactly_once(out: Path, manifest: Path) -> None:
+    records, _ = read_manifest(manifest)
+    good = {r.video_id for r in records if "/bad/" not in r.path}  # write_bad_inputs puts them under bad/
+    keys = [m["__key__"] for m in read_shards(out)]
+    assert Counter(keys) == Counter(good), "every good video must be in the shards exactly once"
+    assert not [p for p in (out / "shards").iterdir() if not p.name.endswith(".tar")], "no temporary or partial files"
+    results = pq.read_table(out / "results.parquet").to_pylist()
+    assert sorted(r["video_id"] for r in results) == sorted(r.video_id for r in records)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pre")
+    manifest, entries = make_manifest(root, SMALL, bad=True)
+    return root, manifest, entries
+
+
+@pytest.fixture(scope="module")
+def embedded_run(dataset):
+    root, manifest, _ = dataset
+    out = root / "out"
+    result = run_job("jobs.preprocess", "--manifest", str(manifest), "--out", str(out), "--videos-per-shard", "5",
+                     "--modalities", "rgb,tvl1,warp_tvl1", *FAST)
+    return out, result
+
+
+def test_embedded_run_writes_readable_shards(dataset, embedded_run):
+    root, manifest, entries = dataset
+    out, result = embedded_run
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(entries)} ok, {len(BAD_REASONS)} failed" in result.stdout
+    assert "videos (" in result.stdout and "frames/s" in result.stdout and "ETA" in result.stdout
+    assert_every_good_video_exactly_once(out, manifest)
+    records, classes = read_manifest(manifest)
+    label_of = {r.video_id: r.label for r in records}
+    for members in read_shards(out):
+        sample = decode_sample(members)
+        meta = sample.meta
+        assert int(members["cls"]) == meta.label == label_of[meta.video_id]
+        assert len(sample.rgb) == SMALL.frames and len(sample.flow["tvl1"]) == SMALL.frames - 1
+        assert len(sample.flow["warp_tvl1"]) == SMALL.frames - 1 and len(meta.homographies) == SMALL.frames - 1
+        assert sample.rgb_frame(SMALL.frames - 1).shape == (48, 64, 3)
+        # flow i takes frame i to frame i+1: objects move along the class direction
+        flow = sample.flow_frame("tvl1", SMALL.frames // 2)
+        moving = np.linalg.norm(flow, axis=-1) > 1.0
+        direction = flow[moving].mean(0)
+        assert np.dot(direction / np.linalg.norm(direction), class_direction(meta.label, SMALL.classes)) > 0.8
+
+
+def test_embedded_run_records_every_bad_input(dataset, embedded_run):
+    root, manifest, _ = dataset
+    out, _ = embedded_run
+    results = {r["video_id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
+    for name, reason in BAD_REASONS.items():
+        row = results[name]
+        assert row["status"] == "failed" and row["reason"].startswith(reason), row
+        assert "\n" not in row["reason"]
+
+
+def test_index_and_dataset_json_match_the_shards(dataset, embedded_run):
+    _, manifest, entries = dataset
+    out, _ = embedded_run
+    index = pq.read_table(out / "index.parquet").to_pylist()
+    by_shard = Counter(r["shard"] for r in index)
+    for tar in (out / "shards").glob("*.tar"):
+        keys = [m["__key__"] for m in wds.WebDataset(str(tar), shardshuffle=False)]
+        assert by_shard[tar.name] == len(keys)
+    info = read_dataset_info(out)
+    assert info.counts["ok"] == len(entries) and info.counts["failed"] == len(BAD_REASONS)
+    assert info.classes == class_names(SMALL.classes)
+    assert info.modalities == ["rgb", "tvl1", "warp_tvl1"]
+    assert sum(len(v) for v in info.shards.values()) == len(list((out / "shards").glob("*.tar")))
+
+
+def test_rerun_does_no_work_and_strict_reports_failures(dataset, embedded_run):
+    _, manifest, _ = dataset
+    out, _ = embedded_run
+    before = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in (out / "shards").iterdir()}
+    result = run_job("jobs.preprocess", "--manifest", str(manifest), "--out", str(out), "--videos-per-shard", "5",
+                     "--modalities", "rgb,tvl1,warp_tvl1", "--strict", *FAST)
+    assert result.returncode == 1  # --strict with failed videos
+    assert "0 to run" in result.stdout and "(0 written in this run)" in result.stdout
+    assert {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in (out / "shards").iterdir()} == before
+
+
+def test_changed_parameters_need_overwrite(dataset, embedded_run):
+    _, manifest, _ = dataset
+    out, _ = embedded_run
+    result = run_job("jobs.preprocess", "--manifest", str(manifest), "--out", str(out), "--videos-per-shard", "5", *FAST)
+    assert result.returncode == 2 and "--overwrite" in result.stderr and "modalities" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_flags_and_manifest_are_one_sentence_errors(tmp_path):
+    cases = [
+        (["--manifest", str(tmp_path / "none.parquet"), "--out", str(tmp_path / "o")], "build one with"),
+        (["--manifest", "m", "--out", "o", "--modalities", "rgb,farneback"], "unknown modality"),
+        (["--manifest", "m", "--out", "o", "--size", "big"], "WIDTHxHEIGHT"),
+        (["--manifest", "m", "--out", "o", "--address", "http://127.0.0.1:8265"], "dashboard URL"),
+        (["--manifest", "m", "--out", "o", "--flow-param", "lamda=0.1"], "unknown flow parameter"),
+    ]
+    for args, message in cases:
+        result = run_job("jobs.preprocess", *args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
+def test_help_documents_every_flag():
+    result = run_job("jobs.preprocess", "--help")
+    for flag in ("--manifest", "--out", "--modalities", "--short-side", "--size", "--fps", "--max-frames", "--flow-preset",
+                 "--flow-bound", "--jpeg-quality", "--shard-size-mb", "--address", "--overwrite", "--strict", "--pixel-grid"):
+        assert flag in result.stdout
+
+
+# --- faults ----------------------------------------------------------------------------------------------
+
+SLOW = SyntheticConfig(classes=2, videos_per_class=4, width=96, height=72, frames=12, seed=5)
+
+
+def ray_task_pids(name: str = "ray::_run_shard") -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines()[1:] if name in line and "ps -eo" not in line]
+
+
+def wait_for(predicate, timeout: float, step: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return None
+
+
+def start_job(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "jobs.preprocess", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )
+
+
+def test_killed_worker_is_retried_and_every_video_lands_once(tmp_path):
+    manifest, _ = make_manifest(tmp_path, SLOW, bad=False)
+    out = tmp_path / "out"
+    job = start_job("--manifest", str(manifest), "--out", str(out), "--videos-per-shard", "2", "--progress-seconds", "1")
+    try:
+        pids = wait_for(ray_task_pids, timeout=120)
+        assert pids, "no shard task started"
+        time.sleep(1.0)  # let it get into its videos
+        os.kill(pids[0], signal.SIGKILL)
+        output, _ = job.communicate(timeout=600)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 0, output
+    assert "0 failed" in output
+    assert_every_good_video_exactly_once(out, manifest)
+
+
+def test_killed_driver_resumes_and_every_video_lands_once(tmp_path):
+    manifest, _ = make_manifest(tmp_path, SLOW, bad=False)
+    out = tmp_path / "out"
+    args = ["--manifest", str(manifest), "--out", str(out), "--videos-per-shard", "2", "--progress-seconds", "1"]
+    job = start_job(*args)
+    try:
+        done = wait_for(lambda: list((out / "_progress").glob("*.done.json")), timeout=300)
+        assert done, "no shard finished"
+        os.killpg(job.pid, signal.SIGKILL)  # the driver and the embedded Ray it started
+        job.wait(timeout=30)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    # A task already running may finish its shard before its worker notices the lost raylet and exits.
+    assert wait_for(lambda: not ray_task_pids(), timeout=60), "orphaned shard tasks kept running"
+    finished_before = len(list((out / "_progress").glob("*.done.json")))
+    assert finished_before < 4, "the run finished before the kill; nothing to resume"
+    result = run_job("jobs.preprocess", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{finished_before} shards already done, {4 - finished_before} to run" in result.stdout
+    assert_every_good_video_exactly_once(out, manifest)
+
+
+# --- a real head and `ray job submit` --------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    port, dashboard = free_port(), free_port()
+    # Ray's token authentication: the head writes ~/.ray/auth_token and the job client reads it in token mode.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    start = subprocess.run(
+        [ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--dashboard-host", "127.0.0.1",
+         "--dashboard-port", str(dashboard), "--num-cpus", "2", "--disable-usage-stats"],
+        capture_output=True, text=True, env=env, timeout=180,
+    )
+    assert start.returncode == 0, start.stdout + start.stderr
+    try:
+        yield ray_bin, f"http://127.0.0.1:{dashboard}", env
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+def test_ray_job_submit_on_a_real_head(tmp_path, ray_head):
+    ray_bin, dashboard, env = ray_head
+    manifest, entries = make_manifest(tmp_path, SMALL, bad=False)
+    out = tmp_path / "out"
+    submit = subprocess.run(
+        [ray_bin, "job", "submit", "--address", dashboard, "--working-dir", str(REPO), "--",
+         "python", "-m", "jobs.preprocess", "--manifest", str(manifest), "--out", str(out), "--videos-per-shard", "4", *FAST],
+        capture_output=True, text=True, env=env, timeout=600, cwd=REPO,
+    )
+    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+    assert f"{len(entries)} ok, 0 failed" in submit.stdout  # the job's output streams back, progress included
+    assert "Started a local Ray instance" not in submit.stdout  # it joined the head instead
+    assert_every_good_video_exactly_once(out, manifest)
+
+
+# --- the real clips --------------------------------------------------------------------------------------
+
+
+def test_real_clips_come_out_right(tmp_path):
+    videos = SHARED_DATA / "videos"
+    if not videos.is_dir():
+        pytest.skip(f"reference clips absent ({videos})")
+    expected = {"demo": (280, 256, 340), "test": (164, 240, 320), "part_0": (32, 256, 340), "Kop0sDqOn-c": (300, 256, 340),
+                "flipping_a_pancake": (310, 240, 426), "S001C001P001R001A001_rgb": (103, 256, 455)}
+    rows = [f"{videos / name}{ext},clip,test" for name, ext in [("demo", ".mp4"), ("test", ".avi"), ("part_0", ".mp4"),
+            ("Kop0sDqOn-c", ".mp4"), ("flipping_a_pancake", ".mkv"), ("S001C001P001R001A001_rgb", ".avi")]]
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    made = run_job("jobs.manifest", "csv", "--annotations", str(tmp_path / "list.csv"), "--videos", str(videos), "--out", str(tmp_path / "m.parquet"))
+    assert made.returncode == 0, made.stderr
+    out = tmp_path / "out"
+    result = run_job("jobs.preprocess", "--manifest", str(tmp_path / "m.parquet"), "--out", str(out), "--modalities", "rgb",
+                     "--videos-per-shard", "3", "--progress-seconds", "5")
+    assert result.returncode == 0 and "6 ok, 0 failed" in result.stdout, result.stdout + result.stderr
+    for members in read_shards(out):
+        sample = decode_sample(members)
+        frames, h, w = expected[sample.key]
+        assert sample.meta.num_frames == frames and (sample.meta.height, sample.meta.width) == (h, w)
+        assert sample.rgb_frame(frames - 1).shape == (h, w, 3)
+    assert json.loads((out / "dataset.json").read_text())["counts"]["ok"] == 6

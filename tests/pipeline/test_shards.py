@@ -1,0 +1,145 @@
+"""One shard's work without Ray: planning, decoding + flow + tar writing, bad videos, atomicity."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from pipeline.decode import DecodeConfig
+from pipeline.shards import (
+    DONE_SUFFIX,
+    PROGRESS_DIR,
+    ProcessConfig,
+    completed_shards,
+    estimate_video_mb,
+    plan_shards,
+    process_shard,
+    process_video,
+)
+from pipeline.storage import OutputDir
+from pipeline.synthetic import SyntheticConfig, class_direction, generate_dataset
+from schemas.dataset import SHARDS_DIR
+from schemas.manifest import VideoRecord
+from schemas.sample import decode_sample
+
+SMALL = SyntheticConfig(classes=4, videos_per_class=2, width=64, height=48, frames=6, seed=1)
+FAST = ProcessConfig(modalities=("rgb", "tvl1"), flow_params=(("compile", False),))
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    entries = generate_dataset(SMALL, root)
+    records = [
+        VideoRecord(video_id=e.relpath.split("/")[1][:-4], path=str(root / e.relpath), label=e.label,
+                    label_name=f"Move{e.label}", split=e.split, dataset="test")
+        for e in entries
+    ]
+    (root / "broken.mp4").write_text("not a video")
+    broken = VideoRecord("broken", str(root / "broken.mp4"), 0, "Move0", "train", "test")
+    train = [r for r in records if r.split == "train"]  # one split, so one shard holds them all
+    return train + [r for r in records if r.split != "train"], broken
+
+
+def test_plan_is_deterministic_and_per_split(videos):
+    records, _ = videos
+    plan = plan_shards(records, 3)
+    assert plan == plan_shards(list(records), 3)
+    assert [s.name for s in plan] == ["train-000000", "train-000001", "test-000000", "test-000001"]
+    assert sorted(r.video_id for s in plan for r in s.records) == sorted(r.video_id for r in records)
+    assert all(r.split == s.split for s in plan for r in s.records)
+    with pytest.raises(ValueError):
+        plan_shards(records, 0)
+
+
+def test_size_estimate_grows_with_modalities_and_size():
+    rgb = ProcessConfig(modalities=("rgb",))
+    both = ProcessConfig(modalities=("rgb", "tvl1", "warp_tvl1"))
+    big = ProcessConfig(modalities=("rgb",), decode=DecodeConfig(size=(680, 512)))
+    assert estimate_video_mb(rgb) < estimate_video_mb(both)
+    assert estimate_video_mb(rgb) < estimate_video_mb(big)
+
+
+def test_process_video_frames_and_flows_align_with_the_motion(videos):
+    records, _ = videos
+    record = records[1]
+    sample = process_video(record, FAST)
+    assert sample.meta.num_frames == SMALL.frames and len(sample.flow["tvl1"]) == SMALL.frames - 1
+    assert sample.rgb_frame(0).shape == (48, 64, 3)
+    # Flow i moves frame i onto frame i+1: its dominant direction is the class direction.
+    ux, uy = class_direction(record.label, SMALL.classes)
+    flow = sample.flow_frame("tvl1", 2)
+    moving = np.linalg.norm(flow, axis=-1) > 1.0
+    direction = flow[moving].mean(0)
+    assert np.dot(direction / np.linalg.norm(direction), [ux, uy]) > 0.9
+
+
+def test_process_shard_writes_good_videos_once_and_records_the_bad(videos, tmp_path):
+    records, broken = videos
+    spec = plan_shards([records[0], broken, records[2]], 10)[0]
+    out = OutputDir(str(tmp_path))
+    seen = []
+    result = process_shard(spec, FAST, out, on_video=seen.append)
+    assert [v.status for v in result.videos] == ["ok", "failed", "ok"]
+    assert result.videos[1].reason.startswith("not a readable video file")
+    assert len(seen) == 3 and result.samples == 2
+    read = list(wds.WebDataset(str(tmp_path / SHARDS_DIR / result.tar), shardshuffle=False))
+    assert [m["__key__"] for m in read] == [records[0].video_id, records[2].video_id]
+    assert decode_sample(read[1]).meta.label == records[2].label
+    assert result.bytes == (tmp_path / SHARDS_DIR / result.tar).stat().st_size
+    assert completed_shards(out)[spec.name].samples == 2
+    assert not [p for p in (tmp_path / SHARDS_DIR).iterdir() if ".tmp-" in p.name]
+
+
+def test_shard_tars_are_reproducible(videos, tmp_path):
+    records, _ = videos
+    spec = plan_shards(records[:2], 10)[0]
+    a = process_shard(spec, FAST, OutputDir(str(tmp_path / "a")))
+    b = process_shard(spec, FAST, OutputDir(str(tmp_path / "b")))
+    assert a.sha256 == b.sha256
+
+
+def test_a_shard_of_only_bad_videos_writes_no_tar(videos, tmp_path):
+    _, broken = videos
+    spec = plan_shards([broken], 1)[0]
+    result = process_shard(spec, FAST, OutputDir(str(tmp_path)))
+    assert result.tar is None and result.samples == 0
+    assert not list((tmp_path / SHARDS_DIR).glob("*.tar"))
+    assert (tmp_path / PROGRESS_DIR / f"{spec.name}{DONE_SUFFIX}").is_file()
+
+
+def test_an_interrupted_shard_leaves_nothing_behind(videos, tmp_path, monkeypatch):
+    records, _ = videos
+    spec = plan_shards(records[:3], 10)[0]
+    calls = []
+
+    def crash_on_second(result):
+        calls.append(result)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated kill")
+
+    with pytest.raises(KeyboardInterrupt):
+        process_shard(spec, FAST, OutputDir(str(tmp_path)), on_video=crash_on_second)
+    assert not list((tmp_path / SHARDS_DIR).iterdir())  # no tar, no temporary
+    assert not completed_shards(OutputDir(str(tmp_path)))
+
+
+def test_sample_metadata_records_parameters(videos):
+    records, _ = videos
+    cfg = ProcessConfig(modalities=("tvl1", "warp_tvl1"), flow_params=(("compile", False), ("warps", 3)))
+    sample = process_video(records[0], cfg)
+    assert sample.rgb == [] and set(sample.flow) == {"tvl1", "warp_tvl1"}
+    assert sample.meta.flow_params["tvl1"]["tvl1"]["warps"] == 3
+    assert "homography" in sample.meta.flow_params["warp_tvl1"]
+    assert len(sample.meta.homographies) == SMALL.frames - 1
+    assert json.dumps(sample.meta.flow_params)  # JSON-serialisable
+
+
+def test_process_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="modalities"):
+        ProcessConfig(modalities=("rgb", "farneback"))
+    with pytest.raises(ValueError, match="unknown flow parameter"):
+        ProcessConfig(flow_params=(("lamda", 0.1),))
