@@ -8,6 +8,7 @@ so a retried or re-run shard is rewritten from scratch and no video is ever stor
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -131,15 +132,18 @@ class ShardResult:
 
 
 def plan_shards(records: list[VideoRecord], videos_per_shard: int) -> list[ShardSpec]:
-    """Assign videos to shards deterministically: per split, in manifest order, `videos_per_shard` each.
+    """Assign videos to shards deterministically: per split, `videos_per_shard` each, in an order that mixes
+    classes (sorted by a hash of the video id), so that every shard holds many classes.
 
-    The plan depends only on the manifest and this number, so a re-run finds the same shards.
+    Annotation files list videos class by class; shards cut in that order would each hold one class and a
+    streaming trainer's shuffle buffer could not mix them. The plan depends only on the manifest and this
+    number, so a re-run finds the same shards.
     """
     if videos_per_shard < 1:
         raise ValueError(f"videos per shard must be at least 1, got {videos_per_shard}")
     specs = []
     for split in SPLITS:
-        rows = [r for r in records if r.split == split]
+        rows = sorted((r for r in records if r.split == split), key=lambda r: hashlib.sha1(r.video_id.encode()).hexdigest())
         for i in range(0, len(rows), videos_per_shard):
             specs.append(ShardSpec(f"{split}-{i // videos_per_shard:06d}", split, tuple(rows[i : i + videos_per_shard])))
     return specs

@@ -1,0 +1,146 @@
+"""Evaluate trained streams the TSN way (K segments x crops, late fusion): top-1, top-5, mean class accuracy.
+
+    python -m jobs.evaluate --data data/ucf101 --split test --run rgb=runs/rgb --run flow=runs/flow \\
+        --segments 25 --crops 10 --fusion rgb=1,flow=1.5 --json metrics.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from jobs.common import cli, fail, write_config
+from schemas.dataset import read_dataset_info
+from trainers.data import CROPS, make_loader
+from trainers.loop import build, config_from_checkpoint, evaluate, load_checkpoint
+from trainers.metrics import confusion_matrix, fuse, softmax, video_metrics, write_confusion_png
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    data: str
+    runs: tuple[tuple[str, str], ...]  # (stream name, run folder)
+    split: str = "test"
+    segments: int = 25
+    crops: int = 1
+    clips: int = 10  # I3D clips per video
+    fusion: tuple[tuple[str, float], ...] = ()  # default: every stream weight 1
+    json: str | None = None
+    out: str | None = None  # scores.npz and confusion.png (default: beside --json, else the first run)
+    batch_size: int = 4
+    loader_workers: int = 2
+    use_gpu: bool = False
+
+
+def _named(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise argparse.ArgumentTypeError(f"expected NAME=RUN_FOLDER such as flow=runs/flow, got {text!r}")
+    return name, value
+
+
+def _weights(text: str) -> tuple[tuple[str, float], ...]:
+    pairs = []
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        try:
+            pairs.append((name.strip(), float(value)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT[,NAME=WEIGHT...] such as rgb=1,flow=1.5, got {text!r}") from None
+    return tuple(pairs)
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m jobs.evaluate", description="Segment-sampled (TSN) evaluation of one or more trained streams, with late fusion.", add_help=add_help)
+    parser.add_argument("--data", required=True, help="a dataset written by `python -m jobs.preprocess`")
+    parser.add_argument("--split", default="test", help="split to evaluate (default test)")
+    parser.add_argument("--run", type=_named, action="append", required=True, metavar="NAME=RUN", help="a stream and its run folder, e.g. rgb=runs/rgb (repeat for each stream)")
+    parser.add_argument("--segments", type=int, default=25, help="TSN: segments per video at test time (default 25)")
+    parser.add_argument("--crops", type=int, choices=CROPS, default=1, help="1 centre crop, 3 crops along the long side, or 10 (corners + centre, flipped) (default 1)")
+    parser.add_argument("--clips", type=int, default=10, help="I3D: clips per video (default 10)")
+    parser.add_argument("--fusion", type=_weights, default=(), help="late-fusion weights on softmax scores, e.g. rgb=1,flow=1.5 (default: 1 each)")
+    parser.add_argument("--json", help="write the metrics here as JSON")
+    parser.add_argument("--out", help="folder for scores.npz (per-video scores, to recompute fusion) and confusion.png")
+    parser.add_argument("--batch-size", type=int, default=4, help="videos per batch (default 4)")
+    parser.add_argument("--loader-workers", type=int, default=2, help="data loader processes (default 2)")
+    parser.add_argument("--use-gpu", action="store_true", help="evaluate on the GPU")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
+    names = [n for n, _ in args.run]
+    if len(set(names)) != len(names):
+        raise ValueError(f"stream names must differ, got {', '.join(names)}")
+    unknown = [n for n, _ in args.fusion if n not in names]
+    if unknown:
+        raise ValueError(f"--fusion names {', '.join(unknown)}, which no --run defines")
+    if args.segments < 1 or args.clips < 1:
+        raise ValueError("--segments and --clips must be at least 1")
+    return EvaluateConfig(
+        data=args.data, runs=tuple(args.run), split=args.split, segments=args.segments, crops=args.crops, clips=args.clips,
+        fusion=args.fusion, json=args.json, out=args.out, batch_size=args.batch_size, loader_workers=args.loader_workers, use_gpu=args.use_gpu,
+    )
+
+
+def main(cfg: EvaluateConfig) -> int:
+    device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
+    try:
+        info = read_dataset_info(cfg.data)
+        scores, labels, keys = {}, None, None
+        for name, run in cfg.runs:
+            state = load_checkpoint(run)
+            train_cfg = config_from_checkpoint(state)
+            if state["num_classes"] != len(info.classes):
+                raise ValueError(f"run {run} has {state['num_classes']} classes, {cfg.data} has {len(info.classes)}")
+            model = build(train_cfg.__class__(**{**train_cfg.__dict__, "pretrained": None}), state["num_classes"])
+            model.load_state_dict(state["model"])
+            model.to(device)
+            example = train_cfg.example_config(crops=cfg.crops, segments=cfg.segments, clips=cfg.clips)
+            loader = make_loader(cfg.data, cfg.split, example, train=False, batch_size=cfg.batch_size, workers=cfg.loader_workers)
+            k, y, logits = evaluate(model, loader, device)
+            order = np.argsort(k)  # loader workers interleave videos; align streams by key
+            k, y, logits = [k[i] for i in order], y[order], logits[order]
+            if keys is not None and k != keys:
+                raise ValueError(f"stream {name} saw other videos than the first stream")
+            keys, labels, scores[name] = k, y, softmax(logits)
+            print(f"{name}: {len(k)} videos evaluated ({example.segments if example.arch == 'tsn' else example.clips} "
+                  f"{'segments' if example.arch == 'tsn' else 'clips'} x {cfg.crops} crops)", flush=True)
+    except ValueError as exc:
+        return fail(str(exc))
+
+    metrics = {name: video_metrics(s, labels) for name, s in scores.items()}
+    weights = dict(cfg.fusion) or {name: 1.0 for name in scores}
+    fused = fuse(scores, weights)
+    if len(scores) > 1:
+        metrics["fused"] = video_metrics(fused, labels)
+    metrics["videos"] = len(labels)
+    metrics["fusion_weights"] = weights
+
+    out = Path(cfg.out) if cfg.out else (Path(cfg.json).parent if cfg.json else Path(cfg.runs[0][1]))
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "scores.npz", keys=np.array(keys), labels=labels, classes=np.array(info.classes), **{f"scores_{n}": s for n, s in scores.items()})
+    cm = confusion_matrix(labels, fused.argmax(1), len(info.classes))
+    png = write_confusion_png(out / "confusion.png", cm, info.classes)
+    if cfg.json:
+        Path(cfg.json).write_text(json.dumps(metrics, indent=2) + "\n")
+    write_config(cfg, out / "evaluate.config.json")
+
+    print(f"\n{cfg.split}: {len(labels)} videos, {len(info.classes)} classes")
+    print("| stream | top-1 | top-5 | mean class |")
+    print("|---|---|---|---|")
+    for name in [*scores, *(["fused"] if "fused" in metrics else [])]:
+        m = metrics[name]
+        print(f"| {name} | {100 * m['top1']:.1f} | {100 * m['top5']:.1f} | {100 * m['mean_class']:.1f} |")
+    if "fused" in metrics:
+        print("fusion weights: " + ", ".join(f"{n}={w:g}" for n, w in weights.items()))
+    print(f"per-video scores {out / 'scores.npz'}, confusion matrix {png}" + (f", metrics {cfg.json}" if cfg.json else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli(get_args_parser, config_from_args, main))

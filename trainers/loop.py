@@ -1,0 +1,301 @@
+"""Training and evaluation loops: plain functions a reader can follow in one sitting.
+
+`run_training` is what one process (or one DDP rank) does: build the model and loader, resume from the
+run's last checkpoint if there is one, train epoch by epoch, checkpoint after each. Distributed training
+(Ray Train in `jobs.train`) only differs in that torch.distributed is initialised: the model is wrapped
+in DDP, each rank streams its own shards, and rank 0 writes checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from schemas.dataset import read_dataset_info
+from schemas.sample import FORMAT_VERSION
+
+from .data import ExampleConfig, make_loader
+from .models import MODELS, build_model
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+METRICS_CSV = "metrics.csv"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run. Defaults follow TSN where it has one (SGD, 3 segments, 5 flows per snippet)."""
+
+    data: str  # a preprocessed dataset (jobs.preprocess --out)
+    model: str  # tsn_rgb | tsn_flow | i3d_rgb | i3d_flow
+    out: str  # the run folder: checkpoint.pt, metrics.csv, config.json
+    backbone: str = "resnet18"  # TSN: resnet18 or resnet50
+    flow_modality: str = "tvl1"  # which flow the *_flow models read: tvl1 or warp_tvl1
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 0.01
+    optimizer: str = "sgd"  # sgd | adamw
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | step (x0.1 at each of step_epochs)
+    step_epochs: tuple[int, ...] = ()
+    warmup_epochs: float = 1.0
+    clip_grad: float | None = 40.0  # max gradient norm (TSN: 40 RGB, 20 flow); None = off
+    dropout: float = 0.5
+    segments: int = 3
+    new_length: int = 5
+    clip_len: int = 16
+    interval: int = 2
+    input_size: int = 224
+    flip: bool = True
+    pretrained: str | None = None  # a local 2D ImageNet state dict (torchvision names); nothing is downloaded
+    loader_workers: int = 2
+    use_gpu: bool = False
+    amp: bool = True  # mixed precision, on a GPU only
+    seed: int = 0
+    print_freq: int = 10
+    split: str = "train"
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be sgd or adamw, got {self.optimizer!r}")
+        if self.schedule not in ("cosine", "step"):
+            raise ValueError(f"schedule must be cosine or step, got {self.schedule!r}")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError("epochs and batch size must be at least 1 and lr positive")
+
+    @property
+    def arch(self) -> str:
+        return self.model.split("_")[0]
+
+    @property
+    def modality(self) -> str:
+        return "rgb" if self.model.endswith("_rgb") else self.flow_modality
+
+    def example_config(self, crops: int = 1, segments: int | None = None, clips: int = 1) -> ExampleConfig:
+        return ExampleConfig(
+            arch=self.arch, modality=self.modality, segments=segments or self.segments, new_length=self.new_length,
+            clip_len=self.clip_len, interval=self.interval, clips=clips, input_size=self.input_size, crops=crops, flip=self.flip,
+        )
+
+
+def get_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float, schedule: str = "cosine",
+           milestones: tuple[int, ...] = ()) -> float:
+    """The learning rate at `step`: linear warm-up, then cosine decay to 0 or x0.1 at each milestone step."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if schedule == "step":
+        return base_lr * 0.1 ** sum(step >= m for m in milestones)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * base_lr * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def build(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    pretrained = None
+    if cfg.pretrained:
+        if not os.path.isfile(cfg.pretrained):
+            raise ValueError(f"pretrained weights {cfg.pretrained} not found; pass a local .pth state dict (nothing is downloaded)")
+        pretrained = torch.load(cfg.pretrained, map_location="cpu", weights_only=True)
+    return build_model(cfg.model, num_classes=num_classes, backbone=cfg.backbone, new_length=cfg.new_length,
+                       pretrained=pretrained, dropout=cfg.dropout)
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically, so a run killed while saving keeps its previous checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint written by `run_training`.
+
+    Raises:
+        ValueError: no checkpoint, or one from another format version.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise ValueError(f"no checkpoint at {path}; train one with `python -m jobs.train`")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path} was trained on sample format {state.get('format_version')}, this flowshard reads {FORMAT_VERSION}")
+    return state
+
+
+def train_one_epoch(model, criterion, optimizer, lr_at: Callable[[int], float], loader, device, epoch: int, step: int,
+                    print_freq: int = 10, scaler=None, clip_grad: float | None = None, on_step: Callable[[dict], None] | None = None) -> tuple[dict, int]:
+    """One pass over `loader`. Returns (epoch stats, the next global step)."""
+    model.train()
+    seen, loss_sum, correct, start = 0, 0.0, 0, time.monotonic()
+    for i, (x, y, _) in enumerate(loader):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, enabled=scaler is not None):
+            logits = model(x)
+            loss = criterion(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if clip_grad:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        n = len(y)
+        seen += n
+        loss_value = loss.item()
+        loss_sum += loss_value * n
+        correct += int((logits.argmax(1) == y).sum())
+        rate = seen / max(time.monotonic() - start, 1e-9)
+        row = {"epoch": epoch, "step": step, "loss": loss_value, "lr": lr_at(step), "samples_per_s": rate}
+        if on_step is not None:
+            on_step(row)
+        if print_freq and i % print_freq == 0:
+            print(f"epoch {epoch} step {step}: loss {loss_value:.4f}, lr {row['lr']:.5f}, {rate:.1f} samples/s", flush=True)
+        step += 1
+    stats = {"epoch": epoch, "loss": loss_sum / max(seen, 1), "train_top1": correct / max(seen, 1), "samples": seen,
+             "seconds": time.monotonic() - start}
+    return stats, step
+
+
+@torch.no_grad()
+def evaluate(model, loader, device) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Video-level logits: each example is one video (its segments / clips / crops averaged by the model).
+
+    Returns:
+        (keys, labels (N,), logits (N, classes)).
+    """
+    model.eval()
+    keys, labels, logits = [], [], []
+    for x, y, k in loader:
+        logits.append(model(x.to(device)).float().cpu())
+        labels.append(y)
+        keys += list(k)
+    if not keys:
+        return [], np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    return keys, torch.cat(labels).numpy(), torch.cat(logits).numpy()
+
+
+def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None) -> dict:
+    """Train (or resume) the run `cfg.out`; returns the last epoch's stats. Works in one process or as a DDP rank."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if distributed else 0
+    world = torch.distributed.get_world_size() if distributed else 1
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cfg.use_gpu and torch.cuda.is_available() else torch.device("cpu")
+    if cfg.use_gpu and device.type != "cuda":
+        raise ValueError("--use-gpu was given but no GPU is visible")
+    torch.manual_seed(cfg.seed)
+    info = read_dataset_info(cfg.data)
+    if cfg.modality not in info.modalities:
+        raise ValueError(f"{cfg.data} has no {cfg.modality} (it has {', '.join(info.modalities)}); preprocess with --modalities including it")
+    epoch_samples = info.counts.get("samples", {}).get(cfg.split, 0)
+    if not epoch_samples:
+        raise ValueError(f"{cfg.data} has no {cfg.split} samples")
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = build(cfg, len(info.classes)).to(device)
+    optimizer = make_optimizer(cfg, model)
+    start_epoch, step = 0, 0
+    if (out / CHECKPOINT).is_file():
+        state = load_checkpoint(out)
+        if state["config"]["model"] != cfg.model or state["num_classes"] != len(info.classes):
+            raise ValueError(f"{out} holds a {state['config']['model']} run for {state['num_classes']} classes; choose another --out")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, step = state["epoch"] + 1, state["step"]
+        if rank == 0:
+            print(f"resuming {out} after epoch {state['epoch']} (step {step})", flush=True)
+    if distributed:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
+    criterion = nn.CrossEntropyLoss()
+
+    steps_per_epoch = math.ceil(math.ceil(epoch_samples / world) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    milestones = tuple(e * steps_per_epoch for e in cfg.step_epochs)
+    lr_at = lambda s: get_lr(s, total, warmup, cfg.lr, cfg.schedule, milestones)  # noqa: E731
+    if rank == 0:
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    metrics_file = (out / METRICS_CSV).open("a", newline="") if rank == 0 else None
+    writer = csv.DictWriter(metrics_file, ["epoch", "step", "loss", "lr", "samples_per_s"]) if metrics_file else None
+    if writer and metrics_file.tell() == 0:
+        writer.writeheader()
+    tensorboard = _tensorboard(out) if rank == 0 else None
+
+    def on_step(row: dict) -> None:
+        if writer:
+            writer.writerow(row)
+        if tensorboard:
+            tensorboard.add_scalar("train/loss", row["loss"], row["step"])
+            tensorboard.add_scalar("train/lr", row["lr"], row["step"])
+
+    stats = {}
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            loader = make_loader(cfg.data, cfg.split, cfg.example_config(), train=True, batch_size=cfg.batch_size,
+                                 workers=cfg.loader_workers, seed=cfg.seed * 1000 + epoch, epoch_samples=epoch_samples, world_size=world)
+            stats, step = train_one_epoch(model, criterion, optimizer, lr_at, loader, device, epoch, step, cfg.print_freq,
+                                          scaler, cfg.clip_grad, on_step)
+            if rank == 0:
+                state = {"model": (model.module if distributed else model).state_dict(), "optimizer": optimizer.state_dict(),
+                         "lr_scheduler": {"step": step, "total": total, "warmup": warmup}, "epoch": epoch, "step": step,
+                         "config": asdict(cfg), "num_classes": len(info.classes), "classes": info.classes,
+                         "format_version": FORMAT_VERSION}
+                save_checkpoint(out / CHECKPOINT, state)
+                metrics_file.flush()
+                print(f"epoch {epoch}: loss {stats['loss']:.4f}, train top-1 {stats['train_top1']:.3f}, "
+                      f"{stats['samples'] / stats['seconds']:.1f} samples/s; checkpoint {out / CHECKPOINT}", flush=True)
+            if report is not None:
+                report(stats)
+    finally:
+        if metrics_file:
+            metrics_file.close()
+        if tensorboard:
+            tensorboard.close()
+    return stats
+
+
+def _tensorboard(out: Path):
+    """A SummaryWriter when tensorboard is installed, else None (CSV metrics are always written)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def config_from_checkpoint(state: dict) -> TrainConfig:
+    raw = dict(state["config"])
+    raw["step_epochs"] = tuple(raw.get("step_epochs", ()))
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in raw.items() if k in known})
