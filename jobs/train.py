@@ -86,7 +86,7 @@ def train_with_ray(cfg: TrainJobConfig) -> None:
 
     from pipeline.ray_tasks import connect
 
-    connect(cfg.address)
+    connect(cfg.address, dashboard=True)
     trainer = TorchTrainer(
         _ray_train_loop,
         train_loop_config=asdict(cfg.train),

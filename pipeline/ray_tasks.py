@@ -69,8 +69,9 @@ def _run_shard(spec: ShardSpec, cfg: ProcessConfig, out_uri: str, tracker) -> Sh
 process_shard_task = ray.remote(_run_shard)
 
 
-def connect(address: str | None) -> bool:
-    """Join the cluster at `address` (or RAY_ADDRESS), else start an embedded local Ray.
+def connect(address: str | None, dashboard: bool = False) -> bool:
+    """Join the cluster at `address` (or RAY_ADDRESS), else start an embedded local Ray (with its dashboard
+    and state API only when asked: Ray Train's controller uses them, shard tasks do not).
 
     Returns whether this call started Ray (and so should shut it down).
     """
@@ -79,7 +80,7 @@ def connect(address: str | None) -> bool:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+        ray.init(address="local", include_dashboard=dashboard, log_to_driver=True)
     return True
 
 

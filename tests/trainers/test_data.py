@@ -1,0 +1,152 @@
+"""Streaming data: the format round trip into examples, corrupt shards, uneven shards across ranks."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+
+from schemas.dataset import DatasetInfo
+from schemas.sample import Sample, SampleMeta, encode_flow, encode_jpeg, encode_sample
+from trainers.data import ExampleConfig, example_pipeline, make_example, make_loader, shard_urls
+
+H, W, FRAMES = 40, 56, 9
+STEP = 2 * 20.0 / 255  # one 8-bit level of flow at bound 20; JPEG may move a value by one more
+
+
+def synthetic_sample(key: str, label: int, frames: int = FRAMES) -> Sample:
+    """Frame i is filled with the value 10 * i (so indices can be read back); flow i is constant (label, i/10)."""
+    rgb = [encode_jpeg(np.full((H, W, 3), 10 * i, np.uint8), 100) for i in range(frames)]
+    flows = [encode_flow(np.broadcast_to(np.float32([label, i / 10]), (H, W, 2)).copy(), quality=100) for i in range(frames - 1)]
+    meta = SampleMeta(video_id=key, label=label, label_name=f"c{label}", split="train", source="-", fps=25.0,
+                      num_frames=frames, height=H, width=W, modalities=("rgb", "tvl1"))
+    return Sample(meta=meta, rgb=rgb, flow={"tvl1": flows})
+
+
+def write_dataset(root: Path, shards: dict[str, list[Sample]]) -> None:
+    (root / "shards").mkdir(parents=True)
+    for name, samples in shards.items():
+        with wds.TarWriter(str(root / "shards" / name)) as sink:
+            for s in samples:
+                sink.write(encode_sample(s))
+    info = DatasetInfo(classes=["c0", "c1", "c2"], modalities=["rgb", "tvl1"], parameters={},
+                       counts={"samples": {"train": sum(len(v) for v in shards.values())}},
+                       shards={"train": sorted(shards)})
+    (root / "dataset.json").write_text(info.to_json())
+
+
+def test_tsn_examples_take_the_sampled_frames_and_stack_flows():
+    sample = synthetic_sample("v", 2)
+    rgb_cfg = ExampleConfig(arch="tsn", modality="rgb", segments=3, input_size=32, crops=1)
+    x, label, key = make_example(sample, rgb_cfg, train=False, rng=np.random.default_rng(0))
+    assert x.shape == (3, 3, 32, 32) and label == 2 and key == "v"
+    # test-time segment centres of 9 frames in 3 segments: frames 1, 4, 7 -> values 10, 40, 70
+    means = (x * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) + torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) * 255
+    assert np.allclose(means.mean((1, 2, 3)).numpy(), [10, 40, 70], atol=2)
+    flow_cfg = ExampleConfig(arch="tsn", modality="tvl1", segments=2, new_length=3, input_size=32, crops=3)
+    x, _, _ = make_example(sample, flow_cfg, train=False, rng=np.random.default_rng(0))
+    assert x.shape == (2 * 3, 6, 32, 32)  # 2 segments x 3 crops, 2L = 6 channels
+    v = x[0].mean((1, 2)) * 20  # back to pixels (bound 20)
+    assert np.allclose(v[0::2].numpy(), 2.0, atol=2 * STEP)  # x channels: the label
+    assert np.allclose(v[1::2].numpy(), [0.1, 0.2, 0.3], atol=2 * STEP)  # y channels: consecutive flows i/10 from i = 1
+
+
+def test_i3d_examples():
+    sample = synthetic_sample("v", 1, frames=20)
+    cfg = ExampleConfig(arch="i3d", modality="tvl1", clip_len=4, interval=2, clips=3, input_size=32, crops=1)
+    train_x, _, _ = make_example(sample, cfg, train=True, rng=np.random.default_rng(0))
+    test_x, _, _ = make_example(sample, cfg, train=False, rng=np.random.default_rng(0))
+    assert train_x.shape == (2, 4, 32, 32) and test_x.shape == (3, 2, 4, 32, 32)
+    y = test_x[0, 1].mean((1, 2)) * 20
+    assert np.allclose(y.numpy(), [0.2, 0.4, 0.6, 0.8], atol=2 * STEP)  # flows 2, 4, 6, 8 of the first clip
+
+
+def test_flip_negates_flow_x_in_training_examples():
+    sample = synthetic_sample("v", 2)
+    cfg = ExampleConfig(arch="tsn", modality="tvl1", segments=1, new_length=2, input_size=32, flip=True)
+    signs = {float(np.sign(make_example(sample, cfg, True, np.random.default_rng(s))[0][0, 0].mean().item())) for s in range(12)}
+    assert signs == {1.0, -1.0}
+
+
+def test_round_trip_every_video_once_through_the_loader(tmp_path):
+    samples = [synthetic_sample(f"v{i}", i % 3) for i in range(7)]
+    write_dataset(tmp_path, {"train-000000.tar": samples[:4], "train-000001.tar": samples[4:]})
+    cfg = ExampleConfig(arch="tsn", modality="tvl1", segments=2, new_length=2, input_size=32)
+    loader = make_loader(tmp_path, "train", cfg, train=False, batch_size=3, workers=2)
+    keys, labels = [], []
+    for x, y, k in loader:
+        assert x.shape[1:] == (2, 4, 32, 32)
+        keys += list(k)
+        labels += y.tolist()
+    assert sorted(keys) == [f"v{i}" for i in range(7)]
+    assert {k: l for k, l in zip(keys, labels)} == {f"v{i}": i % 3 for i in range(7)}
+
+
+def test_training_epochs_have_a_fixed_length(tmp_path):
+    write_dataset(tmp_path, {"train-000000.tar": [synthetic_sample(f"v{i}", 0) for i in range(5)]})
+    cfg = ExampleConfig(arch="tsn", modality="rgb", segments=1, input_size=16)
+    for workers in (0, 2):
+        loader = make_loader(tmp_path, "train", cfg, train=True, batch_size=2, workers=workers, epoch_samples=12)
+        assert sum(len(y) for _, y, _ in loader) == 12
+
+
+def test_a_corrupt_shard_is_skipped_with_a_warning_and_a_count(tmp_path, caplog):
+    write_dataset(tmp_path, {"train-000000.tar": [synthetic_sample(f"v{i}", 0) for i in range(3)],
+                             "train-000001.tar": [synthetic_sample("w", 1)]})
+    data = (tmp_path / "shards" / "train-000001.tar").read_bytes()
+    (tmp_path / "shards" / "train-000001.tar").write_bytes(data[:700] + b"\xff" * 2000)  # a cut, overwritten tar
+    cfg = ExampleConfig(arch="tsn", modality="rgb", segments=1, input_size=16)
+    with caplog.at_level(logging.WARNING, logger="trainers.data"):
+        keys = [k for _, _, ks in make_loader(tmp_path, "train", cfg, train=False, batch_size=1) for k in ks]
+    assert sorted(keys) == ["v0", "v1", "v2"]
+    assert any("skipped corrupt shard data (1 so far)" in r.message for r in caplog.records)
+
+
+def test_missing_split_is_a_clear_error(tmp_path):
+    write_dataset(tmp_path, {"train-000000.tar": [synthetic_sample("v", 0)]})
+    with pytest.raises(ValueError, match="no 'test' shards"):
+        shard_urls(tmp_path, "test")
+
+
+def _rank_loop(rank: int, world: int, root: str, port: int, results) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    cfg = ExampleConfig(arch="tsn", modality="rgb", segments=1, input_size=16)
+    dataset = example_pipeline(shard_urls(root, "train"), cfg, train=True, epoch_samples=10, world_size=world)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1)
+    steps = 0
+    for _ in loader:
+        t = torch.ones(1)
+        torch.distributed.all_reduce(t)  # would hang if the ranks ran different numbers of steps
+        steps += 1
+    torch.distributed.barrier()
+    results[rank] = steps
+    torch.distributed.destroy_process_group()
+
+
+def test_uneven_shards_across_ranks_do_not_hang(tmp_path):
+    """3 shards of 1, 2 and 6 videos on 2 ranks: resampling plus fixed epochs give both ranks the same steps."""
+    write_dataset(tmp_path, {"train-000000.tar": [synthetic_sample("a", 0)],
+                             "train-000001.tar": [synthetic_sample(f"b{i}", 1) for i in range(2)],
+                             "train-000002.tar": [synthetic_sample(f"c{i}", 2) for i in range(6)]})
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    results = ctx.Manager().dict()
+    procs = [ctx.Process(target=_rank_loop, args=(r, 2, str(tmp_path), port, results)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+    assert not alive, "a rank hung"
+    assert dict(results) == {0: 5, 1: 5}

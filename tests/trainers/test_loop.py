@@ -1,0 +1,112 @@
+"""The learning-rate schedule, the metrics, and training that resumes from its last checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import REPO, run_job
+from tests.trainers.test_data import synthetic_sample, write_dataset
+from trainers.loop import CHECKPOINT, TrainConfig, get_lr, load_checkpoint, run_training
+from trainers.metrics import confusion_matrix, fuse, mean_class_accuracy, topk_accuracy, video_metrics, write_confusion_png
+
+
+def test_lr_warmup_then_cosine_or_steps():
+    lrs = [get_lr(s, 100, 10, 0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # non-increasing after warm-up
+    assert lrs[-1] < 0.001
+    steps = [get_lr(s, 100, 0, 0.1, "step", (30, 60)) for s in (0, 29, 30, 59, 60, 99)]
+    assert steps == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_metrics():
+    scores = np.array([[0.9, 0.1, 0.0], [0.2, 0.3, 0.5], [0.1, 0.6, 0.3], [0.5, 0.4, 0.1]])
+    labels = np.array([0, 1, 1, 1])
+    assert topk_accuracy(scores, labels, 1) == 0.5
+    assert topk_accuracy(scores, labels, 2) == 1.0
+    assert topk_accuracy(scores, labels, 5) == 1.0  # k capped at the number of classes
+    assert mean_class_accuracy(scores, labels) == pytest.approx((1.0 + 1 / 3) / 2)  # per-class recall, averaged
+    m = video_metrics(scores, labels)
+    assert set(m) == {"top1", "top5", "mean_class", "videos"} and m["videos"] == 4
+    fused = fuse({"a": scores, "b": np.eye(3)[[0, 1, 1, 1]]}, {"a": 1.0, "b": 1.5})
+    assert topk_accuracy(fused, labels, 1) == 1.0
+    with pytest.raises(ValueError, match="not evaluated"):
+        fuse({"a": scores}, {"a": 1, "c": 1})
+
+
+def test_confusion_matrix_png(tmp_path):
+    cm = confusion_matrix(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), 3)
+    assert cm.tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+    image = cv2.imread(str(write_confusion_png(tmp_path / "cm.png", cm, ["walk", "run", "jump"])))
+    assert image is not None and image.shape[0] == image.shape[1] > 3 * 24
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    write_dataset(tmp_path / "data", {"train-000000.tar": [synthetic_sample(f"v{i}", i % 3) for i in range(6)]})
+    return tmp_path / "data"
+
+
+def tiny_config(data, out, epochs) -> TrainConfig:
+    return TrainConfig(data=str(data), model="tsn_flow", out=str(out), epochs=epochs, batch_size=3, input_size=32,
+                       new_length=2, segments=2, loader_workers=0, print_freq=0, lr=0.01)
+
+
+def test_training_writes_checkpoints_metrics_and_resumes(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    run_training(tiny_config(tiny_dataset, out, epochs=1))
+    state = load_checkpoint(out)
+    assert state["epoch"] == 0 and state["step"] == 2 and state["num_classes"] == 3
+    first = {k: v.clone() for k, v in state["model"].items()}
+    run_training(tiny_config(tiny_dataset, out, epochs=2))
+    assert "resuming" in capsys.readouterr().out
+    state = load_checkpoint(out)
+    assert state["epoch"] == 1 and state["step"] == 4  # continued, not restarted
+    assert any(not torch.equal(first[k], v) for k, v in state["model"].items())
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]
+
+
+def test_resume_refuses_a_different_model(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    run_training(tiny_config(tiny_dataset, out, epochs=1))
+    other = TrainConfig(**{**tiny_config(tiny_dataset, out, 2).__dict__, "model": "tsn_rgb"})
+    with pytest.raises(ValueError, match="holds a tsn_flow run"):
+        run_training(other)
+
+
+@pytest.mark.slow
+def test_a_killed_training_run_resumes_from_its_last_checkpoint(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    args = ["--data", str(tiny_dataset), "--model", "tsn_flow", "--out", str(out), "--epochs", "40", "--batch-size", "3",
+            "--input-size", "32", "--new-length", "2", "--segments", "2", "--loader-workers", "0", "--print-freq", "0"]
+    job = subprocess.Popen([sys.executable, "-m", "jobs.train", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    while not (out / CHECKPOINT).is_file() and time.monotonic() < deadline and job.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.kill(job.pid, signal.SIGKILL)
+    job.wait()
+    killed_at = load_checkpoint(out)["epoch"]
+    assert killed_at < 39, "the run finished before it was killed"
+    result = run_job("jobs.train", *args[:-12], "--epochs", str(killed_at + 3), *args[-10:])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"resuming {out} after epoch {killed_at}" in result.stdout
+    assert load_checkpoint(out)["epoch"] == killed_at + 2
+
+
+def test_train_job_errors_are_one_sentence(tmp_path):
+    result = run_job("jobs.train", "--data", str(tmp_path), "--model", "tsn_flow", "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and "not a finished flowshard dataset" in result.stderr and "Traceback" not in result.stderr
+    result = run_job("jobs.evaluate", "--data", str(tmp_path), "--run", "flow=" + str(tmp_path / "none"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
