@@ -20,15 +20,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.flow import compute_flow  # noqa: E402
-from pipeline.flow.flo import end_point_error, read_flo  # noqa: E402
+from pipeline.flow.flo import MIDDLEBURY_PAIRS, end_point_error, read_flo  # noqa: E402
 
-SEQUENCES = {
-    "RubberWhale": ("frame10.png", "frame11.png", "flow10.flo"),
-    "Grove2": ("frame10.png", "frame11.png", "flow10.flo"),
-    "Urban2": ("frame10.png", "frame11.png", "flow10.flo"),
-    "Venus": ("frame10.png", "frame11.png", "flow10.flo"),
-    "Yosemite": ("yos9.png", "yos10.png", "correct_yos.flo"),
-}
 
 
 def timed(fn):
@@ -64,7 +57,7 @@ def main() -> int:
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     totals = {name: [] for name in methods}
-    for name, (a, b, f) in SEQUENCES.items():
+    for name, (a, b, f) in MIDDLEBURY_PAIRS.items():
         prev = cv2.imread(str(root / name / a), cv2.IMREAD_GRAYSCALE)
         nxt = cv2.imread(str(root / name / b), cv2.IMREAD_GRAYSCALE)
         truth = read_flo(root / name / f)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -34,3 +35,12 @@ def cli(get_args_parser, config_from_args, main) -> int:
     except ValueError as exc:
         return fail(str(exc))
     return main(cfg)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """argparse type for WIDTHxHEIGHT, e.g. 340x256."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 340x256, got {text!r}") from None
+    return w, h

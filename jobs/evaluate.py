@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +98,7 @@ def main(cfg: EvaluateConfig) -> int:
             train_cfg = config_from_checkpoint(state)
             if state["num_classes"] != len(info.classes):
                 raise ValueError(f"run {run} has {state['num_classes']} classes, {cfg.data} has {len(info.classes)}")
-            model = build(train_cfg.__class__(**{**train_cfg.__dict__, "pretrained": None}), state["num_classes"])
+            model = build(dataclasses.replace(train_cfg, pretrained=None), state["num_classes"])  # weights come from the checkpoint
             model.load_state_dict(state["model"])
             model.to(device)
             example = train_cfg.example_config(crops=cfg.crops, segments=cfg.segments, clips=cfg.clips)

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.common import cli, write_config
+from jobs.common import cli, parse_size, write_config
 from pipeline.synthetic import SyntheticConfig, class_names, generate_dataset
 
 
@@ -20,13 +20,6 @@ class MakeSyntheticConfig:
     out: str
     dataset: SyntheticConfig
 
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 160x120, got {text!r}") from None
-    return w, h
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -40,7 +33,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder (UCF101 layout: Class/v_Class_gXX_cYY.mp4 + split files)")
     parser.add_argument("--classes", type=int, default=d.classes, help=f"number of motion directions (default {d.classes})")
     parser.add_argument("--videos-per-class", type=int, default=d.videos_per_class, help=f"videos per class (default {d.videos_per_class})")
-    parser.add_argument("--size", type=_size, default=(d.width, d.height), help=f"frame size WIDTHxHEIGHT, even (default {d.width}x{d.height})")
+    parser.add_argument("--size", type=parse_size, default=(d.width, d.height), help=f"frame size WIDTHxHEIGHT, even (default {d.width}x{d.height})")
     parser.add_argument("--frames", type=int, default=d.frames, help=f"frames per video (default {d.frames})")
     parser.add_argument("--fps", type=int, default=d.fps, help=f"frame rate (default {d.fps})")
     parser.add_argument("--camera-pan", type=float, default=d.camera_pan, help="global horizontal camera motion in pixels per frame (default 0)")

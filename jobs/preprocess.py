@@ -11,7 +11,7 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.common import cli, fail, write_config
+from jobs.common import cli, fail, parse_size, write_config
 from pipeline.decode import PIXEL_GRIDS, DecodeConfig
 from pipeline.flow import PRESETS
 from pipeline.preprocess import PreprocessConfig, format_summary, run_preprocess
@@ -27,13 +27,6 @@ class PreprocessJobConfig:
     run: PreprocessConfig
     strict: bool = False
 
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 340x256, got {text!r}") from None
-    return w, h
 
 
 def _modalities(text: str) -> tuple[str, ...]:
@@ -75,7 +68,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     frames.add_argument("--modalities", type=_modalities, default=("rgb", "tvl1"), help="comma-separated subset of rgb,tvl1,warp_tvl1 (default rgb,tvl1)")
     size = frames.add_mutually_exclusive_group()
     size.add_argument("--short-side", type=int, default=256, help="resize so the shorter side is this many pixels, never upscaling (default 256)")
-    size.add_argument("--size", type=_size, help="resize to exactly WIDTHxHEIGHT (e.g. 340x256) instead")
+    size.add_argument("--size", type=parse_size, help="resize to exactly WIDTHxHEIGHT (e.g. 340x256) instead")
     frames.add_argument("--fps", type=float, help="resample to this frame rate (default: keep every frame)")
     frames.add_argument("--max-frames", type=int, help="keep at most this many frames per video (default: all)")
     frames.add_argument(

@@ -9,6 +9,15 @@ import numpy as np
 TAG = 202021.25
 UNKNOWN = 1e9
 
+# The Middlebury "other" training sequences in ../shared/data/middlebury: (first frame, second frame, ground truth)
+MIDDLEBURY_PAIRS = {
+    "RubberWhale": ("frame10.png", "frame11.png", "flow10.flo"),
+    "Grove2": ("frame10.png", "frame11.png", "flow10.flo"),
+    "Urban2": ("frame10.png", "frame11.png", "flow10.flo"),
+    "Venus": ("frame10.png", "frame11.png", "flow10.flo"),
+    "Yosemite": ("yos9.png", "yos10.png", "correct_yos.flo"),
+}
+
 
 def read_flo(path: str | Path) -> np.ndarray:
     """(H, W, 2) float32 flow from a .flo file.

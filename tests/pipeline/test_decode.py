@@ -32,6 +32,17 @@ def write_mp4(path, frames: np.ndarray, fps: int = 25, faststart: bool = False) 
         container.mux(stream.encode())
 
 
+def write_audio_only(path) -> None:
+    """An AAC file with no video stream."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for _ in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate = 16000
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
 def noise_frames(n: int, h: int = 48, w: int = 64) -> np.ndarray:
     return np.random.default_rng(n).integers(0, 255, (n, h, w, 3), dtype=np.uint8)
 
@@ -95,13 +106,7 @@ def bad_files(tmp_path_factory):
     write_mp4(root / "fast.mp4", noise_frames(30), faststart=True)
     data = (root / "fast.mp4").read_bytes()
     (root / "cut_faststart.mp4").write_bytes(data[: len(data) // 2])  # index kept, frames lost
-    with av.open(str(root / "audio.m4a"), "w") as container:
-        stream = container.add_stream("aac", rate=16000)
-        for _ in range(10):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate = 16000
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+    write_audio_only(root / "audio.m4a")
     return root
 
 

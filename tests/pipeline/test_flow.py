@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.flow import PRESETS, TVL1Config, compute_flow, dequantize, flow_to_color, quantize, tvl1_flow, write_flow_png
-from pipeline.flow.flo import end_point_error, read_flo, write_flo
+from pipeline.flow.flo import MIDDLEBURY_PAIRS, end_point_error, read_flo, write_flo
 from pipeline.flow.ops import (
     divergence,
     forward_gradient,
@@ -331,20 +331,13 @@ def test_featureless_frames_fall_back_to_identity():
 
 # --- Middlebury ------------------------------------------------------------------------------------------
 
-MIDDLEBURY = {
-    "RubberWhale": ("frame10.png", "frame11.png", "flow10.flo"),
-    "Grove2": ("frame10.png", "frame11.png", "flow10.flo"),
-    "Urban2": ("frame10.png", "frame11.png", "flow10.flo"),
-    "Venus": ("frame10.png", "frame11.png", "flow10.flo"),
-    "Yosemite": ("yos9.png", "yos10.png", "correct_yos.flo"),
-}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sequence", list(MIDDLEBURY))
+@pytest.mark.parametrize("sequence", list(MIDDLEBURY_PAIRS))
 def test_middlebury_opencv_preset_within_5_percent_of_opencv(sequence):
     root = shared_path("middlebury", sequence)
-    a, b, f = MIDDLEBURY[sequence]
+    a, b, f = MIDDLEBURY_PAIRS[sequence]
     prev, nxt = cv2.imread(str(root / a), cv2.IMREAD_GRAYSCALE), cv2.imread(str(root / b), cv2.IMREAD_GRAYSCALE)
     gt = read_flo(root / f)
     reference = end_point_error(cv2.optflow.DualTVL1OpticalFlow_create().calc(prev, nxt, None), gt)

@@ -23,7 +23,7 @@ from schemas.dataset import read_dataset_info
 from schemas.manifest import read_manifest
 from schemas.sample import decode_sample
 from tests.conftest import REPO, SHARED_DATA, run_job
-from tests.pipeline.test_decode import write_mp4, noise_frames
+from tests.pipeline.test_decode import noise_frames, write_audio_only, write_mp4
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -49,15 +49,7 @@ def write_bad_inputs(root: Path) -> dict[str, Path]:
     write_mp4(root / "whole.mp4", noise_frames(30), faststart=True)
     data = (root / "whole.mp4").read_bytes()
     paths["truncated"].write_bytes(data[: len(data) // 2])
-    import av
-
-    with av.open(str(paths["audio_only"]), "w") as container:
-        stream = container.add_stream("aac", rate=16000)
-        for _ in range(10):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate = 16000
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+    write_audio_only(paths["audio_only"])
     return paths
 
 
