@@ -47,7 +47,7 @@ def ten_crop_boxes(height: int, width: int, size: int) -> list[tuple[int, int, i
     """Four corners and the centre, each also flipped: (top, left, h, w, flip)."""
     s = min(size, height, width)
     five = [(0, 0), (0, width - s), (height - s, 0), (height - s, width - s), ((height - s) // 2, (width - s) // 2)]
-    return [(t, l, s, s, flip) for flip in (False, True) for t, l in five]
+    return [(top, left, s, s, flip) for flip in (False, True) for top, left in five]
 
 
 def crop_resize(stack: np.ndarray, box: tuple[int, int, int, int], size: int) -> torch.Tensor:

@@ -84,7 +84,7 @@ def test_round_trip_every_video_once_through_the_loader(tmp_path):
         keys += list(k)
         labels += y.tolist()
     assert sorted(keys) == [f"v{i}" for i in range(7)]
-    assert {k: l for k, l in zip(keys, labels)} == {f"v{i}": i % 3 for i in range(7)}
+    assert dict(zip(keys, labels)) == {f"v{i}": i % 3 for i in range(7)}
 
 
 def test_training_epochs_have_a_fixed_length(tmp_path):
