@@ -20,7 +20,8 @@ from pipeline.flow.ops import (
     warp_bicubic,
     warp_bicubic_cv,
 )
-from pipeline.synthetic import SyntheticConfig, render_video
+from pipeline.decode import DecodeConfig, decode_video
+from pipeline.synthetic import SyntheticConfig, render_video, write_video
 from tests.conftest import shared_path
 
 EAGER = {"compile": False}  # unit tests on small inputs run eagerly; one test checks the compiled path
@@ -297,10 +298,14 @@ def test_color_wheel_picture(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def panning_video():
-    cfg = SyntheticConfig(classes=4, camera_pan=2.0)
+def panning_video(tmp_path_factory):
+    """A `jobs.make_synthetic --camera-pan 2` video, through H.264 and back, with its ground truth."""
+    cfg = SyntheticConfig(classes=4, camera_pan=2.0, frames=4)
     video = render_video(cfg, 1, 100, 200)  # objects move down at ~2 px/frame, the camera pans 2 px/frame
-    gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in video.frames[:3]])
+    path = tmp_path_factory.mktemp("pan") / "pan.mp4"
+    write_video(path, video.frames, cfg.fps)
+    decoded = decode_video(str(path), DecodeConfig(short_side=None)).frames
+    gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in decoded[:3]])
     return video, gray
 
 
