@@ -88,9 +88,6 @@ class OutputDir:
         names = [info.base_name for info in self.fs.get_file_info(selector) if info.type == pafs.FileType.File]
         return sorted(n for n in names if n.endswith(suffix))
 
-    def size(self, *parts: str) -> int:
-        return self.fs.get_file_info(self.path(*parts)).size
-
     def delete_dir(self, *parts: str) -> None:
         if self.exists(*parts):
             self.fs.delete_dir(self.path(*parts))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -122,8 +122,3 @@ def read_manifest(path: str | Path) -> tuple[list[VideoRecord], list[str]]:
     classes = json.loads(metadata[CLASSES_METADATA_KEY])
     rows = table.select(MANIFEST_SCHEMA.names).to_pylist()
     return [VideoRecord(**row) for row in rows], classes
-
-
-def record_dict(record: VideoRecord) -> dict:
-    """The record as a plain dict (for JSON metadata and Ray task arguments)."""
-    return asdict(record)
