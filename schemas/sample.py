@@ -215,9 +215,24 @@ def encode_sample(sample: Sample) -> dict[str, bytes]:
     return out
 
 
-def decode_sample(members: dict) -> Sample:
+def member_filter(modalities: tuple[str, ...]):
+    """A `select_files` predicate for webdataset: keep a sample's metadata and the members of `modalities`
+    only, so a loader never reads the other modalities' images into memory."""
+    wanted = {JSON, CLS, *modalities}
+
+    def keep(name: str) -> bool:
+        suffix = name.rsplit("/", 1)[-1].split(".", 1)[-1]
+        return suffix.split(".", 1)[0] in wanted
+
+    return keep
+
+
+def decode_sample(members: dict, modalities: tuple[str, ...] | None = None) -> Sample:
     """{member suffix: bytes} as read by `webdataset` (undecoded) -> Sample. Nothing is image-decoded here.
 
+    Args:
+        modalities: the modalities to collect (default: all the sample has); members of the others may be
+            absent, e.g. when read with `member_filter`.
     Raises:
         ValueError: the metadata is missing or from another format version, or frames are missing.
     """
@@ -229,11 +244,12 @@ def decode_sample(members: dict) -> Sample:
         raise ValueError(f"sample {key!r} has format version {raw.get('format_version')}, this flowshard reads {FORMAT_VERSION}; rebuild the shards")
     raw["modalities"] = tuple(raw["modalities"])
     meta = SampleMeta(**raw)
+    wanted = meta.modalities if modalities is None else [m for m in meta.modalities if m in modalities]
     try:
-        rgb = [members[rgb_member(i)] for i in range(meta.num_frames)] if RGB in meta.modalities else []
+        rgb = [members[rgb_member(i)] for i in range(meta.num_frames)] if RGB in wanted else []
         flow = {
             m: [tuple(members[n] for n in flow_members(m, i, meta.flow_encoding)) for i in range(meta.num_flows)]
-            for m in meta.modalities
+            for m in wanted
             if m in FLOW_MODALITIES
         }
     except KeyError as exc:

@@ -3,7 +3,8 @@
 The pipeline is one visible list of stages (`example_pipeline`): shard list (resampled for training, so
 ranks with uneven shard counts never wait on each other) -> split by node and worker -> tar members ->
 shuffle buffer -> `schemas.sample.decode_sample` -> `make_example`, which decodes only the frames the
-example uses. A corrupt shard or sample is skipped with a warning and counted.
+example uses. Members of other modalities are skipped while reading the tar (`member_filter`). A corrupt
+shard or sample is skipped with a warning and counted.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 import webdataset as wds
 
 from schemas.dataset import SHARDS_DIR, read_dataset_info
-from schemas.sample import FLOW_MODALITIES, RGB, Sample, decode_flow, decode_flow_u8, decode_sample
+from schemas.sample import FLOW_MODALITIES, RGB, Sample, decode_flow, decode_flow_u8, decode_sample, member_filter
 
 from .sampling import clip_indices, snippet_indices, tsn_offsets
 from .transforms import (
@@ -176,9 +177,9 @@ def example_pipeline(urls: list[str], cfg: ExampleConfig, train: bool, seed: int
     stages = [
         wds.ResampledShards(urls, seed=seed, deterministic=True) if train else wds.SimpleShardList(urls),
         *([] if train else [wds.split_by_node, wds.split_by_worker]),
-        wds.tarfile_to_samples(handler=handler),
+        wds.tarfile_to_samples(handler=handler, select_files=member_filter((cfg.modality,))),  # skip other modalities
         *([wds.shuffle(shuffle_buffer, initial=shuffle_buffer // 2, seed=seed)] if train else []),
-        wds.map(decode_sample, handler=handler),
+        wds.map(partial(decode_sample, modalities=(cfg.modality,)), handler=handler),
         partial(_examples, cfg=cfg, train=train, seed=seed, handler=handler),
     ]
     pipeline = wds.DataPipeline(*stages)

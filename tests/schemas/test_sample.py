@@ -17,6 +17,7 @@ from schemas.sample import (
     encode_jpeg,
     encode_sample,
     flow_members,
+    member_filter,
     rgb_member,
 )
 
@@ -94,6 +95,18 @@ def test_plain_webdataset_decoders_read_the_images(tmp_path):
     x_name, _ = flow_members("tvl1", 1)
     assert decoded[x_name].shape[:2] == (24, 32)
     assert decoded["json"]["format_version"] == FORMAT_VERSION
+
+
+def test_member_filter_reads_one_modality(tmp_path):
+    path = str(tmp_path / "s.tar")
+    with wds.TarWriter(path) as sink:
+        sink.write(encode_sample(make_sample()))
+    (members,) = list(wds.WebDataset(path, shardshuffle=False, select_files=member_filter(("tvl1",))))
+    assert not any(k.startswith("rgb.") for k in members) and "json" in members and "cls" in members
+    sample = decode_sample(members, modalities=("tvl1",))
+    assert sample.rgb == [] and len(sample.flow["tvl1"]) == 2
+    with pytest.raises(ValueError, match="lacks member"):
+        decode_sample(members)  # all modalities asked for, RGB absent
 
 
 def test_encode_sample_rejects_inconsistent_samples():
