@@ -82,13 +82,29 @@ def inflate_googlenet(net: GoogLeNet) -> GoogLeNet:
     return net
 
 
+def kaiming_init(net: nn.Module) -> None:
+    """He initialisation of every conv (fan-out, as torchvision's ResNets), BN scale 1 and shift 0.
+
+    For training from scratch. GoogLeNet's own init (truncated normal, std 0.01) makes the weights ahead of
+    each batch norm so small that their effective step size is huge; I3D then trains erratically.
+    """
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class I3D(nn.Module):
     """Inflated Inception-v1 for clips (B, C, T, H, W), C = 3 (RGB) or 2 (flow x, y)."""
 
     def __init__(self, in_chans: int, num_classes: int, dropout: float = 0.5, pretrained: dict | None = None):
         super().__init__()
-        net = torchvision.models.googlenet(weights=None, aux_logits=False, transform_input=False, init_weights=True)
-        if pretrained is not None:
+        net = torchvision.models.googlenet(weights=None, aux_logits=False, transform_input=False, init_weights=False)
+        if pretrained is None:
+            kaiming_init(net)
+        else:
             load_pretrained(net, {k: v for k, v in pretrained.items() if not k.startswith(("fc.", "aux"))}, in_chans=3, num_classes=num_classes)
         if in_chans != 3:
             old = net.conv1.conv
