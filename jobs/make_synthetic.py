@@ -21,7 +21,6 @@ class MakeSyntheticConfig:
     dataset: SyntheticConfig
 
 
-
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     d = SyntheticConfig()
     parser = argparse.ArgumentParser(

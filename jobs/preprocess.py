@@ -28,7 +28,6 @@ class PreprocessJobConfig:
     strict: bool = False
 
 
-
 def _modalities(text: str) -> tuple[str, ...]:
     names = tuple(m.strip() for m in text.split(",") if m.strip())
     unknown = [m for m in names if m not in MODALITIES]

@@ -83,7 +83,7 @@ def inflate_googlenet(net: GoogLeNet) -> GoogLeNet:
 
 
 def kaiming_init(net: nn.Module) -> None:
-    """He initialisation of every conv (fan-out, as torchvision's ResNets), BN scale 1 and shift 0.
+    """He initialisation of every conv (fan-out, as torchvision's ResNets); batch norms keep their 1 / 0 start.
 
     For training from scratch. GoogLeNet's own init (truncated normal, std 0.01) makes the weights ahead of
     each batch norm so small that their effective step size is huge; I3D then trains erratically.
@@ -91,9 +91,6 @@ def kaiming_init(net: nn.Module) -> None:
     for m in net.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 class I3D(nn.Module):
