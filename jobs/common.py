@@ -6,9 +6,11 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
+
+from storage import Location, StorageError, is_uri
 
 EXIT_USAGE = 2  # bad flags or input files, as argparse uses
+USER_ERRORS = (ValueError, StorageError)  # what a job reports as one sentence (no traceback)
 
 
 def fail(message: str) -> int:
@@ -17,24 +19,30 @@ def fail(message: str) -> int:
     return EXIT_USAGE
 
 
-def write_config(cfg, path: str | Path) -> None:
-    """Write a job's resolved configuration as JSON next to its outputs, for reproducing the run."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str) + "\n")
+def write_config(cfg, path: str) -> None:
+    """Write a job's resolved configuration as JSON (a local path or URI) next to its outputs, for reproducing the run."""
+    Location(path).write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str) + "\n")
+
+
+def check_locations(*paths: str | None) -> None:
+    """Fail early, in one sentence, when the object store behind any of these URIs is unreachable, refuses the
+    credentials or lacks the bucket (local paths are checked where they are used)."""
+    for path in paths:
+        if path and is_uri(path):
+            Location(path).check()
 
 
 def cli(get_args_parser, config_from_args, main) -> int:
     """Run a job from the command line: parse flags, build the config, run `main`.
 
-    A ValueError while building the config (a flag value the config rejects) becomes a one-sentence error.
+    A ValueError while building the config (a flag value the config rejects), or a user error (ValueError,
+    StorageError) that `main` lets through, becomes a one-sentence error.
     """
     args = get_args_parser().parse_args()
     try:
-        cfg = config_from_args(args)
-    except ValueError as exc:
+        return main(config_from_args(args))
+    except USER_ERRORS as exc:
         return fail(str(exc))
-    return main(cfg)
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from jobs.common import cli, fail, write_config
+from jobs.common import check_locations, cli, write_config
 from schemas.dataset import read_dataset_info
+from storage import Location, parent
 from trainers.data import CROPS, make_loader
 from trainers.loop import build, config_from_checkpoint, evaluate, load_checkpoint
-from trainers.metrics import confusion_matrix, fuse, softmax, video_metrics, write_confusion_png
+from trainers.metrics import confusion_matrix, confusion_png, fuse, softmax, video_metrics
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def _weights(text: str) -> tuple[tuple[str, float], ...]:
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m jobs.evaluate", description="Segment-sampled (TSN) evaluation of one or more trained streams, with late fusion.", add_help=add_help)
-    parser.add_argument("--data", required=True, help="a dataset written by `python -m jobs.preprocess`")
+    parser.add_argument("--data", required=True, help="a dataset written by `python -m jobs.preprocess` (a local path or URI, as every path here)")
     parser.add_argument("--split", default="test", help="split to evaluate (default test)")
     parser.add_argument("--run", type=_named, action="append", required=True, metavar="NAME=RUN", help="a stream and its run folder, e.g. rgb=runs/rgb (repeat for each stream)")
     parser.add_argument("--segments", type=int, default=25, help="TSN: segments per video at test time (default 25)")
@@ -88,31 +89,34 @@ def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
     )
 
 
+def score_stream(cfg: EvaluateConfig, run: str, num_classes: int, device) -> tuple[list[str], np.ndarray, np.ndarray, str]:
+    """Evaluate one trained run: (keys sorted, labels, softmax scores, a description of the sampling)."""
+    state = load_checkpoint(run)
+    train_cfg = config_from_checkpoint(state)
+    if state["num_classes"] != num_classes:
+        raise ValueError(f"run {run} has {state['num_classes']} classes, {cfg.data} has {num_classes}")
+    model = build(dataclasses.replace(train_cfg, pretrained=None), state["num_classes"])  # weights come from the checkpoint
+    model.load_state_dict(state["model"])
+    model.to(device)
+    example = train_cfg.example_config(crops=cfg.crops, segments=cfg.segments, clips=cfg.clips)
+    loader = make_loader(cfg.data, cfg.split, example, train=False, batch_size=cfg.batch_size, workers=cfg.loader_workers)
+    keys, labels, logits = evaluate(model, loader, device)
+    order = np.argsort(keys)  # loader workers interleave videos; align streams by key
+    sampling = f"{example.segments} segments" if example.arch == "tsn" else f"{example.clips} clips"
+    return [keys[i] for i in order], labels[order], softmax(logits[order]), f"{sampling} x {cfg.crops} crops"
+
+
 def main(cfg: EvaluateConfig) -> int:
+    check_locations(cfg.data, cfg.json, cfg.out, *(run for _, run in cfg.runs))
     device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
-    try:
-        info = read_dataset_info(cfg.data)
-        scores, labels, keys = {}, None, None
-        for name, run in cfg.runs:
-            state = load_checkpoint(run)
-            train_cfg = config_from_checkpoint(state)
-            if state["num_classes"] != len(info.classes):
-                raise ValueError(f"run {run} has {state['num_classes']} classes, {cfg.data} has {len(info.classes)}")
-            model = build(dataclasses.replace(train_cfg, pretrained=None), state["num_classes"])  # weights come from the checkpoint
-            model.load_state_dict(state["model"])
-            model.to(device)
-            example = train_cfg.example_config(crops=cfg.crops, segments=cfg.segments, clips=cfg.clips)
-            loader = make_loader(cfg.data, cfg.split, example, train=False, batch_size=cfg.batch_size, workers=cfg.loader_workers)
-            k, y, logits = evaluate(model, loader, device)
-            order = np.argsort(k)  # loader workers interleave videos; align streams by key
-            k, y, logits = [k[i] for i in order], y[order], logits[order]
-            if keys is not None and k != keys:
-                raise ValueError(f"stream {name} saw other videos than the first stream")
-            keys, labels, scores[name] = k, y, softmax(logits)
-            print(f"{name}: {len(k)} videos evaluated ({example.segments if example.arch == 'tsn' else example.clips} "
-                  f"{'segments' if example.arch == 'tsn' else 'clips'} x {cfg.crops} crops)", flush=True)
-    except ValueError as exc:
-        return fail(str(exc))
+    info = read_dataset_info(cfg.data)
+    scores, labels, keys = {}, None, None
+    for name, run in cfg.runs:
+        k, y, scores[name], sampling = score_stream(cfg, run, len(info.classes), device)
+        if keys is not None and k != keys:
+            raise ValueError(f"stream {name} saw other videos than the first stream")
+        keys, labels = k, y
+        print(f"{name}: {len(k)} videos evaluated ({sampling})", flush=True)
 
     metrics = {name: video_metrics(s, labels) for name, s in scores.items()}
     weights = dict(cfg.fusion) or {name: 1.0 for name in scores}
@@ -122,14 +126,15 @@ def main(cfg: EvaluateConfig) -> int:
     metrics["videos"] = len(labels)
     metrics["fusion_weights"] = weights
 
-    out = Path(cfg.out) if cfg.out else (Path(cfg.json).parent if cfg.json else Path(cfg.runs[0][1]))
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "scores.npz", keys=np.array(keys), labels=labels, classes=np.array(info.classes), **{f"scores_{n}": s for n, s in scores.items()})
+    out = Location(cfg.out or (parent(cfg.json) if cfg.json else cfg.runs[0][1]))
+    npz = io.BytesIO()
+    np.savez(npz, keys=np.array(keys), labels=labels, classes=np.array(info.classes), **{f"scores_{n}": s for n, s in scores.items()})
+    out.write_bytes(npz.getvalue(), "scores.npz")
     cm = confusion_matrix(labels, fused.argmax(1), len(info.classes))
-    png = write_confusion_png(out / "confusion.png", cm, info.classes)
+    out.write_bytes(confusion_png(cm, info.classes), "confusion.png")
     if cfg.json:
-        Path(cfg.json).write_text(json.dumps(metrics, indent=2) + "\n")
-    write_config(cfg, out / "evaluate.config.json")
+        Location(cfg.json).write_text(json.dumps(metrics, indent=2) + "\n")
+    write_config(cfg, out.uri_of("evaluate.config.json"))
 
     print(f"\n{cfg.split}: {len(labels)} videos, {len(info.classes)} classes")
     print("| stream | top-1 | top-5 | mean class |")
@@ -139,7 +144,7 @@ def main(cfg: EvaluateConfig) -> int:
         print(f"| {name} | {100 * m['top1']:.1f} | {100 * m['top5']:.1f} | {100 * m['mean_class']:.1f} |")
     if "fused" in metrics:
         print("fusion weights: " + ", ".join(f"{n}={w:g}" for n, w in weights.items()))
-    print(f"per-video scores {out / 'scores.npz'}, confusion matrix {png}" + (f", metrics {cfg.json}" if cfg.json else ""))
+    print(f"per-video scores {out.uri_of('scores.npz')}, confusion matrix {out.uri_of('confusion.png')}" + (f", metrics {cfg.json}" if cfg.json else ""))
     return 0
 
 

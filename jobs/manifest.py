@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from pathlib import Path
 
-from jobs.common import cli, fail, write_config
-from pipeline.datasets import DATASETS, AnnotationError, load_dataset, summarize
+from jobs.common import check_locations, cli, fail, write_config
+from pipeline.datasets import DATASETS, load_dataset, summarize
 from schemas.manifest import manifest_table, write_manifest
+from storage import basename
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "<class>_test_splitN.txt files; kinetics: the CSV (label,youtube_id,time_start,time_end,split); "
         "folder: ROOT/<class>/<video> (or ROOT/<split>/<class>/<video>); csv: a path,label[,split] list",
     )
-    parser.add_argument("--annotations", help="annotation folder (ucf101, hmdb51) or CSV file (kinetics, csv); unused for folder")
-    parser.add_argument("--videos", required=True, help="root folder under which the video files are looked up")
+    parser.add_argument("--annotations", help="annotation folder (ucf101, hmdb51) or CSV file (kinetics, csv); unused for folder. A local path or a URI (s3://, gs://, hdfs://), as every path here")
+    parser.add_argument("--videos", required=True, help="root folder under which the video files are looked up (a local path or URI)")
     parser.add_argument("--split", type=int, default=1, choices=(1, 2, 3), help="official split number for ucf101/hmdb51 (default 1)")
     parser.add_argument("--label-map", help="kinetics only: file with one label per line giving the class order (default: sorted labels)")
-    parser.add_argument("--out", required=True, help="where to write the manifest (.parquet)")
+    parser.add_argument("--out", required=True, help="where to write the manifest (.parquet; a local path or URI)")
     parser.add_argument(
         "--allow-missing",
         action="store_true",
@@ -63,18 +63,16 @@ def config_from_args(args: argparse.Namespace) -> ManifestConfig:
     )
 
 
+def config_path(out: str) -> str:
+    """`m.config.json` beside the manifest `m.parquet`."""
+    stem = out.rsplit(".", 1)[0] if "." in basename(out) else out
+    return stem + ".config.json"
+
+
 def main(cfg: ManifestConfig) -> int:
-    try:
-        manifest = load_dataset(
-            cfg.dataset,
-            Path(cfg.annotations) if cfg.annotations else None,
-            Path(cfg.videos),
-            split=cfg.split,
-            label_map=Path(cfg.label_map) if cfg.label_map else None,
-        )
-        table = manifest_table(manifest.records, manifest.classes, manifest.dataset)
-    except (AnnotationError, ValueError) as exc:
-        return fail(str(exc))
+    check_locations(cfg.annotations, cfg.videos, cfg.label_map, cfg.out)
+    manifest = load_dataset(cfg.dataset, cfg.annotations, cfg.videos, split=cfg.split, label_map=cfg.label_map)
+    table = manifest_table(manifest.records, manifest.classes, manifest.dataset)
     print(summarize(manifest))
     missing = manifest.missing
     if missing and not cfg.allow_missing:
@@ -83,7 +81,7 @@ def main(cfg: ManifestConfig) -> int:
             "fix --videos or pass --allow-missing to keep them with exists=false"
         )
     write_manifest(table, cfg.out)
-    write_config(cfg, Path(cfg.out).with_suffix(".config.json"))
+    write_config(cfg, config_path(cfg.out))
     print(f"wrote {cfg.out}")
     return 0
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 import argparse
 import ast
 from dataclasses import dataclass
-from pathlib import Path
 
-from jobs.common import cli, fail, parse_size, write_config
+from jobs.common import check_locations, cli, parse_size, write_config
 from pipeline.decode import PIXEL_GRIDS, DecodeConfig
 from pipeline.flow import PRESETS
 from pipeline.preprocess import PreprocessConfig, format_summary, run_preprocess
 from pipeline.ray_tasks import ClusterConfig
 from pipeline.shards import ProcessConfig
 from schemas.sample import DEFAULT_FLOW_BOUND, DEFAULT_JPEG_QUALITY, FLOW_ENCODINGS, MODALITIES
+from storage import join
 
 EXIT_FAILURES = 1  # --strict and some videos failed
 
@@ -58,8 +58,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         add_help=add_help,
     )
     io = parser.add_argument_group("input and output")
-    io.add_argument("--manifest", required=True, help="manifest written by `python -m jobs.manifest`")
-    io.add_argument("--out", required=True, help="output folder (a local path; created if missing)")
+    io.add_argument("--manifest", required=True, help="manifest written by `python -m jobs.manifest` (a local path or URI)")
+    io.add_argument("--out", required=True, help="output folder: a local path (created if missing; on several nodes it must be "
+                    "shared by all) or an object-storage URI such as s3://bucket/prefix")
     io.add_argument("--overwrite", action="store_true", help="delete the shards already in --out and start over")
     io.add_argument("--strict", action="store_true", help="exit with status 1 when any video failed (default: 0, failures are listed)")
 
@@ -84,6 +85,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     flow.add_argument("--flow-encoding", choices=FLOW_ENCODINGS, default="jpeg", help="jpeg: 8-bit x/y JPEGs (default); png16 or float16: lossless")
     flow.add_argument("--flow-batch", type=int, default=32, help="frame pairs per flow batch (default 32; raise on a GPU)")
     flow.add_argument("--device", choices=("cpu", "cuda"), help="force the flow device (default: cuda when a task has a GPU)")
+    flow.add_argument("--video-timeout", type=float, default=3600.0,
+                      help="seconds one video may take before it is recorded as failed (timed out) and its shard goes on; "
+                      "0 = no limit (default 3600)")
 
     run = parser.add_argument_group("sharding and cluster")
     run.add_argument("--shard-size-mb", type=float, default=1024, help="approximate shard size in MB (default 1024)")
@@ -114,6 +118,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessJobConfig:
         jpeg_quality=args.jpeg_quality,
         flow_batch=args.flow_batch,
         device=args.device,
+        video_timeout=args.video_timeout or None,
     )
     cluster = ClusterConfig(
         address=args.address, cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task, max_retries=args.max_retries
@@ -136,11 +141,9 @@ def config_from_args(args: argparse.Namespace) -> PreprocessJobConfig:
 
 
 def main(cfg: PreprocessJobConfig) -> int:
-    try:
-        summary = run_preprocess(cfg.run, print_fn=lambda line: print(line, flush=True))
-    except ValueError as exc:
-        return fail(str(exc))
-    write_config(cfg, Path(cfg.run.out) / "preprocess.config.json")
+    check_locations(cfg.run.manifest, cfg.run.out)
+    summary = run_preprocess(cfg.run, print_fn=lambda line: print(line, flush=True))
+    write_config(cfg, join(cfg.run.out, "preprocess.config.json"))
     print(format_summary(summary, cfg.run.out), flush=True)
     return EXIT_FAILURES if cfg.strict and summary.failed else 0
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-from jobs.common import cli, fail
-from trainers.loop import TrainConfig, run_training
+from jobs.common import check_locations, cli
+from storage import Location, join
+from trainers.loop import CHECKPOINT, METRICS_CSV, TrainConfig, run_training
 from trainers.models import MODELS
 from trainers.models.tsn import BACKBONES
 
@@ -26,9 +26,9 @@ class TrainJobConfig:
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     d = TrainConfig(data="", model="tsn_rgb", out="")
     parser = argparse.ArgumentParser(prog="python -m jobs.train", description="Train a two-stream (TSN) or I3D stream from flowshard shards.", add_help=add_help)
-    parser.add_argument("--data", required=True, help="a dataset written by `python -m jobs.preprocess` (its --out)")
+    parser.add_argument("--data", required=True, help="a dataset written by `python -m jobs.preprocess` (its --out; a local path or URI such as s3://bucket/prefix)")
     parser.add_argument("--model", required=True, choices=MODELS, help="tsn_rgb, tsn_flow, i3d_rgb or i3d_flow")
-    parser.add_argument("--out", required=True, help="run folder: checkpoint.pt (resumed if present), metrics.csv, config.json")
+    parser.add_argument("--out", required=True, help="run folder (a local path or URI): checkpoint.pt (resumed if present), metrics.csv, config.json")
     parser.add_argument("--backbone", choices=list(BACKBONES), default=d.backbone, help=f"TSN backbone (default {d.backbone})")
     parser.add_argument("--flow-modality", choices=("tvl1", "warp_tvl1"), default=d.flow_modality, help="flow the *_flow models read (default tvl1)")
     parser.add_argument("--epochs", type=int, default=d.epochs, help=f"(default {d.epochs})")
@@ -47,7 +47,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--interval", type=int, default=d.interval, help=f"I3D: frame step within a clip (default {d.interval})")
     parser.add_argument("--input-size", type=int, default=d.input_size, help=f"crop side fed to the network (default {d.input_size})")
     parser.add_argument("--no-flip", action="store_true", help="no horizontal flips (needed when left/right is the class, as in jobs.make_synthetic)")
-    parser.add_argument("--pretrained", help="local 2D ImageNet weights (.pth state dict, torchvision names); nothing is downloaded")
+    parser.add_argument("--pretrained", help="2D ImageNet weights (.pth state dict, torchvision names; a path or URI); nothing is downloaded")
     parser.add_argument("--workers", type=int, default=1, help="DDP ranks on Ray Train (default 1: this process, no Ray)")
     parser.add_argument("--loader-workers", type=int, default=d.loader_workers, help=f"data loader processes per rank (default {d.loader_workers})")
     parser.add_argument("--use-gpu", action="store_true", help="train on GPUs (one per rank), with mixed precision")
@@ -61,7 +61,7 @@ def config_from_args(args: argparse.Namespace) -> TrainJobConfig:
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
     train = TrainConfig(
-        data=args.data, model=args.model, out=str(Path(args.out).absolute()), backbone=args.backbone, flow_modality=args.flow_modality,
+        data=args.data, model=args.model, out=Location(args.out).uri_of(), backbone=args.backbone, flow_modality=args.flow_modality,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
         schedule=args.schedule, step_epochs=tuple(args.step_epochs), warmup_epochs=args.warmup_epochs,
         clip_grad=args.clip_grad or None, dropout=args.dropout, segments=args.segments, new_length=args.new_length,
@@ -91,20 +91,18 @@ def train_with_ray(cfg: TrainJobConfig) -> None:
         _ray_train_loop,
         train_loop_config=asdict(cfg.train),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.train.use_gpu),
-        run_config=RunConfig(storage_path=str(Path(cfg.train.out) / "ray"), name="train"),
+        run_config=RunConfig(storage_path=join(cfg.train.out, "ray"), name="train"),
     )
     trainer.fit()
 
 
 def main(cfg: TrainJobConfig) -> int:
-    try:
-        if cfg.workers > 1:
-            train_with_ray(cfg)
-        else:
-            run_training(cfg.train)
-    except ValueError as exc:
-        return fail(str(exc))
-    print(f"run {cfg.train.out}: checkpoint {Path(cfg.train.out) / 'checkpoint.pt'}, metrics {Path(cfg.train.out) / 'metrics.csv'}")
+    check_locations(cfg.train.data, cfg.train.out, cfg.train.pretrained)
+    if cfg.workers > 1:
+        train_with_ray(cfg)
+    else:
+        run_training(cfg.train)
+    print(f"run {cfg.train.out}: checkpoint {join(cfg.train.out, CHECKPOINT)}, metrics {join(cfg.train.out, METRICS_CSV)}")
     return 0
 
 

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
-import webdataset as wds
 
-from jobs.common import cli, fail
+from jobs.common import check_locations, cli, fail
 from pipeline.flow import flow_to_color
 from schemas.sample import FLOW_MODALITIES, decode_sample
-from trainers.data import shard_urls
+from storage import Location
+from trainers.data import read_samples, shard_urls
 
 
 @dataclass(frozen=True)
@@ -30,8 +29,8 @@ class VisualizeConfig:
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m jobs.visualize", description="Write an RGB frame and its optical flows (colour wheel) of one sample as a PNG.", add_help=add_help)
-    parser.add_argument("--data", required=True, help="a dataset written by `python -m jobs.preprocess`")
-    parser.add_argument("--out", required=True, help="PNG to write")
+    parser.add_argument("--data", required=True, help="a dataset written by `python -m jobs.preprocess` (a local path or URI)")
+    parser.add_argument("--out", required=True, help="PNG to write (a local path or URI)")
     parser.add_argument("--split", default="test", help="split to take the sample from (default test)")
     parser.add_argument("--key", help="video id of the sample (default: the first one)")
     parser.add_argument("--index", type=int, help="flow index i (frame i -> i+1); default: the middle of the video")
@@ -43,11 +42,9 @@ def config_from_args(args: argparse.Namespace) -> VisualizeConfig:
 
 
 def main(cfg: VisualizeConfig) -> int:
-    try:
-        urls = shard_urls(cfg.data, cfg.split)
-    except ValueError as exc:
-        return fail(str(exc))
-    sample = next((decode_sample(m) for m in wds.WebDataset(urls, shardshuffle=False) if cfg.key in (None, m["__key__"])), None)
+    check_locations(cfg.data, cfg.out)
+    urls = shard_urls(cfg.data, cfg.split)
+    sample = next((decode_sample(m) for m in read_samples(urls) if cfg.key in (None, m["__key__"])), None)
     if sample is None:
         return fail(f"no sample {cfg.key!r} in the {cfg.split} shards of {cfg.data}")
     flows = [m for m in FLOW_MODALITIES if m in sample.flow]
@@ -61,11 +58,9 @@ def main(cfg: VisualizeConfig) -> int:
     scale = max(float(np.linalg.norm(f, axis=-1).max()) for f in fields) or 1.0
     panels += [flow_to_color(f, max_flow=scale) for f in fields]
     picture = np.concatenate(panels, axis=1)
-    out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    Location(cfg.out).write_bytes(cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))[1].tobytes())
     shown = (["rgb"] if sample.rgb else []) + flows
-    print(f"wrote {out}: {sample.key} ({sample.meta.label_name}), frame {index} -> {index + 1}: {' | '.join(shown)} (max flow {scale:.1f} px)")
+    print(f"wrote {cfg.out}: {sample.key} ({sample.meta.label_name}), frame {index} -> {index + 1}: {' | '.join(shown)} (max flow {scale:.1f} px)")
     return 0
 
 

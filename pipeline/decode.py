@@ -9,16 +9,21 @@ output-size frames. The pixel grid is a choice (`DecodeConfig.pixel_grid`):
 
 from __future__ import annotations
 
+import contextlib
 import math
-import os
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 
 import av
 import numpy as np
+import pyarrow.fs as pafs
+
+from storage import Location, StorageError
 
 PIXEL_GRIDS = ("stored", "square")
 TRUNCATION_TOLERANCE = 0.9  # fewer decoded frames than this share of a declared count means a cut-off file
+REMOTE_READ_BUFFER = 2 << 20  # bytes PyAV asks for per read of a video on object storage (one ranged GET)
 
 
 class VideoError(Exception):
@@ -86,22 +91,43 @@ def resample_indices(times: np.ndarray, fps: float, start: float) -> np.ndarray:
     return np.where(nearer_left, left, right)
 
 
-def decode_video(path: str, cfg: DecodeConfig = DecodeConfig(), start_sec: float | None = None, end_sec: float | None = None) -> DecodedVideo:
-    """Decode the frames of `path` (optionally only [start_sec, end_sec)) at the configured size and rate.
+def open_container(path: str, files: contextlib.ExitStack) -> av.container.InputContainer:
+    """Open the video at `path` (a local path or URI) with PyAV. A local file is read by FFmpeg itself; an
+    object on a store through a seekable pyarrow file (ranged reads, nothing copied to local disk).
 
     Raises:
-        VideoError: missing, empty, unreadable, without a video stream, cut off, corrupt, or fewer than
-            2 frames; the message is one line naming the reason.
+        VideoError: missing, not a file, empty, unreadable, or its store cannot be reached.
     """
-    if not os.path.isfile(path):
-        raise VideoError("file not found")
-    if os.path.getsize(path) == 0:
-        raise VideoError("empty file (0 bytes)")
     try:
-        container = av.open(path)
+        source = Location(path)
+        info = source.info()
+        if info.type == pafs.FileType.NotFound:
+            raise VideoError("file not found")
+        if info.type != pafs.FileType.File:
+            raise VideoError(f"not a regular file ({info.type.name.lower()})")
+        if info.size == 0:
+            raise VideoError("empty file (0 bytes)")
+        if source.is_local:
+            return files.enter_context(av.open(source.path()))
+        remote = files.enter_context(source.open_input_file())
+        return files.enter_context(av.open(remote, buffer_size=REMOTE_READ_BUFFER))
+    except StorageError as exc:
+        raise VideoError(str(exc)) from None
     except av.error.FFmpegError as exc:
         raise VideoError(f"not a readable video file ({_reason(exc)})") from None
-    with container:
+
+
+def decode_video(path: str, cfg: DecodeConfig = DecodeConfig(), start_sec: float | None = None, end_sec: float | None = None,
+                 stop: threading.Event | None = None) -> DecodedVideo:
+    """Decode the frames of `path` (a local path or URI; optionally only [start_sec, end_sec)) at the
+    configured size and rate. Setting `stop` makes it give up at the next frame.
+
+    Raises:
+        VideoError: missing, empty, unreadable, without a video stream, cut off, corrupt, fewer than
+            2 frames, or stopped; the message is one line naming the reason.
+    """
+    with contextlib.ExitStack() as files:
+        container = open_container(path, files)
         if not container.streams.video:
             kinds = ", ".join(sorted({s.type for s in container.streams})) or "no streams"
             raise VideoError(f"no video stream (contains: {kinds})")
@@ -120,6 +146,8 @@ def decode_video(path: str, cfg: DecodeConfig = DecodeConfig(), start_sec: float
         keep_all = cfg.fps is None
         try:
             for index, frame in enumerate(container.decode(stream)):
+                if stop is not None and stop.is_set():
+                    raise VideoError("stopped")
                 t = frame.time if frame.time is not None else index / native_rate
                 if start_sec is not None and t < start_sec - 1e-6:
                     continue

@@ -6,6 +6,7 @@ a run interrupted at any point (worker or driver killed) finishes on re-run with
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -19,14 +20,16 @@ import pyarrow.parquet as pq
 
 from schemas.dataset import DATASET_FILE, INDEX_FILE, INDEX_SCHEMA, RESULTS_FILE, RESULTS_SCHEMA, SHARDS_DIR, DatasetInfo
 from schemas.manifest import VideoRecord, read_manifest
+from storage import Location
 
 from . import __version__
 from .progress import Progress, format_duration
-from .ray_tasks import ClusterConfig, run_shards
+from .ray_tasks import ClusterConfig, check_visible, ray_session, run_shards
 from .shards import PROGRESS_DIR, ProcessConfig, ShardResult, VideoResult, completed_shards, estimate_video_mb, plan_shards
-from .storage import OutputDir
 
 RUN_FILE = "run.json"  # under _progress/: the parameters the existing shards were built with
+FINGERPRINT_VERSION = 2  # 1 (flowshard 0.1.0) also held runtime settings
+MAX_OBJECT_SHARD_MB = 4096  # shards are copied into place on object stores, and S3 copies at most 5 GB
 
 
 @dataclass(frozen=True)
@@ -62,11 +65,29 @@ def manifest_fingerprint(records: list[VideoRecord]) -> str:
 
 
 def run_parameters(cfg: PreprocessConfig, records: list[VideoRecord], videos_per_shard: int) -> dict:
+    """The resume fingerprint: only what changes the output (runtime and cluster settings may change)."""
     return {
-        "process": json.loads(json.dumps(asdict(cfg.process), default=str)),
+        "fingerprint_version": FINGERPRINT_VERSION,
+        "process": cfg.process.output_parameters(),
         "videos_per_shard": videos_per_shard,
         "manifest": manifest_fingerprint(records),
     }
+
+
+def _refuse_other_parameters(out: Location, params: dict) -> None:
+    """Raise ValueError when `out` holds shards built with other output parameters."""
+    if not out.exists(PROGRESS_DIR, RUN_FILE):
+        return
+    previous = json.loads(out.read_bytes(PROGRESS_DIR, RUN_FILE))
+    if previous.get("fingerprint_version") != FINGERPRINT_VERSION:
+        raise ValueError(f"{out.uri} was started by an older flowshard; pass --overwrite to rebuild it, or choose another --out")
+    if previous != params:
+        old, new = _flatten(previous), _flatten(params)
+        changed = [f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        raise ValueError(
+            f"{out.uri} holds shards built with other parameters ({'; '.join(changed[:4])}); "
+            "pass --overwrite to rebuild them, or choose another --out"
+        )
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -82,44 +103,36 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = print) -> RunSummary:
     """Run (or resume) preprocessing and write index.parquet, results.parquet and dataset.json.
 
+    Nothing is written before the checks pass: parameters, the store, and on several nodes that every node
+    sees a local output folder and local videos.
+
     Raises:
-        ValueError: an unreadable manifest, or an output folder built with other parameters (without
-            overwrite); the message says how to fix it.
+        ValueError: an unreadable manifest, an output folder built with other parameters (without
+            overwrite), or a local path some node cannot see; the message says how to fix it.
+        StorageError: the output's store cannot be reached, refuses the credentials or lacks the bucket.
     """
     start = time.monotonic()
     records, classes = read_manifest(cfg.manifest)
     if not records:
         raise ValueError(f"manifest {cfg.manifest} lists no videos")
-    out = OutputDir(cfg.out)
+    out = Location(cfg.out)
+    out.check()
+    if not out.is_local and not cfg.videos_per_shard and cfg.shard_size_mb > MAX_OBJECT_SHARD_MB:
+        raise ValueError(f"--shard-size-mb {cfg.shard_size_mb:g} is too large for object storage (shards are copied into "
+                         f"place, at most 5 GB on S3); use {MAX_OBJECT_SHARD_MB} or less")
     videos_per_shard = cfg.videos_per_shard or max(1, math.floor(cfg.shard_size_mb / estimate_video_mb(cfg.process)))
     params = run_parameters(cfg, records, videos_per_shard)
-
-    if cfg.overwrite:
-        for folder in (SHARDS_DIR, PROGRESS_DIR):
-            out.delete_dir(folder)
-        for name in (INDEX_FILE, RESULTS_FILE, DATASET_FILE):
-            out.delete_file(name)
-    elif out.exists(PROGRESS_DIR, RUN_FILE):
-        previous = json.loads(out.read_bytes(PROGRESS_DIR, RUN_FILE))
-        if previous != params:
-            old, new = _flatten(previous), _flatten(params)
-            changed = [f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-            raise ValueError(
-                f"{cfg.out} holds shards built with other parameters ({'; '.join(changed[:4])}); "
-                "pass --overwrite to rebuild them, or choose another --out"
-            )
-    out.write_bytes(json.dumps(params, indent=2).encode(), PROGRESS_DIR, RUN_FILE)
-    out.remove_temporaries(SHARDS_DIR)
-    out.remove_temporaries(PROGRESS_DIR)
+    if not cfg.overwrite:
+        _refuse_other_parameters(out, params)
 
     specs = plan_shards(records, videos_per_shard)
-    done = {name: r for name, r in completed_shards(out).items() if name in {s.name for s in specs}}
+    planned = {s.name for s in specs}
+    done = {} if cfg.overwrite else {name: r for name, r in completed_shards(out).items() if name in planned}
     todo = [s for s in specs if s.name not in done]
     print_fn(
         f"{len(records)} videos in {len(specs)} shards of up to {videos_per_shard} videos; "
         f"{len(done)} shards already done, {len(todo)} to run; modalities {','.join(cfg.process.modalities)}"
     )
-
     done_videos = sum(len(r.videos) for r in done.values())
     done_failed = sum(v.status != "ok" for r in done.values() for v in r.videos)
     progress = Progress(len(records), cfg.progress_seconds, print_fn, already_done=done_videos)
@@ -127,13 +140,12 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
     def on_progress(videos: int, frames: int, failed: int) -> None:
         progress.update(done_videos + videos, frames, done_failed + failed)
 
-    def on_shard(result: ShardResult) -> None:
-        bad = [v for v in result.videos if v.status != "ok"]
-        for v in bad:
-            print_fn(f"  failed: {v.video_id}: {v.reason}")
-
-    new = run_shards(todo, cfg.process, cfg.out, cfg.cluster, on_progress, on_shard) if todo else []
-    for folder in (SHARDS_DIR, PROGRESS_DIR):  # leftovers of attempts whose worker died (Ray retried them)
+    with ray_session(cfg.cluster.address) if todo else contextlib.nullcontext():
+        if todo:
+            check_visible(out, [r.path for r in records if r.exists])
+        _prepare(out, params, cfg.overwrite)
+        new = run_shards(todo, cfg.process, cfg.out, cfg.cluster, on_progress) if todo else []
+    for folder in (SHARDS_DIR, PROGRESS_DIR):  # leftovers of attempts whose worker or node died (Ray retried them)
         out.remove_temporaries(folder)
     results = sorted([*done.values(), *new], key=lambda r: r.name)
     videos = [v for r in results for v in r.videos]
@@ -152,7 +164,19 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
     )
 
 
-def _write_outputs(out: OutputDir, cfg: PreprocessConfig, classes: list[str], params: dict, results: list[ShardResult]) -> None:
+def _prepare(out: Location, params: dict, overwrite: bool) -> None:
+    """Clear the output (with overwrite), record the parameters, and remove what interrupted writes left."""
+    if overwrite:
+        for folder in (SHARDS_DIR, PROGRESS_DIR):
+            out.delete_dir(folder)
+        for name in (INDEX_FILE, RESULTS_FILE, DATASET_FILE):
+            out.delete_file(name)
+    out.write_bytes(json.dumps(params, indent=2).encode(), PROGRESS_DIR, RUN_FILE)
+    for folder in (SHARDS_DIR, PROGRESS_DIR):
+        out.remove_temporaries(folder)
+
+
+def _write_outputs(out: Location, cfg: PreprocessConfig, classes: list[str], params: dict, results: list[ShardResult]) -> None:
     """index.parquet, results.parquet and dataset.json, each written atomically, after all shards closed."""
     videos = [v for r in results for v in r.videos]
     tar_of = {r.name: r.tar for r in results}
@@ -185,7 +209,7 @@ def _write_outputs(out: OutputDir, cfg: PreprocessConfig, classes: list[str], pa
     out.write_bytes(info.to_json().encode(), DATASET_FILE)
 
 
-def _write_parquet(out: OutputDir, name: str, table: pa.Table) -> None:
+def _write_parquet(out: Location, name: str, table: pa.Table) -> None:
     with out.atomic_write(name) as stream:
         pq.write_table(table, stream)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
@@ -35,9 +36,11 @@ from schemas.sample import (
     encode_sample,
 )
 
+from storage import HashingWriter, Location
+
 from .decode import DecodeConfig, VideoError, decode_video
 from .flow import compute_flows, resolve_params
-from .storage import HashingWriter, OutputDir
+from .time_limit import TimeLimitExceeded, call_with_time_limit
 
 PROGRESS_DIR = "_progress"  # one completion record per finished shard
 DONE_SUFFIX = ".done.json"
@@ -55,8 +58,10 @@ class ProcessConfig:
     flow_bound: float = DEFAULT_FLOW_BOUND
     flow_encoding: str = "jpeg"
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
+    # How the work runs; none of these changes the stored samples, so a resumed run may change them.
     flow_batch: int = 32  # frame pairs per compute_flow call (more on a GPU)
     device: str | None = None  # None: cuda when the task sees a GPU, else cpu
+    video_timeout: float | None = 3600.0  # seconds one video may take before it fails as timed out; None = no limit
 
     def __post_init__(self):
         unknown = [m for m in self.modalities if m not in MODALITIES]
@@ -70,11 +75,21 @@ class ProcessConfig:
             raise ValueError(f"flow bound must be positive, got {self.flow_bound}")
         if self.flow_batch < 1:
             raise ValueError(f"flow batch must be at least 1, got {self.flow_batch}")
+        if self.video_timeout is not None and not self.video_timeout > 0:
+            raise ValueError(f"video time limit must be positive seconds (or none), got {self.video_timeout}")
         resolve_params(self.flow_preset, dict(self.flow_params))  # raises ValueError on unknown names
 
     @property
     def flow_modalities(self) -> tuple[str, ...]:
         return tuple(m for m in self.modalities if m in FLOW_MODALITIES)
+
+    def output_parameters(self) -> dict:
+        """What the stored samples depend on, as JSON values: the resume fingerprint and dataset.json's record.
+        Runtime settings (device, flow batch, compile, time limit) are left out."""
+        return json.loads(json.dumps({
+            "modalities": self.modalities, "decode": asdict(self.decode), "flow": self.flow_description(),
+            "flow_bound": self.flow_bound, "flow_encoding": self.flow_encoding, "jpeg_quality": self.jpeg_quality,
+        }))
 
     def flow_description(self) -> dict:
         """The flow parameters written into every sample's metadata."""
@@ -162,15 +177,16 @@ def estimate_video_mb(cfg: ProcessConfig, frames: int = 300) -> float:
     return max(per_frame * frames, 1e-3)
 
 
-def process_video(record: VideoRecord, cfg: ProcessConfig) -> Sample:
+def process_video(record: VideoRecord, cfg: ProcessConfig, stop: threading.Event | None = None) -> Sample:
     """Decode one video and compute its modalities; everything stays in memory until it is complete.
+    Setting `stop` makes it give up at the next frame or flow batch.
 
     Raises:
-        VideoError: the video cannot be used (the reason is one line).
+        VideoError: the video cannot be used, or was stopped (the reason is one line).
     """
     if not record.exists:
         raise VideoError("file not found (listed as missing in the manifest)")
-    video = decode_video(record.path, cfg.decode, record.start_sec, record.end_sec)
+    video = decode_video(record.path, cfg.decode, record.start_sec, record.end_sec, stop)
     frames = video.frames  # (T, H, W, 3)
     T, H, W, _ = frames.shape
     rgb = [encode_jpeg(f, cfg.jpeg_quality) for f in frames] if RGB in cfg.modalities else []
@@ -179,9 +195,11 @@ def process_video(record: VideoRecord, cfg: ProcessConfig) -> Sample:
     if flows:
         gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])  # (T, H, W)
         for start in range(0, T - 1, cfg.flow_batch):
-            stop = min(start + cfg.flow_batch, T - 1)
+            if stop is not None and stop.is_set():
+                raise VideoError("stopped")
+            end = min(start + cfg.flow_batch, T - 1)
             out, found = compute_flows(
-                gray[start:stop], gray[start + 1 : stop + 1], tuple(flows), cfg.flow_preset, cfg.device, **dict(cfg.flow_params)
+                gray[start:end], gray[start + 1 : end + 1], tuple(flows), cfg.flow_preset, cfg.device, **dict(cfg.flow_params)
             )
             homographies += [h.as_dict() for h in found]
             for modality, batch in out.items():
@@ -211,13 +229,13 @@ def process_video(record: VideoRecord, cfg: ProcessConfig) -> Sample:
 def process_shard(
     spec: ShardSpec,
     cfg: ProcessConfig,
-    out: OutputDir,
+    out: Location,
     on_video: Callable[[VideoResult], None] | None = None,
 ) -> ShardResult:
     """Process every video of a shard and write the shard tar, then its completion record.
 
-    A video that cannot be used becomes a failed VideoResult with its reason; the others are written.
-    `on_video` is called after each video (for progress reporting).
+    A video that cannot be used, or takes longer than `cfg.video_timeout`, becomes a failed VideoResult with
+    its reason; the others are written. `on_video` is called after each video (for progress reporting).
     """
     start = time.monotonic()
     if cfg.device is None and torch.cuda.is_available():
@@ -230,8 +248,8 @@ def process_shard(
             for record in spec.records:
                 t0 = time.monotonic()
                 try:
-                    members = encode_sample(process_video(record, cfg))
-                except VideoError as exc:
+                    members = call_with_time_limit(lambda stop: encode_sample(process_video(record, cfg, stop)), cfg.video_timeout)
+                except (VideoError, TimeLimitExceeded) as exc:
                     result = VideoResult(record.video_id, spec.split, spec.name, "failed", str(exc), time.monotonic() - t0, label=record.label)
                 else:
                     before = writer.bytes
@@ -251,7 +269,7 @@ def process_shard(
     return result
 
 
-def completed_shards(out: OutputDir) -> dict[str, ShardResult]:
+def completed_shards(out: Location) -> dict[str, ShardResult]:
     """The shards whose completion record exists, by name."""
     done = {}
     for name in out.list(PROGRESS_DIR, suffix=DONE_SUFFIX):

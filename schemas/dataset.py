@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
+
+from storage import Location
 
 from .sample import FORMAT_VERSION
 
@@ -67,16 +68,17 @@ class DatasetInfo:
         return cls(**json.loads(text))
 
 
-def read_dataset_info(root: str | Path) -> DatasetInfo:
-    """Read OUT/dataset.json of a preprocessed dataset.
+def read_dataset_info(root: str) -> DatasetInfo:
+    """Read OUT/dataset.json of a preprocessed dataset (a local path or URI).
 
     Raises:
         ValueError: the folder is not a finished flowshard dataset, or from another format version.
+        StorageError: its store cannot be reached.
     """
-    path = Path(root) / DATASET_FILE
-    if not path.is_file():
+    data = Location(root)
+    if not data.is_file(DATASET_FILE):
         raise ValueError(f"{root} has no {DATASET_FILE}: it is not a finished flowshard dataset (run `python -m jobs.preprocess` to completion)")
-    info = DatasetInfo.from_json(path.read_text())
+    info = DatasetInfo.from_json(data.read_text(DATASET_FILE))
     if info.format_version != FORMAT_VERSION:
         raise ValueError(f"{root} was written in sample format {info.format_version}; this flowshard reads {FORMAT_VERSION}. Rebuild the shards.")
     return info

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from storage import Location
 
 SPLITS = ("train", "val", "test")
 CLASSES_METADATA_KEY = b"flowshard.classes"
@@ -21,7 +22,7 @@ DATASET_METADATA_KEY = b"flowshard.dataset"
 MANIFEST_SCHEMA = pa.schema(
     [
         pa.field("video_id", pa.string(), nullable=False),  # unique, a valid WebDataset key (no '.' or '/')
-        pa.field("path", pa.string(), nullable=False),  # absolute path of the video file
+        pa.field("path", pa.string(), nullable=False),  # absolute path or URI of the video file
         pa.field("label", pa.int32(), nullable=False),  # 0-based class index, -1 where the split has no label
         pa.field("label_name", pa.string(), nullable=False),  # "" where the split has no label
         pa.field("split", pa.string(), nullable=False),  # one of SPLITS
@@ -89,29 +90,27 @@ def manifest_table(records: list[VideoRecord], classes: list[str], dataset: str)
     )
 
 
-def write_manifest(table: pa.Table, path: str | Path) -> None:
-    """Write the manifest atomically (temporary name, then rename), so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+def write_manifest(table: pa.Table, path: str) -> None:
+    """Write the manifest (a local path or URI) atomically, so a crash never leaves half a file."""
+    with Location(path).atomic_write() as stream:
+        pq.write_table(table, stream)
 
 
-def read_manifest(path: str | Path) -> tuple[list[VideoRecord], list[str]]:
-    """Read a manifest written by `write_manifest`.
+def read_manifest(path: str) -> tuple[list[VideoRecord], list[str]]:
+    """Read a manifest (a local path or URI) written by `write_manifest`.
 
     Returns:
         (records, classes): the rows in file order and the ordered class names.
 
     Raises:
         ValueError: the file is not a flowshard manifest (missing columns or class list), with the fix.
+        StorageError: its store cannot be reached.
     """
-    path = Path(path)
-    if not path.is_file():
+    source = Location(path)
+    if not source.is_file():
         raise ValueError(f"manifest {path} does not exist; build one with `python -m jobs.manifest`")
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(source.open_input_file())
     except (pa.ArrowInvalid, OSError) as exc:
         raise ValueError(f"manifest {path} is not a readable Parquet file ({exc}); rebuild it with `python -m jobs.manifest`") from None
     missing = [n for n in MANIFEST_SCHEMA.names if n not in table.column_names]

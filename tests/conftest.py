@@ -1,10 +1,15 @@
-"""Shared fixtures: where the reference data lives, and small generated inputs."""
+"""Shared fixtures: where the reference data lives, small generated inputs, and a real S3 server."""
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,3 +36,97 @@ def run_job(module: str, *args: str, timeout: float = 600, env: dict | None = No
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, step: float = 0.2):
+    """The first truthy value of `predicate()` within `timeout` seconds, else None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return None
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    env: dict  # what this process and the jobs it starts need to reach it
+    pid: int
+
+
+def start_moto(extra_env: dict | None = None) -> tuple[subprocess.Popen, int]:
+    """moto's standalone S3 server on 127.0.0.1 and a free port (ended by the caller, by PID)."""
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **(extra_env or {})},
+    )
+    if not wait_for(lambda: _listening(port), timeout=60):
+        stop_process(server)
+        pytest.fail("moto_server did not start within 60 s")
+    return server, port
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """End a process we started, and its process group, by PID."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def s3_env(port: int) -> dict:
+    return {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        # without these, boto3/pyarrow send checksums moto stores with the data (corrupt uploads)
+        "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+        "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 server (moto) on 127.0.0.1 for the session, with this process's environment pointing at it."""
+    server, port = start_moto()
+    env = s3_env(port)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            yield S3Server(env["AWS_ENDPOINT_URL"], env, server.pid)
+    finally:
+        stop_process(server)
+
+
+@pytest.fixture
+def bucket(s3_server) -> str:
+    """A new, empty bucket on the test S3 server, as `s3://name`."""
+    import boto3
+
+    name = f"flowshard-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+def incomplete_uploads(bucket_uri: str) -> list[str]:
+    """Keys of the incomplete multipart uploads in a bucket."""
+    import boto3
+
+    listing = boto3.client("s3").list_multipart_uploads(Bucket=bucket_uri.removeprefix("s3://"))
+    return [u["Key"] for u in listing.get("Uploads", [])]

@@ -1,7 +1,8 @@
 """Streaming examples from the shards with webdataset: nothing is unpacked to disk.
 
 The pipeline is one visible list of stages (`example_pipeline`): shard list (resampled for training, so
-ranks with uneven shard counts never wait on each other) -> split by node and worker -> tar members ->
+ranks with uneven shard counts never wait on each other) -> split by node and worker -> shards opened
+through `storage` (a local disk or object storage, read in large buffered blocks) -> tar members ->
 shuffle buffer -> `schemas.sample.decode_sample` -> `make_example`, which decodes only the frames the
 example uses. Members of other modalities are skipped while reading the tar (`member_filter`). A corrupt
 shard or sample is skipped with a warning and counted.
@@ -13,14 +14,16 @@ import logging
 import math
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import webdataset as wds
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from schemas.dataset import SHARDS_DIR, read_dataset_info
 from schemas.sample import FLOW_MODALITIES, RGB, Sample, decode_flow, decode_flow_u8, decode_sample, member_filter
+from storage import Location, StorageError, join
 
 from .sampling import clip_indices, snippet_indices, tsn_offsets
 from .transforms import (
@@ -140,8 +143,8 @@ def make_example(sample: Sample, cfg: ExampleConfig, train: bool, rng: np.random
     return x, sample.meta.label, sample.key
 
 
-def shard_urls(root: str | Path, split: str) -> list[str]:
-    """The shard files of `split` listed in the dataset's dataset.json.
+def shard_urls(root: str, split: str) -> list[str]:
+    """The shard files of `split` listed in the dataset's dataset.json (local paths or URIs, as `root`).
 
     Raises:
         ValueError: the dataset has no shards for this split (names the splits it has).
@@ -150,7 +153,37 @@ def shard_urls(root: str | Path, split: str) -> list[str]:
     names = info.shards.get(split, [])
     if not names:
         raise ValueError(f"{root} has no {split!r} shards (it has: {', '.join(sorted(info.shards)) or 'none'})")
-    return [str(Path(root) / SHARDS_DIR / n) for n in names]
+    return [join(root, SHARDS_DIR, n) for n in names]
+
+
+def open_shards(src: Iterator[dict], handler: Callable[[Exception], bool] = wds.reraise_exception) -> Iterator[dict]:
+    """Stage: {"url"} -> {"url", "stream"}, each shard opened through `storage` (webdataset has no opener for
+    object stores); a shard that cannot be opened goes to `handler`. Each stream is closed once the next
+    shard is asked for, which is when the tar reader has finished it."""
+    for sample in src:
+        try:
+            stream = Location(sample["url"]).open_input_stream()
+        except StorageError as exc:
+            if handler(exc):
+                continue
+            break
+        try:
+            yield {**sample, "stream": stream}
+        finally:
+            stream.close()
+
+
+def tar_samples(src: Iterator[dict], handler: Callable[[Exception], bool] = wds.reraise_exception,
+                select_files: Callable[[str], bool] | None = None) -> Iterator[dict]:
+    """Stage: shard URLs ({"url"}) -> samples ({member suffix: bytes}), as `wds.tarfile_to_samples` but opened
+    through `storage`."""
+    files = tar_file_expander(open_shards(src, handler), handler=handler, select_files=select_files)
+    return group_by_keys(files, handler=handler)
+
+
+def read_samples(urls: list[str]) -> wds.DataPipeline:
+    """Every sample of these shards in order, undecoded (for inspection, not training)."""
+    return wds.DataPipeline(wds.SimpleShardList(urls), tar_samples)
 
 
 def _worker_rng(seed: int) -> np.random.Generator:
@@ -177,7 +210,7 @@ def example_pipeline(urls: list[str], cfg: ExampleConfig, train: bool, seed: int
     stages = [
         wds.ResampledShards(urls, seed=seed, deterministic=True) if train else wds.SimpleShardList(urls),
         *([] if train else [wds.split_by_node, wds.split_by_worker]),
-        wds.tarfile_to_samples(handler=handler, select_files=member_filter((cfg.modality,))),  # skip other modalities
+        partial(tar_samples, handler=handler, select_files=member_filter((cfg.modality,))),  # skip other modalities
         *([wds.shuffle(shuffle_buffer, initial=shuffle_buffer // 2, seed=seed)] if train else []),
         wds.map(partial(decode_sample, modalities=(cfg.modality,)), handler=handler),
         partial(_examples, cfg=cfg, train=train, seed=seed, handler=handler),
@@ -188,7 +221,7 @@ def example_pipeline(urls: list[str], cfg: ExampleConfig, train: bool, seed: int
     return pipeline
 
 
-def make_loader(root: str | Path, split: str, cfg: ExampleConfig, train: bool, batch_size: int, workers: int = 0,
+def make_loader(root: str, split: str, cfg: ExampleConfig, train: bool, batch_size: int, workers: int = 0,
                 seed: int = 0, epoch_samples: int | None = None, world_size: int = 1) -> torch.utils.data.DataLoader:
     """A DataLoader over `split` of a preprocessed dataset (see `example_pipeline`)."""
     urls = shard_urls(root, split)

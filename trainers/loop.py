@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import logging
 import math
 import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -25,6 +25,7 @@ from torch import nn
 
 from schemas.dataset import read_dataset_info
 from schemas.sample import FORMAT_VERSION
+from storage import Location
 
 from .data import ExampleConfig, make_loader
 from .models import MODELS, build_model
@@ -32,15 +33,16 @@ from .models import MODELS, build_model
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 METRICS_CSV = "metrics.csv"
+METRICS_FIELDS = ["epoch", "step", "loss", "lr", "samples_per_s"]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """A training run. Defaults follow TSN where it has one (SGD, 3 segments, 5 flows per snippet)."""
 
-    data: str  # a preprocessed dataset (jobs.preprocess --out)
+    data: str  # a preprocessed dataset (jobs.preprocess --out), a local path or URI
     model: str  # tsn_rgb | tsn_flow | i3d_rgb | i3d_flow
-    out: str  # the run folder: checkpoint.pt, metrics.csv, config.json
+    out: str  # the run folder (a local path or URI): checkpoint.pt, metrics.csv, config.json
     backbone: str = "resnet18"  # TSN: resnet18 or resnet50
     flow_modality: str = "tvl1"  # which flow the *_flow models read: tvl1 or warp_tvl1
     epochs: int = 20
@@ -60,7 +62,7 @@ class TrainConfig:
     interval: int = 2
     input_size: int = 224
     flip: bool = True
-    pretrained: str | None = None  # a local 2D ImageNet state dict (torchvision names); nothing is downloaded
+    pretrained: str | None = None  # a 2D ImageNet state dict (torchvision names; a path or URI); nothing is downloaded
     loader_workers: int = 2
     use_gpu: bool = False
     amp: bool = True  # mixed precision, on a GPU only
@@ -107,9 +109,10 @@ def get_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float, sched
 def build(cfg: TrainConfig, num_classes: int) -> nn.Module:
     pretrained = None
     if cfg.pretrained:
-        if not os.path.isfile(cfg.pretrained):
-            raise ValueError(f"pretrained weights {cfg.pretrained} not found; pass a local .pth state dict (nothing is downloaded)")
-        pretrained = torch.load(cfg.pretrained, map_location="cpu", weights_only=True)
+        weights = Location(cfg.pretrained)
+        if not weights.is_file():
+            raise ValueError(f"pretrained weights {cfg.pretrained} not found; pass a .pth state dict (nothing is downloaded)")
+        pretrained = torch.load(io.BytesIO(weights.read_bytes()), map_location="cpu", weights_only=True)
     return build_model(cfg.model, num_classes=num_classes, backbone=cfg.backbone, new_length=cfg.new_length,
                        pretrained=pretrained, dropout=cfg.dropout)
 
@@ -120,28 +123,44 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically, so a run killed while saving keeps its previous checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+def save_checkpoint(out: Location, state: dict) -> None:
+    """Write `out/checkpoint.pt` atomically, so a run killed while saving keeps its previous checkpoint."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    out.write_bytes(buffer.getvalue(), CHECKPOINT)
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """A checkpoint written by `run_training`.
+def load_checkpoint(path: str) -> dict:
+    """A checkpoint written by `run_training`: a run folder or a checkpoint file (a local path or URI).
 
     Raises:
         ValueError: no checkpoint, or one from another format version.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT
-    if not path.is_file():
-        raise ValueError(f"no checkpoint at {path}; train one with `python -m jobs.train`")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    where = Location(path)
+    if where.is_dir():
+        where = where.child(CHECKPOINT)
+    if not where.is_file():
+        raise ValueError(f"no checkpoint at {where.uri_of()}; train one with `python -m jobs.train`")
+    state = torch.load(io.BytesIO(where.read_bytes()), map_location="cpu", weights_only=False)
     if state.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path} was trained on sample format {state.get('format_version')}, this flowshard reads {FORMAT_VERSION}")
     return state
+
+
+def read_metrics(out: Location) -> list[dict]:
+    """The rows of `out/metrics.csv` ([] when there is none yet)."""
+    if not out.is_file(METRICS_CSV):
+        return []
+    return list(csv.DictReader(io.StringIO(out.read_text(METRICS_CSV))))
+
+
+def write_metrics(out: Location, rows: list[dict]) -> None:
+    """Rewrite `out/metrics.csv` whole (object stores cannot append), atomically."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, METRICS_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    out.write_text(text.getvalue(), METRICS_CSV)
 
 
 def train_one_epoch(model, criterion, optimizer, lr_at: Callable[[int], float], loader, device, epoch: int, step: int,
@@ -220,20 +239,19 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
     if not epoch_samples:
         raise ValueError(f"{cfg.data} has no {cfg.split} samples")
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Location(cfg.out)
     model = build(cfg, len(info.classes)).to(device)
     optimizer = make_optimizer(cfg, model)
     start_epoch, step = 0, 0
-    if (out / CHECKPOINT).is_file():
-        state = load_checkpoint(out)
+    if out.is_file(CHECKPOINT):
+        state = load_checkpoint(out.uri_of(CHECKPOINT))
         if state["config"]["model"] != cfg.model or state["num_classes"] != len(info.classes):
-            raise ValueError(f"{out} holds a {state['config']['model']} run for {state['num_classes']} classes; choose another --out")
+            raise ValueError(f"{cfg.out} holds a {state['config']['model']} run for {state['num_classes']} classes; choose another --out")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step = state["epoch"] + 1, state["step"]
         if rank == 0:
-            print(f"resuming {out} after epoch {state['epoch']} (step {step})", flush=True)
+            print(f"resuming {cfg.out} after epoch {state['epoch']} (step {step})", flush=True)
     if distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
@@ -245,16 +263,14 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
     milestones = tuple(e * steps_per_epoch for e in cfg.step_epochs)
     lr_at = lambda s: get_lr(s, total, warmup, cfg.lr, cfg.schedule, milestones)  # noqa: E731
     if rank == 0:
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    metrics_file = (out / METRICS_CSV).open("a", newline="") if rank == 0 else None
-    writer = csv.DictWriter(metrics_file, ["epoch", "step", "loss", "lr", "samples_per_s"]) if metrics_file else None
-    if writer and metrics_file.tell() == 0:
-        writer.writeheader()
+        out.write_text(json.dumps(asdict(cfg), indent=2) + "\n", "config.json")
+    # Rows of epochs after the checkpoint belong to an interrupted epoch that runs again.
+    metrics = [r for r in read_metrics(out) if int(r["epoch"]) < start_epoch] if rank == 0 else []
     tensorboard = _tensorboard(out) if rank == 0 else None
 
     def on_step(row: dict) -> None:
-        if writer:
-            writer.writerow(row)
+        if rank == 0:
+            metrics.append(row)
         if tensorboard:
             tensorboard.add_scalar("train/loss", row["loss"], row["step"])
             tensorboard.add_scalar("train/lr", row["lr"], row["step"])
@@ -271,27 +287,26 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
                          "lr_scheduler": {"step": step, "total": total, "warmup": warmup}, "epoch": epoch, "step": step,
                          "config": asdict(cfg), "num_classes": len(info.classes), "classes": info.classes,
                          "format_version": FORMAT_VERSION}
-                save_checkpoint(out / CHECKPOINT, state)
-                metrics_file.flush()
+                write_metrics(out, metrics)  # before the checkpoint: a resume drops rows past it
+                save_checkpoint(out, state)
                 print(f"epoch {epoch}: loss {stats['loss']:.4f}, train top-1 {stats['train_top1']:.3f}, "
-                      f"{stats['samples'] / stats['seconds']:.1f} samples/s; checkpoint {out / CHECKPOINT}", flush=True)
+                      f"{stats['samples'] / stats['seconds']:.1f} samples/s; checkpoint {out.uri_of(CHECKPOINT)}", flush=True)
             if report is not None:
                 report(stats)
     finally:
-        if metrics_file:
-            metrics_file.close()
         if tensorboard:
             tensorboard.close()
     return stats
 
 
-def _tensorboard(out: Path):
-    """A SummaryWriter when tensorboard is installed, else None (CSV metrics are always written)."""
+def _tensorboard(out: Location):
+    """A SummaryWriter for a local run folder when tensorboard is installed, else None (metrics.csv is always
+    written)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(out / "tensorboard"))
+    return SummaryWriter(out.path("tensorboard")) if out.is_local else None
 
 
 def config_from_checkpoint(state: dict) -> TrainConfig:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 
@@ -54,8 +52,8 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int
     return cm
 
 
-def write_confusion_png(path: str | Path, cm: np.ndarray, classes: list[str], cell: int = 24) -> Path:
-    """A row-normalised confusion matrix as a PNG (rows: true class, columns: predicted), classes labelled."""
+def confusion_png(cm: np.ndarray, classes: list[str], cell: int = 24) -> bytes:
+    """A row-normalised confusion matrix as PNG bytes (rows: true class, columns: predicted), classes labelled."""
     n = len(classes)
     rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     grid = cv2.resize((255 * (1 - rows)).astype(np.uint8), (n * cell, n * cell), interpolation=cv2.INTER_NEAREST)
@@ -69,8 +67,4 @@ def write_confusion_png(path: str | Path, cm: np.ndarray, classes: list[str], ce
             span = slice(margin + i * cell, margin + (i + 1) * cell)
             image[span, :margin] = label  # true class, left of its row
             image[:margin, span] = cv2.rotate(label, cv2.ROTATE_90_COUNTERCLOCKWISE)  # predicted, above its column
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), image):
-        raise OSError(f"could not write {path}")
-    return path
+    return cv2.imencode(".png", image)[1].tobytes()

@@ -6,7 +6,6 @@ Each adapter module has `load(annotations, videos, split) -> DatasetManifest`.
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 from schemas.manifest import SPLITS
 
@@ -20,13 +19,16 @@ __all__ = ["DATASETS", "AnnotationError", "DatasetManifest", "load_dataset", "su
 
 
 def load_dataset(
-    dataset: str, annotations: Path | None, videos: Path, split: int = 1, label_map: Path | None = None
+    dataset: str, annotations: str | None, videos: str, split: int = 1, label_map: str | None = None
 ) -> DatasetManifest:
     """Read `dataset`'s annotations into a manifest, looking for its video files under `videos`.
+
+    Every path is a local path or a URI (s3://, gs://, hdfs://).
 
     Raises:
         ValueError: an unknown dataset name or an option that dataset does not take.
         AnnotationError: a missing or malformed annotation file, naming the file and line.
+        StorageError: a store that cannot be reached.
     """
     if dataset not in _LOADERS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")

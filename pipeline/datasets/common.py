@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from schemas.manifest import VideoRecord, safe_key
+from storage import Location, basename
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv")
 
@@ -30,71 +29,89 @@ class DatasetManifest:
         return [r for r in self.records if not r.exists]
 
 
-def read_lines(path: Path) -> list[tuple[int, str]]:
-    """Non-blank lines of a text annotation file as (1-based line number, stripped text).
+def read_lines(path: str) -> list[tuple[int, str]]:
+    """Non-blank lines of a text annotation file (a local path or URI) as (1-based line number, stripped text).
 
     Handles CRLF endings, a UTF-8 byte-order mark and trailing whitespace (all present in the official files).
     """
-    if not path.is_file():
-        raise AnnotationError(f"annotation file {path} does not exist; check --annotations")
-    text = path.read_text(encoding="utf-8-sig", errors="strict")
-    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    return [(n, line.strip()) for n, line in enumerate(read_annotation(path).splitlines(), start=1) if line.strip()]
 
 
-def require_dir(path: Path, what: str, flag: str) -> Path:
-    if not path.is_dir():
+def read_annotation(path: str, what: str = "annotation file", flag: str = "--annotations") -> str:
+    """The text of an annotation file (a local path or URI); a missing file is an AnnotationError."""
+    source = Location(path)
+    if not source.is_file():
+        raise AnnotationError(f"{what} {path} does not exist; check {flag}")
+    return source.read_bytes().decode("utf-8-sig")
+
+
+def require_dir(path: str, what: str, flag: str) -> Location:
+    """The folder `path` (a local path or URI); raises AnnotationError naming `flag` when it is not one."""
+    folder = Location(path)
+    if not folder.is_dir():
         raise AnnotationError(f"{what} {path} is not a directory; pass the right folder with {flag}")
-    return path
+    return folder
+
+
+def stem(path: str) -> str:
+    """The file name without its last extension."""
+    name = basename(path)
+    return name.rsplit(".", 1)[0] if "." in name[1:] else name
+
+
+def is_video(name: str) -> bool:
+    return name.lower().endswith(VIDEO_EXTENSIONS)
 
 
 class VideoIndex:
-    """Every video file under a root, found by one directory walk and looked up by file name.
+    """Every video file under a root (a local path or URI), found by one listing and looked up by file name.
 
     Annotation files give paths relative to a layout that differs between downloads (class folders or flat,
     split folders or not); looking files up by name copes with all of them.
     """
 
-    def __init__(self, root: Path):
-        self.root = root
+    def __init__(self, root: str):
+        self.root = Location(root)
+        self._files: set[str] = set()
         self._by_name: dict[str, list[str]] = defaultdict(list)
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            dirnames.sort()
-            for name in sorted(filenames):
-                if name.lower().endswith(VIDEO_EXTENSIONS):
-                    self._by_name[name].append(os.path.join(dirpath, name))
+        for rel in self.root.walk():
+            if is_video(rel):
+                self._files.add(rel)
+                self._by_name[rel.rsplit("/", 1)[-1]].append(rel)
 
     def find(self, relpath: str, prefer_dir: str | None = None) -> str | None:
-        """The file at root/relpath, else the file with the same name anywhere (preferring `prefer_dir`)."""
-        exact = os.path.join(self.root, relpath)
-        if os.path.isfile(exact):
-            return os.path.abspath(exact)
-        candidates = self._by_name.get(os.path.basename(relpath), [])
+        """The file at root/relpath, else the file with the same name anywhere (preferring `prefer_dir`);
+        as an absolute path or URI."""
+        rel = relpath.replace("\\", "/").removeprefix("./")
+        if rel in self._files:
+            return self.root.uri_of(rel)
+        candidates = self._by_name.get(rel.rsplit("/", 1)[-1], [])
         if prefer_dir is not None:
-            preferred = [c for c in candidates if os.path.basename(os.path.dirname(c)) == prefer_dir]
+            preferred = [c for c in candidates if c.rsplit("/", 2)[-2:-1] == [prefer_dir]]
             candidates = preferred or candidates
-        return os.path.abspath(candidates[0]) if candidates else None
+        return self.root.uri_of(candidates[0]) if candidates else None
+
+    def expected(self, relpath: str) -> str:
+        """Where a missing file was expected (an absolute path or URI)."""
+        return self.root.uri_of(relpath.replace("\\", "/"))
 
 
 def resolve(index: VideoIndex, relpath: str, prefer_dir: str | None = None) -> tuple[str, bool]:
-    """(absolute path, exists): the found file, or where it was expected when it is missing."""
+    """(absolute path or URI, exists): the found file, or where it was expected when it is missing."""
     found = index.find(relpath, prefer_dir)
-    if found is not None:
-        return found, True
-    return os.path.abspath(os.path.join(index.root, relpath)), False
+    return (found, True) if found is not None else (index.expected(relpath), False)
 
 
-def unique_ids(paths: list[Path], root: Path) -> list[str]:
+def unique_ids(paths: list[str], root: str) -> list[str]:
     """Video ids from file stems; where two files share a stem, both use their path relative to `root` instead."""
-    stems = [safe_key(p.stem) for p in paths]
+    stems = [safe_key(stem(p)) for p in paths]
     counts: dict[str, int] = defaultdict(int)
     for s in stems:
         counts[s] += 1
+    prefix = Location(root).uri_of().rstrip("/") + "/"
 
-    def qualified(p: Path) -> str:
-        try:
-            rel = p.relative_to(root)
-        except ValueError:
-            rel = p
-        return safe_key(str(rel.with_suffix("")))
+    def qualified(p: str) -> str:
+        rel = p[len(prefix) :] if p.startswith(prefix) else p
+        return safe_key(rel[: len(rel) - len(basename(rel))] + stem(rel))
 
     return [s if counts[s] == 1 else qualified(p) for s, p in zip(stems, paths)]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
+import io
+import os
+from collections import defaultdict
 
 from schemas.manifest import SPLITS, VideoRecord
+from storage import Location, basename, is_uri, join, parent
 
-from .common import AnnotationError, DatasetManifest, unique_ids
+from .common import AnnotationError, DatasetManifest, read_annotation, unique_ids
 
 
 def _class_order(labels: set[str]) -> list[str]:
@@ -17,16 +20,15 @@ def _class_order(labels: set[str]) -> list[str]:
     return sorted(labels)
 
 
-def load(annotations: Path, videos: Path, split: int | None = None) -> DatasetManifest:
+def load(annotations: str, videos: str, split: int | None = None) -> DatasetManifest:
     """Read a `path,label[,split]` CSV. An empty label means unlabelled (-1); a missing split means `train`.
 
     Raises:
         AnnotationError: a row without 2 or 3 fields or with an unknown split, naming file and line.
     """
-    if not annotations.is_file():
-        raise AnnotationError(f"CSV list {annotations} does not exist; pass it with --annotations")
+    text = read_annotation(annotations, "CSV list")
     rows = []
-    with annotations.open(newline="", encoding="utf-8-sig") as f:
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
         for row in reader:
             row = [c.strip() for c in row]
@@ -42,18 +44,38 @@ def load(annotations: Path, videos: Path, split: int | None = None) -> DatasetMa
             rows.append((row[0], row[1], split_name))
     classes = _class_order({label for _, label, _ in rows if label})
     class_ids = {name: i for i, name in enumerate(classes)}
-    paths = [Path(p) if Path(p).is_absolute() else videos / p for p, _, _ in rows]
+    paths = [_absolute(p, videos) for p, _, _ in rows]
     ids = unique_ids(paths, videos)
+    found = _existing(paths)
     records = [
         VideoRecord(
             video_id=vid,
-            path=str(path.absolute()),
+            path=path,
             label=class_ids[label] if label else -1,
             label_name=label,
             split=split_name,
             dataset="csv",
-            exists=path.is_file(),
+            exists=path in found,
         )
         for vid, path, (_, label, split_name) in zip(ids, paths, rows)
     ]
-    return DatasetManifest(records, classes, "csv", sources=[str(annotations)])
+    return DatasetManifest(records, classes, "csv", sources=[annotations])
+
+
+def _absolute(path: str, videos: str) -> str:
+    """A row's path as an absolute path or URI: absolute ones as given, others below the video root."""
+    if is_uri(path) or os.path.isabs(path):
+        return path
+    return join(videos, path) if is_uri(videos) else os.path.abspath(join(videos, path))
+
+
+def _existing(paths: list[str]) -> set[str]:
+    """The paths that are files, found by listing each folder once (not one request per file)."""
+    by_folder: dict[str, set[str]] = defaultdict(set)
+    for p in paths:
+        by_folder[parent(p)].add(p)
+    found = set()
+    for folder, wanted in by_folder.items():
+        names = set(Location(folder).list())
+        found |= {p for p in wanted if basename(p) in names}
+    return found

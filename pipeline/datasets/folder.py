@@ -2,39 +2,34 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from schemas.manifest import SPLITS, VideoRecord
 
-from .common import VIDEO_EXTENSIONS, AnnotationError, DatasetManifest, require_dir, unique_ids
+from .common import AnnotationError, DatasetManifest, is_video, require_dir, unique_ids
 
 
-def load(annotations: Path | None, videos: Path, split: int | None = None) -> DatasetManifest:
-    """Every video under `videos`, labelled by its class folder (classes sorted by name).
+def load(annotations: str | None, videos: str, split: int | None = None) -> DatasetManifest:
+    """Every video under `videos` (a local path or URI), labelled by its class folder (classes sorted by name).
 
     Without split folders every video is in split `train`. `annotations` and `split` are unused.
     """
-    require_dir(videos, "video folder", "--videos")
-    top = sorted(p for p in videos.iterdir() if p.is_dir())
-    if top and all(p.name in SPLITS for p in top):
-        split_dirs = [(p, p.name) for p in top]
-    else:
-        split_dirs = [(videos, "train")]
-    classes = sorted({c.name for d, _ in split_dirs for c in d.iterdir() if c.is_dir()})
+    root = require_dir(videos, "video folder", "--videos")
+    top = root.list_dirs()
+    split_dirs = top if top and all(name in SPLITS for name in top) else []
+    classes = sorted({c for d in split_dirs for c in root.list_dirs(d)} if split_dirs else top)
     if not classes:
         raise AnnotationError(f"no class folders under {videos}; expected {videos}/<class>/<video>")
-    entries = []
-    for split_dir, split_name in split_dirs:
-        for label, name in enumerate(classes):
-            class_dir = split_dir / name
-            if not class_dir.is_dir():
-                continue
-            for f in sorted(class_dir.rglob("*")):
-                if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS:
-                    entries.append((f, label, name, split_name))
-    ids = unique_ids([f for f, *_ in entries], videos)
+    class_ids = {name: i for i, name in enumerate(classes)}
+    entries = []  # (relative path, label, split)
+    for rel in root.walk():
+        parts = rel.split("/")
+        split_name, parts = (parts[0], parts[1:]) if split_dirs else ("train", parts)
+        if len(parts) >= 2 and parts[0] in class_ids and is_video(rel):
+            entries.append((rel, class_ids[parts[0]], split_name))
+    entries.sort(key=lambda e: (SPLITS.index(e[2]), e[1], e[0]))
+    paths = [root.uri_of(rel) for rel, _, _ in entries]
+    ids = unique_ids(paths, videos)
     records = [
-        VideoRecord(video_id=vid, path=str(f.absolute()), label=label, label_name=name, split=split_name, dataset="folder")
-        for vid, (f, label, name, split_name) in zip(ids, entries)
+        VideoRecord(video_id=vid, path=path, label=label, label_name=classes[label], split=split_name, dataset="folder")
+        for vid, path, (_, label, split_name) in zip(ids, paths, entries)
     ]
-    return DatasetManifest(records, classes, "folder", sources=[str(videos)])
+    return DatasetManifest(records, classes, "folder", sources=[videos])

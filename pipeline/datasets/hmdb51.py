@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from schemas.manifest import VideoRecord, safe_key
+from storage import join
 
 from .common import AnnotationError, DatasetManifest, VideoIndex, read_lines, require_dir, resolve
 
 TAGS = {"1": "train", "2": "test", "0": None}  # 0 = not used in this split
 
 
-def load(annotations: Path, videos: Path, split: int = 1) -> DatasetManifest:
+def load(annotations: str, videos: str, split: int = 1) -> DatasetManifest:
     """Read split `split` of HMDB51 from the folder `annotations`; classes are the sorted file-name prefixes.
 
     Raises:
         AnnotationError: no split files, or a malformed line (naming file and line).
     """
-    require_dir(annotations, "HMDB51 annotation folder", "--annotations")
+    folder = require_dir(annotations, "HMDB51 annotation folder", "--annotations")
     suffix = f"_test_split{split}.txt"
-    by_class = {p.name[: -len(suffix)]: p for p in annotations.iterdir() if p.name.endswith(suffix)}
+    by_class = {name[: -len(suffix)]: join(annotations, name) for name in folder.list(suffix=suffix)}
     if not by_class:
         raise AnnotationError(f"no '*{suffix}' files in {annotations}; pass the folder holding the HMDB51 split files")
     classes = sorted(by_class)  # by class name: 'climb' before 'climb_stairs', unlike the file names
@@ -46,4 +47,4 @@ def load(annotations: Path, videos: Path, split: int = 1) -> DatasetManifest:
                     exists=exists,
                 )
             )
-    return DatasetManifest(records, classes, "hmdb51", sources=[str(p) for p in files])
+    return DatasetManifest(records, classes, "hmdb51", sources=files)

@@ -7,17 +7,17 @@ A clip's file is `<youtube_id>_<start:06d>_<end:06d>.<ext>` anywhere under the v
 from __future__ import annotations
 
 import csv
-from pathlib import Path
+import io
 
 from schemas.manifest import SPLITS, VideoRecord
 
-from .common import AnnotationError, DatasetManifest, VideoIndex, read_lines
+from .common import AnnotationError, DatasetManifest, VideoIndex, read_annotation, read_lines
 
 EXTENSIONS = ("mp4", "webm", "mkv")
 REQUIRED_COLUMNS = ("youtube_id", "time_start", "time_end", "split")
 
 
-def read_label_map(path: Path) -> list[str]:
+def read_label_map(path: str) -> list[str]:
     """Labels in index order, one per line (e.g. `kinetics400_label_map_i3d.txt`)."""
     labels = [line for _, line in read_lines(path)]
     if len(set(labels)) != len(labels):
@@ -25,7 +25,7 @@ def read_label_map(path: Path) -> list[str]:
     return labels
 
 
-def _seconds(value: str, csv_path: Path, lineno: int, column: str) -> int | float:
+def _seconds(value: str, csv_path: str, lineno: int, column: str) -> int | float:
     try:
         seconds = float(value)
     except ValueError:
@@ -37,7 +37,7 @@ def _clip_stem(youtube_id: str, start: int | float, end: int | float) -> str:
     return f"{youtube_id}_{int(start):06d}_{int(end):06d}"
 
 
-def load(annotations: Path, videos: Path, split: int | None = None, label_map: Path | None = None) -> DatasetManifest:
+def load(annotations: str, videos: str, split: int | None = None, label_map: str | None = None) -> DatasetManifest:
     """Read a Kinetics CSV (`annotations`) and find its clips under `videos`.
 
     Labels are ordered by `label_map` when given, else sorted. `split` is unused (the CSV names each row's split).
@@ -45,9 +45,8 @@ def load(annotations: Path, videos: Path, split: int | None = None, label_map: P
     Raises:
         AnnotationError: missing columns, a malformed row, or a label absent from the label map.
     """
-    if not annotations.is_file():
-        raise AnnotationError(f"Kinetics CSV {annotations} does not exist; pass the annotation CSV with --annotations")
-    with annotations.open(newline="", encoding="utf-8-sig") as f:
+    text = read_annotation(annotations, "Kinetics CSV")
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, [])]
         missing = [c for c in REQUIRED_COLUMNS if c not in header]
@@ -95,7 +94,7 @@ def load(annotations: Path, videos: Path, split: int | None = None, label_map: P
         records.append(
             VideoRecord(
                 video_id=stem,
-                path=path if path is not None else str((videos / f"{stem}.{EXTENSIONS[0]}").absolute()),
+                path=path if path is not None else index.expected(f"{stem}.{EXTENSIONS[0]}"),
                 label=label,
                 label_name=label_name,
                 split=split_name,
@@ -105,7 +104,7 @@ def load(annotations: Path, videos: Path, split: int | None = None, label_map: P
                 exists=path is not None,
             )
         )
-    return DatasetManifest(records, classes, "kinetics", sources=[str(annotations)])
+    return DatasetManifest(records, classes, "kinetics", sources=[annotations])
 
 
 def _find_clip(index: VideoIndex, youtube_id: str, stem: str, start, end, label_name: str):

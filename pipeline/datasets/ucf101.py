@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from schemas.manifest import VideoRecord, safe_key
+from storage import join
 
 from .common import AnnotationError, DatasetManifest, VideoIndex, read_lines, require_dir, resolve
 
 
-def read_class_index(path: Path) -> list[str]:
+def read_class_index(path: str) -> list[str]:
     """Class names in label order from `classInd.txt` (`<1-based index> <name>` per line)."""
     classes: dict[int, str] = {}
     for lineno, line in read_lines(path):
@@ -22,25 +23,25 @@ def read_class_index(path: Path) -> list[str]:
     return [classes[i] for i in range(1, len(classes) + 1)]
 
 
-def _video_class(relpath: str, path: Path, lineno: int, line: str) -> str:
+def _video_class(relpath: str, path: str, lineno: int, line: str) -> str:
     parts = PurePosixPath(relpath.replace("\\", "/")).parts
     if len(parts) != 2:
         raise AnnotationError(f"{path}:{lineno}: expected '<Class>/<video>.avi', got {line!r}; fix the line")
     return parts[0]
 
 
-def load(annotations: Path, videos: Path, split: int = 1) -> DatasetManifest:
+def load(annotations: str, videos: str, split: int = 1) -> DatasetManifest:
     """Read split `split` of UCF101 from the folder `annotations`, looking for the videos under `videos`.
 
     Raises:
         AnnotationError: a missing file or malformed line (naming file and line) or a label/folder mismatch.
     """
     require_dir(annotations, "UCF101 annotation folder", "--annotations")
-    classes = read_class_index(annotations / "classInd.txt")
+    classes = read_class_index(join(annotations, "classInd.txt"))
     class_ids = {name: i for i, name in enumerate(classes)}
     index = VideoIndex(videos)
     records = []
-    lists = [(annotations / f"trainlist{split:02d}.txt", "train"), (annotations / f"testlist{split:02d}.txt", "test")]
+    lists = [(join(annotations, f"trainlist{split:02d}.txt"), "train"), (join(annotations, f"testlist{split:02d}.txt"), "test")]
     for list_path, split_name in lists:
         for lineno, line in read_lines(list_path):
             parts = line.split()
@@ -71,4 +72,4 @@ def load(annotations: Path, videos: Path, split: int = 1) -> DatasetManifest:
                     exists=exists,
                 )
             )
-    return DatasetManifest(records, classes, "ucf101", sources=[str(p) for p, _ in lists])
+    return DatasetManifest(records, classes, "ucf101", sources=[p for p, _ in lists])

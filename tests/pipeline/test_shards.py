@@ -19,7 +19,7 @@ from pipeline.shards import (
     process_shard,
     process_video,
 )
-from pipeline.storage import OutputDir
+from storage import Location
 from pipeline.synthetic import SyntheticConfig, class_direction, generate_dataset
 from schemas.dataset import SHARDS_DIR
 from schemas.manifest import VideoRecord
@@ -81,7 +81,7 @@ def test_process_video_frames_and_flows_align_with_the_motion(videos):
 def test_process_shard_writes_good_videos_once_and_records_the_bad(videos, tmp_path):
     records, broken = videos
     spec = plan_shards([records[0], broken, records[2]], 10)[0]
-    out = OutputDir(str(tmp_path))
+    out = Location(str(tmp_path))
     seen = []
     result = process_shard(spec, FAST, out, on_video=seen.append)
     status = {v.video_id: v for v in result.videos}
@@ -100,15 +100,15 @@ def test_process_shard_writes_good_videos_once_and_records_the_bad(videos, tmp_p
 def test_shard_tars_are_reproducible(videos, tmp_path):
     records, _ = videos
     spec = plan_shards(records[:2], 10)[0]
-    a = process_shard(spec, FAST, OutputDir(str(tmp_path / "a")))
-    b = process_shard(spec, FAST, OutputDir(str(tmp_path / "b")))
+    a = process_shard(spec, FAST, Location(str(tmp_path / "a")))
+    b = process_shard(spec, FAST, Location(str(tmp_path / "b")))
     assert a.sha256 == b.sha256
 
 
 def test_a_shard_of_only_bad_videos_writes_no_tar(videos, tmp_path):
     _, broken = videos
     spec = plan_shards([broken], 1)[0]
-    result = process_shard(spec, FAST, OutputDir(str(tmp_path)))
+    result = process_shard(spec, FAST, Location(str(tmp_path)))
     assert result.tar is None and result.samples == 0
     assert not list((tmp_path / SHARDS_DIR).glob("*.tar"))
     assert (tmp_path / PROGRESS_DIR / f"{spec.name}{DONE_SUFFIX}").is_file()
@@ -125,9 +125,9 @@ def test_an_interrupted_shard_leaves_nothing_behind(videos, tmp_path, monkeypatc
             raise KeyboardInterrupt("simulated kill")
 
     with pytest.raises(KeyboardInterrupt):
-        process_shard(spec, FAST, OutputDir(str(tmp_path)), on_video=crash_on_second)
+        process_shard(spec, FAST, Location(str(tmp_path)), on_video=crash_on_second)
     assert not list((tmp_path / SHARDS_DIR).iterdir())  # no tar, no temporary
-    assert not completed_shards(OutputDir(str(tmp_path)))
+    assert not completed_shards(Location(str(tmp_path)))
 
 
 def test_sample_metadata_records_parameters(videos):

@@ -1,0 +1,11 @@
+"""Storage, the ground floor: every file flowshard reads or writes, on a local disk or object storage.
+
+A data path is a local path or a URI that `pyarrow.fs` resolves (`s3://bucket/prefix`, including
+S3-compatible stores through AWS_ENDPOINT_URL, `gs://`, `hdfs://`). Nothing else in flowshard opens a data
+path itself: `Location` reads, lists, deletes and writes atomically, and `join` builds paths (pathlib would
+silently turn `s3://b/x` into `s3:/b/x`).
+"""
+
+from .location import READ_BUFFER, TMP_MARK, HashingWriter, Location, StorageError, basename, is_uri, join, parent
+
+__all__ = ["READ_BUFFER", "TMP_MARK", "HashingWriter", "Location", "StorageError", "basename", "is_uri", "join", "parent"]

@@ -1,0 +1,120 @@
+"""The storage layer against a local disk and a real S3 server (moto on 127.0.0.1): reads, listings, atomic
+writes that leave nothing under the final name when interrupted, leftovers cleaned, one-sentence errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from pipeline.decode import DecodeConfig, VideoError, decode_video
+from storage import TMP_MARK, Location, StorageError, basename, join, parent
+from tests.conftest import REPO, free_port, incomplete_uploads, run_job, s3_env, start_moto, stop_process
+from tests.pipeline.test_decode import noise_frames, write_mp4
+
+
+def test_join_parent_basename_keep_uris_intact(s3_server):
+    assert join("s3://b/x", "shards", "a.tar") == "s3://b/x/shards/a.tar"
+    assert join("s3://b/x/", "/shards/") == "s3://b/x/shards"
+    assert parent("s3://b/x/m.parquet") == "s3://b/x" and basename("s3://b/x/m.parquet") == "m.parquet"
+    assert join("/data/x", "a") == "/data/x/a" and parent("/data/x/a") == "/data/x"
+    assert Location("s3://b/x").uri_of("y", "z.tar") == "s3://b/x/y/z.tar"
+    assert Location("rel/dir").uri_of("a") == os.path.abspath("rel/dir/a")
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path) -> Location:
+    if request.param == "local":
+        return Location(str(tmp_path / "root"))
+    return Location(join(request.getfixturevalue("bucket"), "root"))
+
+
+def test_write_read_list_walk_delete(root):
+    root.write_bytes(b"one", "a.txt")
+    root.write_text("two", "sub", "b.txt")
+    root.write_text("three", "sub", "deeper", "c.txt")
+    assert root.read_bytes("a.txt") == b"one" and root.read_text("sub", "b.txt") == "two"
+    assert root.exists("a.txt") and root.is_file("a.txt") and root.is_dir("sub") and not root.exists("nothing")
+    assert root.list() == ["a.txt"] and root.list("sub") == ["b.txt"] and root.list("absent") == []
+    assert root.list_dirs() == ["sub"]
+    assert list(root.walk()) == ["a.txt", "sub/b.txt", "sub/deeper/c.txt"]
+    with root.open_input_file("sub", "deeper", "c.txt") as f:  # seekable, ranged
+        f.seek(2)
+        assert f.read(3) == b"ree"
+    root.write_bytes(b"replaced", "a.txt")
+    assert root.read_bytes("a.txt") == b"replaced"
+    root.delete_file("a.txt")
+    root.delete_dir("sub")
+    assert list(root.walk()) == []
+
+
+def test_a_failed_write_leaves_nothing_under_the_final_name(root):
+    root.write_bytes(b"old", "kept.bin")
+    for name in ("new.bin", "kept.bin"):
+        with pytest.raises(RuntimeError, match="boom"):
+            with root.atomic_write(name) as stream:
+                stream.write(os.urandom(1 << 20))
+                raise RuntimeError("boom")
+    assert root.list() == ["kept.bin"], "no partial file, no temporary left"
+    assert root.read_bytes("kept.bin") == b"old"
+
+
+def test_a_killed_writer_leaves_an_invisible_upload_that_resume_aborts(bucket):
+    out = Location(join(bucket, "out"))
+    out.write_bytes(b"x", "shards", "done.tar")
+    writer = textwrap.dedent(f"""
+        import os, signal
+        from storage import Location
+        with Location({out.uri!r}).atomic_write("shards", "big.tar") as stream:
+            stream.write(os.urandom(12 << 20))  # parts already uploaded
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    killed = subprocess.run([sys.executable, "-c", writer], cwd=REPO, capture_output=True)
+    assert killed.returncode == -9
+    assert out.list("shards") == ["done.tar"], "nothing visible under any name"
+    assert any(TMP_MARK in key for key in incomplete_uploads(bucket)), "the killed upload is pending"
+    out.write_bytes(b"stale", "shards", f"x.tar{TMP_MARK}abc")  # a temporary whose move never happened
+    assert out.remove_temporaries("shards") == 2
+    assert incomplete_uploads(bucket) == [] and out.list("shards") == ["done.tar"]
+
+
+def test_videos_decode_the_same_from_object_storage(bucket, tmp_path):
+    write_mp4(tmp_path / "v.mp4", noise_frames(12))
+    videos = Location(join(bucket, "videos"))
+    videos.write_bytes((tmp_path / "v.mp4").read_bytes(), "v.mp4")
+    videos.write_bytes(b"", "empty.mp4")
+    videos.write_bytes(b"not a video", "text.mp4")
+    cfg = DecodeConfig(short_side=None)
+    remote, local = decode_video(videos.uri_of("v.mp4"), cfg), decode_video(str(tmp_path / "v.mp4"), cfg)
+    assert remote.frames.shape == local.frames.shape == (12, 48, 64, 3)
+    assert np.array_equal(remote.frames, local.frames)
+    for name, reason in [("missing.mp4", "file not found"), ("empty.mp4", "empty file"), ("text.mp4", "not a readable video")]:
+        with pytest.raises(VideoError, match=reason):
+            decode_video(videos.uri_of(name), cfg)
+
+
+def test_store_errors_are_one_sentence(s3_server, tmp_path):
+    # a missing bucket, in the library and from a job
+    with pytest.raises(StorageError, match="does not exist; create it or fix the URI"):
+        Location("s3://no-such-bucket/data").check()
+    result = run_job("jobs.train", "--data", "s3://no-such-bucket/data", "--model", "tsn_flow", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "bucket 'no-such-bucket'" in result.stderr and "Traceback" not in result.stderr
+
+    # an endpoint nobody listens on
+    closed = {**s3_env(free_port())}
+    result = run_job("jobs.preprocess", "--manifest", "s3://b/m.parquet", "--out", "s3://b/out", env=closed)
+    assert result.returncode == 2 and "cannot reach the object store at http://127.0.0.1:" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+    # credentials the store refuses (a second server that checks them)
+    server, port = start_moto({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    try:
+        result = run_job("jobs.manifest", "folder", "--videos", "s3://b/videos", "--out", str(tmp_path / "m.parquet"), env=s3_env(port))
+    finally:
+        stop_process(server)
+    assert result.returncode == 2 and "was refused; check the credentials" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "m.parquet").exists()
