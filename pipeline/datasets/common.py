@@ -75,8 +75,8 @@ class VideoIndex:
         self._files: set[str] = set()
         self._by_name: dict[str, list[str]] = defaultdict(list)
         for rel in self.root.walk():
+            self._files.add(rel)  # an exact path is taken whatever its extension, as the annotation names it
             if is_video(rel):
-                self._files.add(rel)
                 self._by_name[rel.rsplit("/", 1)[-1]].append(rel)
 
     def find(self, relpath: str, prefer_dir: str | None = None) -> str | None:

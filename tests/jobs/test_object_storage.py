@@ -1,0 +1,151 @@
+"""The whole tool on object storage, as a user runs it: videos and annotation files in a bucket -> manifest
+-> preprocess to S3 (bad files recorded, resume cleans leftovers) -> train and evaluate from S3, against a
+real S3 server (moto) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline.synthetic import SyntheticConfig, generate_dataset
+from schemas.manifest import read_manifest
+from schemas.sample import decode_sample
+from storage import TMP_MARK, Location, join
+from tests.conftest import REPO, incomplete_uploads, run_job
+from tests.pipeline.test_preprocess_ray import BAD_REASONS, write_bad_inputs
+from trainers.data import read_samples
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+SMALL = SyntheticConfig(classes=4, videos_per_class=4, width=64, height=48, frames=8, seed=7)
+PREPROCESS = ["--videos-per-shard", "5", "--modalities", "rgb,tvl1", "--size", "64x48", "--progress-seconds", "2"]
+
+
+def upload_tree(local: Path, uri: str) -> None:
+    target = Location(uri)
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        target.write_bytes(path.read_bytes(), *path.relative_to(local).parts)
+
+
+def shard_keys(out: str) -> list[str]:
+    shards = Location(out).list("shards")
+    assert all(name.endswith(".tar") for name in shards), f"only whole shards are visible: {shards}"
+    return [m["__key__"] for m in read_samples([join(out, "shards", n) for n in shards])]
+
+
+@pytest.fixture(scope="module")
+def s3_dataset(s3_server, tmp_path_factory):
+    """Synthetic UCF101-layout videos, their annotation files and five kinds of bad file, all in a bucket;
+    the manifest built from there by `jobs.manifest`, and one preprocessing run to S3."""
+    import boto3
+
+    local = tmp_path_factory.mktemp("s3data")
+    entries = generate_dataset(SMALL, local / "ucf")
+    bad = write_bad_inputs(local / "bad")
+    for name, path in bad.items():
+        if name != "missing":
+            (local / "ucf" / "Move000" / path.name).write_bytes(path.read_bytes())
+    with open(local / "ucf" / "trainlist01.txt", "a") as f:  # bad files listed like good ones (label 1 = Move000)
+        f.writelines(f"Move000/{p.name} 1\r\n" for p in bad.values())
+    bucket = "s3://flowshard-e2e"
+    boto3.client("s3").create_bucket(Bucket=bucket.removeprefix("s3://"))
+    upload_tree(local / "ucf", join(bucket, "ucf"))
+
+    manifest = join(bucket, "ucf101_s1.parquet")
+    made = run_job("jobs.manifest", "ucf101", "--annotations", join(bucket, "ucf"), "--videos", join(bucket, "ucf"),
+                   "--out", manifest, "--allow-missing")
+    assert made.returncode == 0, made.stderr
+    out = join(bucket, "out")
+    run = run_job("jobs.preprocess", "--manifest", manifest, "--out", out, *PREPROCESS)
+    return bucket, manifest, out, entries, made, run
+
+
+def test_manifest_reads_annotations_and_videos_from_s3(s3_dataset):
+    bucket, manifest, _, entries, made, _ = s3_dataset
+    assert "missing files: 1" in made.stdout
+    records, classes = read_manifest(manifest)
+    assert len(records) == len(entries) + len(BAD_REASONS) and len(classes) == SMALL.classes
+    assert all(r.path.startswith(join(bucket, "ucf") + "/") for r in records)
+    assert Location(join(bucket, "ucf101_s1.config.json")).is_file()
+    assert not (REPO / "s3:").exists(), "no local folder named after the URI"
+
+
+def test_preprocess_to_s3_stores_every_good_video_once_and_records_bad_ones(s3_dataset):
+    _, manifest, out, entries, _, run = s3_dataset
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"{len(entries)} ok, {len(BAD_REASONS)} failed" in run.stdout
+    records, _ = read_manifest(manifest)
+    good = {r.video_id for r in records if r.video_id not in BAD_REASONS}
+    assert Counter(shard_keys(out)) == Counter(good)
+    results = {r["video_id"]: r for r in pq.read_table(Location(out).open_input_file("results.parquet")).to_pylist()}
+    for name, reason in BAD_REASONS.items():
+        assert results[name]["status"] == "failed" and results[name]["reason"].startswith(reason), results[name]
+    sample = decode_sample(next(iter(read_samples([join(out, "shards", Location(out).list("shards")[0])]))))
+    assert len(sample.flow["tvl1"]) == SMALL.frames - 1 and sample.rgb_frame(0).shape == (48, 64, 3)
+    assert Location(out).is_file("preprocess.config.json") and not (REPO / "s3:").exists()
+
+
+def kill_mid_upload(uri: str, *parts: str) -> None:
+    """A process that dies (SIGKILL) while uploading to `uri/parts`, leaving an incomplete multipart upload."""
+    writer = (f"import os, signal\nfrom storage import Location\nwith Location({uri!r}).atomic_write(*{parts!r}) as s:\n"
+              "    s.write(os.urandom(12 << 20))\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    assert subprocess.run([sys.executable, "-c", writer], cwd=REPO).returncode == -9
+
+
+def test_resume_on_s3_redoes_only_the_missing_shard_and_cleans_leftovers(s3_dataset):
+    bucket, manifest, out, _, _, _ = s3_dataset
+    target = Location(out)
+    records = target.list("_progress", suffix=".done.json")
+    lost = records[-1].removesuffix(".done.json")
+    target.delete_file("_progress", records[-1])  # as if the run had died before this shard's record
+    target.write_bytes(b"partial", "shards", f"{lost}.tar{TMP_MARK}killed")  # a temporary never moved into place
+    kill_mid_upload(out, "shards", f"{lost}.tar")  # the killed attempt's upload, invisible but stored
+    assert incomplete_uploads(bucket)
+    result = run_job("jobs.preprocess", "--manifest", manifest, "--out", out, *PREPROCESS, "--flow-batch", "4", "--video-timeout", "600")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(records) - 1} shards already done, 1 to run" in result.stdout  # runtime settings may change
+    assert incomplete_uploads(bucket) == [] and not [n for n in target.list("shards") if TMP_MARK in n]
+    records_after, _ = read_manifest(manifest)
+    assert Counter(shard_keys(out)) == Counter(r.video_id for r in records_after if r.video_id not in BAD_REASONS)
+    changed = run_job("jobs.preprocess", "--manifest", manifest, "--out", out, *PREPROCESS, "--jpeg-quality", "80")
+    assert changed.returncode == 2 and "jpeg_quality: 95 -> 80" in changed.stderr
+
+
+def test_train_evaluate_visualize_from_s3(s3_dataset):
+    bucket, _, out, entries, _, _ = s3_dataset
+    run = join(bucket, "runs", "flow")
+    trained = run_job("jobs.train", "--data", out, "--model", "tsn_flow", "--out", run, "--epochs", "1", "--batch-size", "4",
+                      "--no-flip", "--print-freq", "0", "--input-size", "32", "--loader-workers", "1")
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    runs = Location(run)
+    assert runs.is_file("checkpoint.pt") and runs.is_file("config.json")
+    state = torch.load(io.BytesIO(runs.read_bytes("checkpoint.pt")), weights_only=False)
+    assert state["epoch"] == 0 and state["num_classes"] == SMALL.classes
+    rows = runs.read_text("metrics.csv").splitlines()
+    assert rows[0] == "epoch,step,loss,lr,samples_per_s" and len(rows) > 1
+
+    metrics_uri = join(bucket, "eval", "metrics.json")
+    evaluated = run_job("jobs.evaluate", "--data", out, "--run", f"flow={run}", "--segments", "3", "--json", metrics_uri,
+                        "--loader-workers", "1")
+    assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+    metrics = json.loads(Location(metrics_uri).read_text())
+    tests = sum(e.split == "test" for e in entries)
+    assert metrics["videos"] == tests and 0 <= metrics["flow"]["top1"] <= 1
+    assert Location(join(bucket, "eval")).list() == ["confusion.png", "evaluate.config.json", "metrics.json", "scores.npz"]
+
+    picture = join(bucket, "flow.png")
+    shown = run_job("jobs.visualize", "--data", out, "--out", picture)
+    assert shown.returncode == 0, shown.stderr
+    image = cv2.imdecode(np.frombuffer(Location(picture).read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == (48, 2 * 64, 3)  # an RGB frame beside its tvl1 flow
+    assert not (REPO / "s3:").exists()
