@@ -1,0 +1,201 @@
+"""Several Ray nodes without a shared disk, on this machine: a head, and a second node in its own mount
+namespace whose view of one folder is a private tmpfs. A local --out or local videos some node cannot see
+are refused in one sentence; a shared one is verified and used; a run to S3 that loses the second node (every
+process killed) still ends with exit 0 and every video exactly once."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+
+from pipeline.synthetic import SyntheticConfig, class_names, generate_dataset
+from storage import Location, join
+from tests.conftest import REPO, free_port, incomplete_uploads, run_job, wait_for
+from trainers.data import read_samples
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+RAY = str(Path(sys.executable).parent / "ray")
+TINY = SyntheticConfig(classes=2, videos_per_class=3, width=64, height=48, frames=6, seed=11)
+LONGER = SyntheticConfig(classes=3, videos_per_class=4, width=96, height=72, frames=16, seed=12)
+FAST = ["--progress-seconds", "2", "--modalities", "rgb,tvl1"]
+
+
+@dataclass
+class TwoNodes:
+    address: str  # the head's GCS address, for --address
+    private: Path  # a folder the second node sees as an empty tmpfs
+    shared: Path  # a folder both nodes see
+    head_sid: int
+    worker_sid: int
+    env: dict
+    temp: str  # the nodes' Ray temp folders (short: Ray's socket paths must fit 107 bytes)
+
+
+def _start(command: list[str], env: dict) -> int:
+    """Run `ray start ...` as the leader of a new session and return that session's id (= its PID)."""
+    process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output, _ = process.communicate(timeout=180)
+    assert process.returncode == 0, output
+    return process.pid
+
+
+def session_pids(sid: int) -> list[int]:
+    """Every process of a session (a Ray node: its raylet, workers, ...)."""
+    out = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if int(line.split()[1]) == sid]
+
+
+def kill_session(sid: int) -> None:
+    for pid in session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def alive_nodes(address: str, env: dict) -> int:
+    status = subprocess.run([RAY, "status", "--address", address], capture_output=True, text=True, env=env, timeout=60)
+    active = status.stdout.split("Active:", 1)[-1].split("Pending:", 1)[0]
+    return sum(" node_" in line for line in active.splitlines())
+
+
+def start_two_nodes(root: Path, extra_env: dict | None = None) -> TwoNodes:
+    env = {**os.environ, **(extra_env or {}), "RAY_AUTH_MODE": "disabled", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    private, shared = root / "private", root / "shared"
+    private.mkdir(parents=True)
+    shared.mkdir(parents=True)
+    port, temp = free_port(), tempfile.mkdtemp(prefix="fsr-", dir="/tmp")
+    head = _start([RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "1",
+                   "--temp-dir", f"{temp}/h", "--include-dashboard", "false", "--disable-usage-stats",
+                   "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port())], env)
+    address = f"127.0.0.1:{port}"
+    second = (f"mount -t tmpfs flowshard-private {private} && exec {RAY} start --address {address} --node-ip-address 127.0.0.1 "
+              f"--num-cpus 1 --temp-dir {temp}/w --disable-usage-stats --dashboard-agent-listen-port {free_port()}")
+    try:
+        worker = _start(["unshare", "--mount", "--propagation", "private", "sh", "-c", second], env)
+    except BaseException:
+        kill_session(head)
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    nodes = TwoNodes(address, private, shared, head, worker, env, temp)
+    if not wait_for(lambda: alive_nodes(address, env) == 2, timeout=60, step=1):
+        stop_two_nodes(nodes)
+        pytest.fail("the second Ray node did not join")
+    return nodes
+
+
+def stop_two_nodes(nodes: TwoNodes) -> None:
+    kill_session(nodes.worker_sid)
+    kill_session(nodes.head_sid)
+    assert wait_for(lambda: not session_pids(nodes.worker_sid) and not session_pids(nodes.head_sid), timeout=30)
+    shutil.rmtree(nodes.temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    nodes = start_two_nodes(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield nodes
+    finally:
+        stop_two_nodes(nodes)
+
+
+def csv_manifest(videos: Path, manifest: Path, cfg: SyntheticConfig) -> list:
+    entries = generate_dataset(cfg, videos)
+    names = class_names(cfg.classes)
+    (videos / "list.csv").write_text("".join(f"{videos / e.relpath},{names[e.label]},{e.split}\n" for e in entries))
+    made = run_job("jobs.manifest", "csv", "--annotations", str(videos / "list.csv"), "--videos", str(videos), "--out", str(manifest))
+    assert made.returncode == 0, made.stderr
+    return entries
+
+
+def preprocess(nodes: TwoNodes, manifest: Path | str, out: Path | str, *extra: str) -> subprocess.CompletedProcess:
+    return run_job("jobs.preprocess", "--manifest", str(manifest), "--out", str(out), "--address", nodes.address, *FAST, *extra,
+                   env=nodes.env)
+
+
+def assert_one_sentence(result: subprocess.CompletedProcess, *phrases: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    for phrase in phrases:
+        assert phrase in lines[-1], lines[-1]
+
+
+def test_a_local_out_the_second_node_cannot_see_is_refused(two_nodes):
+    manifest = two_nodes.shared / "m1.parquet"
+    csv_manifest(two_nodes.shared / "videos1", manifest, TINY)
+    result = preprocess(two_nodes, manifest, two_nodes.private / "out")
+    assert_one_sentence(result, "is a local folder that node", "cannot see", "object storage (--out s3://", "shared file system")
+    assert list(two_nodes.private.iterdir()) == [], "nothing written for a refused run, not even the probe"
+
+
+def test_local_videos_the_second_node_cannot_see_are_refused(two_nodes):
+    manifest = two_nodes.shared / "m2.parquet"
+    csv_manifest(two_nodes.private / "videos", manifest, TINY)
+    result = preprocess(two_nodes, manifest, two_nodes.shared / "out2")
+    assert_one_sentence(result, f"videos such as {two_nodes.private / 'videos'}", "are not visible on node", "object storage")
+    assert not (two_nodes.shared / "out2").exists()
+
+
+def test_a_shared_local_out_is_verified_and_used_by_both_nodes(two_nodes):
+    manifest = two_nodes.shared / "m3.parquet"
+    entries = csv_manifest(two_nodes.shared / "videos3", manifest, TINY)
+    out = two_nodes.shared / "out3"
+    result = preprocess(two_nodes, manifest, out, "--videos-per-shard", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(entries)} ok, 0 failed" in result.stdout
+    keys = [m["__key__"] for m in wds.WebDataset(sorted(str(p) for p in (out / "shards").glob("*.tar")), shardshuffle=False)]
+    assert Counter(keys) == Counter(e.relpath.rsplit("/", 1)[-1].removesuffix(".mp4") for e in entries)
+
+
+def test_a_run_to_s3_survives_losing_the_second_node(s3_server, bucket, tmp_path):
+    nodes = start_two_nodes(tmp_path / "cluster", extra_env=s3_server.env)
+    try:
+        manifest = nodes.shared / "m.parquet"
+        entries = csv_manifest(nodes.shared / "videos", manifest, LONGER)
+        out = f"{bucket}/out"
+        job = subprocess.Popen(
+            [sys.executable, "-m", "jobs.preprocess", "--manifest", str(manifest), "--out", out, "--address", nodes.address,
+             "--videos-per-shard", "2", "--progress-seconds", "1", "--modalities", "rgb,tvl1"],
+            cwd=REPO, env=nodes.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        try:
+            busy = wait_for(lambda: [p for p in session_pids(nodes.worker_sid) if "ray::_run_shard" in process_args(p)], timeout=180)
+            assert busy, "no shard task ran on the second node"
+            time.sleep(1.0)  # into its videos, mid-upload
+            kill_session(nodes.worker_sid)  # the node is gone: raylet, workers, everything
+            output, _ = job.communicate(timeout=600)
+        finally:
+            if job.poll() is None:
+                os.killpg(job.pid, signal.SIGKILL)
+                job.wait()
+        assert job.returncode == 0, output
+        assert f"{len(entries)} ok, 0 failed" in output, output
+        shards = Location(out).list("shards")
+        assert shards and all(name.endswith(".tar") for name in shards), shards
+        keys = [m["__key__"] for m in read_samples([join(out, "shards", n) for n in shards])]
+        assert Counter(keys) == Counter(e.relpath.rsplit("/", 1)[-1].removesuffix(".mp4") for e in entries)
+        assert incomplete_uploads(bucket) == [], "the lost attempt's upload was aborted"
+    finally:
+        stop_two_nodes(nodes)
+
+
+def process_args(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
