@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from pipeline.synthetic import SyntheticConfig, class_direction, class_names, ge
 from schemas.dataset import read_dataset_info
 from schemas.manifest import read_manifest
 from schemas.sample import decode_sample
-from tests.conftest import REPO, SHARED_DATA, run_job
+from tests.conftest import REPO, SHARED_DATA, free_port, run_job, wait_for
 from tests.pipeline.test_decode import noise_frames, write_audio_only, write_mp4
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -182,7 +181,9 @@ def test_bad_flags_and_manifest_are_one_sentence_errors(tmp_path):
 def test_help_documents_every_flag():
     result = run_job("jobs.preprocess", "--help")
     for flag in ("--manifest", "--out", "--modalities", "--short-side", "--size", "--fps", "--max-frames", "--flow-preset",
-                 "--flow-bound", "--jpeg-quality", "--shard-size-mb", "--address", "--overwrite", "--strict", "--pixel-grid"):
+                 "--flow-bound", "--jpeg-quality", "--shard-size-mb", "--address", "--overwrite", "--strict", "--pixel-grid",
+                 "--video-timeout", "--flow-batch", "--device", "--videos-per-shard", "--cpus-per-task", "--gpus-per-task",
+                 "--max-retries", "--progress-seconds", "--flow-param", "--flow-encoding"):
         assert flag in result.stdout
 
 
@@ -196,16 +197,6 @@ def ray_task_pids(name: str = "ray::_run_shard") -> list[int]:
     return [int(line.split()[0]) for line in out.splitlines()[1:] if name in line and "ps -eo" not in line]
 
 
-def wait_for(predicate, timeout: float, step: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return None
-
-
 def start_job(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "jobs.preprocess", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -213,22 +204,26 @@ def start_job(*args: str) -> subprocess.Popen:
     )
 
 
-def test_killed_worker_is_retried_and_every_video_lands_once(tmp_path):
-    manifest, _ = make_manifest(tmp_path, SLOW, bad=False)
+def test_every_busy_worker_killed_is_retried_and_every_video_lands_once(tmp_path):
+    manifest, _ = make_manifest(tmp_path, SLOW, bad=True)
     out = tmp_path / "out"
     job = start_job("--manifest", str(manifest), "--out", str(out), "--videos-per-shard", "2", "--progress-seconds", "1")
     try:
-        pids = wait_for(ray_task_pids, timeout=120)
-        assert pids, "no shard task started"
-        time.sleep(1.0)  # let it get into its videos
-        os.kill(pids[0], signal.SIGKILL)
+        assert wait_for(lambda: ray_task_pids() and ray_task_pids("ray::ProgressTracker"), timeout=120), "no shard task started"
+        time.sleep(1.0)  # let them get into their videos
+        busy = ray_task_pids() + ray_task_pids("ray::ProgressTracker")  # every shard task and the progress actor
+        for pid in busy:
+            os.kill(pid, signal.SIGKILL)
         output, _ = job.communicate(timeout=600)
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
     assert job.returncode == 0, output
-    assert "0 failed" in output
+    assert f"{len(BAD_REASONS)} failed" in output and "videos (" in output  # progress went on after the kill
     assert_every_good_video_exactly_once(out, manifest)
+    results = {r["video_id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
+    for name, reason in BAD_REASONS.items():
+        assert results[name]["reason"].startswith(reason)
 
 
 def test_killed_driver_resumes_and_every_video_lands_once(tmp_path):
@@ -255,12 +250,6 @@ def test_killed_driver_resumes_and_every_video_lands_once(tmp_path):
 
 
 # --- a real head and `ray job submit` --------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
