@@ -130,14 +130,14 @@ def check_visible(out: Location, video_paths: list[str], samples: int = 8) -> No
     if len(nodes) < 2 or (not out.is_local and not local_videos):
         return
     picks = [local_videos[i * len(local_videos) // samples] for i in range(min(samples, len(local_videos)))]
-    probe = None
+    probe, folder = None, None
     if out.is_local:
-        folder = out.path()
-        while not os.path.isdir(folder):  # the deepest existing folder: nothing is created for a refused run
-            folder = os.path.dirname(folder)
-        probe = os.path.join(folder, f".flowshard-probe-{uuid.uuid4().hex[:12]}")
-        with open(probe, "w") as f:
-            f.write("flowshard: is this folder shared by every node?\n")
+        path = out.path()
+        while not os.path.isdir(path):  # the deepest existing folder: nothing is created for a refused run
+            path = os.path.dirname(path)
+        folder, name = Location(path), f".flowshard-probe-{uuid.uuid4().hex[:12]}"
+        folder.write_text("flowshard: is this folder shared by every node?\n", name)
+        probe = folder.path(name)
     try:
         refs = {
             missing_here_task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
@@ -163,7 +163,7 @@ def check_visible(out: Location, video_paths: list[str], samples: int = 8) -> No
                 )
     finally:
         if probe:
-            os.remove(probe)
+            folder.delete_file(name)
 
 
 def failed_shard(spec: ShardSpec, reason: str) -> ShardResult:
