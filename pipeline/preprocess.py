@@ -83,7 +83,8 @@ def _refuse_other_parameters(out: Location, params: dict) -> None:
         raise ValueError(f"{out.uri} was started by an older flowshard; pass --overwrite to rebuild it, or choose another --out")
     if previous != params:
         old, new = _flatten(previous), _flatten(params)
-        changed = [f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        keys = sorted(set(old) | set(new), key=lambda k: (k.count("."), k))  # top-level changes (modalities) first
+        changed = [f"{k}: {old.get(k)} -> {new.get(k)}" for k in keys if old.get(k) != new.get(k)]
         raise ValueError(
             f"{out.uri} holds shards built with other parameters ({'; '.join(changed[:4])}); "
             "pass --overwrite to rebuild them, or choose another --out"
