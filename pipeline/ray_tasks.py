@@ -178,14 +178,13 @@ def run_shards(
     out_uri: str,
     cluster: ClusterConfig,
     on_progress: Callable[[int, int, int], None] | None = None,
-    on_shard: Callable[[ShardResult], None] | None = None,
 ) -> list[ShardResult]:
     """Run `process_shard` for every spec as Ray tasks (on the connected cluster, see `ray_session`) and
     return their results in completion order.
 
     A task whose worker or node is lost is re-run by Ray (up to `max_retries` times), on any node.
     `on_progress(videos, frames, failed)` is called every `poll_seconds` with totals over running and
-    finished shards; `on_shard(result)` as each shard finishes.
+    finished shards.
     """
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
     options = {
@@ -217,8 +216,6 @@ def run_shards(
             results.append(result)
             running.pop(spec.name, None)
             finished = [a + b for a, b in zip(finished, _counts(result))]
-            if on_shard is not None:
-                on_shard(result)
         if on_progress is not None:
             running.update(_snapshot(tracker, exclude={r.name for r in results}))
             on_progress(*(f + sum(c[i] for c in running.values()) for i, f in enumerate(finished)))

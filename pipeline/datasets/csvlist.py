@@ -8,7 +8,7 @@ import os
 from collections import defaultdict
 
 from schemas.manifest import SPLITS, VideoRecord
-from storage import Location, basename, is_uri, join, parent
+from storage import Location, basename, is_uri, parent
 
 from .common import AnnotationError, DatasetManifest, read_annotation, unique_ids
 
@@ -44,7 +44,8 @@ def load(annotations: str, videos: str, split: int | None = None) -> DatasetMani
             rows.append((row[0], row[1], split_name))
     classes = _class_order({label for _, label, _ in rows if label})
     class_ids = {name: i for i, name in enumerate(classes)}
-    paths = [_absolute(p, videos) for p, _, _ in rows]
+    root = Location(videos)
+    paths = [p if is_uri(p) or os.path.isabs(p) else root.uri_of(p) for p, _, _ in rows]  # relative: below --videos
     ids = unique_ids(paths, videos)
     found = _existing(paths)
     records = [
@@ -60,13 +61,6 @@ def load(annotations: str, videos: str, split: int | None = None) -> DatasetMani
         for vid, path, (_, label, split_name) in zip(ids, paths, rows)
     ]
     return DatasetManifest(records, classes, "csv", sources=[annotations])
-
-
-def _absolute(path: str, videos: str) -> str:
-    """A row's path as an absolute path or URI: absolute ones as given, others below the video root."""
-    if is_uri(path) or os.path.isabs(path):
-        return path
-    return join(videos, path) if is_uri(videos) else os.path.abspath(join(videos, path))
 
 
 def _existing(paths: list[str]) -> set[str]:
