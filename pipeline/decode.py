@@ -14,6 +14,7 @@ import math
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Iterable, Iterator
 
 import av
 import numpy as np
@@ -117,62 +118,145 @@ def open_container(path: str, files: contextlib.ExitStack) -> av.container.Input
         raise VideoError(f"not a readable video file ({_reason(exc)})") from None
 
 
+def nearest_in_time(timed_frames: Iterable[tuple[object, float]], fps: float, start: float | None = None) -> Iterator[object]:
+    """The frames `resample_indices` picks, as the frames stream in: the same choice, holding at most a few.
+
+    A pick is let out once it is certainly below the final count (which depends on the last timestamp).
+
+    Args:
+        timed_frames: (frame, timestamp in seconds) in increasing time.
+        start: time of the first output frame; default the first timestamp.
+    """
+    times: list[float] = []
+    held: list[tuple[int, object]] = []  # picks not yet known to be inside the final count
+    k, previous = 0, None
+    for frame, t in timed_frames:
+        if previous is None:
+            start = t if start is None else start
+        else:
+            prev_frame, prev_t = previous
+            # targets up to t are decided here: the earlier frame when it is nearer (or tied), else a later call
+            while start + k / fps <= t and abs(prev_t - (start + k / fps)) <= abs(t - (start + k / fps)):
+                held.append((k, prev_frame))
+                k += 1
+            certain = max(1, math.floor((t - start) * fps + 1e-6))  # the count can only grow from here
+            while held and held[0][0] < certain:
+                yield held.pop(0)[1]
+        times.append(t)
+        previous = (frame, t)
+    if previous is None:
+        return
+    step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / fps
+    count = max(1, int(math.floor((times[-1] + step - start) * fps + 1e-6)))
+    for index, frame in held:
+        if index < count:
+            yield frame
+    for _ in range(k, count):
+        yield previous[0]
+
+
+class VideoStream:
+    """The frames of one video as they are decoded (resized, resampled, trimmed): memory holds a few frames.
+
+        with VideoStream(path, cfg) as video:
+            for chunk in video.chunks(64):  # (<=64, H, W, 3) uint8 RGB
+                ...
+
+    The checks that need the whole file (cut off, too short) raise VideoError when the stream ends.
+    """
+
+    def __init__(self, path: str, cfg: DecodeConfig = DecodeConfig(), start_sec: float | None = None,
+                 end_sec: float | None = None, stop: threading.Event | None = None):
+        self.cfg, self.start_sec, self.end_sec, self.stop = cfg, start_sec, end_sec, stop
+        self._files = contextlib.ExitStack()
+        try:
+            self._container = open_container(path, self._files)
+            if not self._container.streams.video:
+                kinds = ", ".join(sorted({s.type for s in self._container.streams})) or "no streams"
+                raise VideoError(f"no video stream (contains: {kinds})")
+        except BaseException:
+            self._files.close()
+            raise
+        self._stream = stream = self._container.streams.video[0]
+        stream.thread_type = "AUTO"
+        self.sample_aspect = stream.sample_aspect_ratio or Fraction(1)
+        self.source_size = (stream.codec_context.width, stream.codec_context.height)
+        self.size = output_size(*self.source_size, self.sample_aspect, cfg)  # (width, height) of the frames
+        self.native_rate = float(stream.average_rate or stream.guessed_rate or 25)
+        self.fps = cfg.fps or self.native_rate  # frame rate of the output
+        self.decoded_frames = 0  # frames decoded inside the window so far (before resampling)
+
+    def __enter__(self) -> "VideoStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._files.close()
+
+    def frames(self) -> Iterator[np.ndarray]:
+        """(H, W, 3) uint8 RGB frames in order; raises VideoError (corrupt, cut off, too short, stopped)."""
+        cfg, emitted = self.cfg, 0
+        timed = self._decoded()
+        picked = (frame for frame, _ in timed) if cfg.fps is None else nearest_in_time(timed, cfg.fps, self.start_sec)
+        for frame in picked:
+            yield frame
+            emitted += 1
+            if cfg.max_frames is not None and emitted >= cfg.max_frames:
+                break
+        full = cfg.max_frames is not None and emitted >= cfg.max_frames
+        declared = self._stream.frames
+        trimming = self.start_sec is not None or self.end_sec is not None
+        if not trimming and not full and declared > 2 and self.decoded_frames < TRUNCATION_TOLERANCE * declared:
+            raise VideoError(f"cut off: decoded {self.decoded_frames} of the {declared} frames the file declares")
+        if emitted < 2:
+            raise VideoError(f"too short: {emitted} frame(s), at least 2 are needed for optical flow")
+
+    def chunks(self, size: int) -> Iterator[np.ndarray]:
+        """The frames in (<= size, H, W, 3) arrays."""
+        chunk = []
+        for frame in self.frames():
+            chunk.append(frame)
+            if len(chunk) == size:
+                yield np.stack(chunk)
+                chunk = []
+        if chunk:
+            yield np.stack(chunk)
+
+    def _decoded(self) -> Iterator[tuple[np.ndarray, float]]:
+        """(frame at the output size, timestamp) of every frame inside the window."""
+        container, stream, (width, height) = self._container, self._stream, self.size
+        if self.start_sec:
+            try:
+                container.seek(int(self.start_sec / stream.time_base), stream=stream, backward=True)
+            except av.error.FFmpegError:
+                container.seek(0)
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                if self.stop is not None and self.stop.is_set():
+                    raise VideoError("stopped")
+                t = frame.time if frame.time is not None else index / self.native_rate
+                if self.start_sec is not None and t < self.start_sec - 1e-6:
+                    continue
+                if self.end_sec is not None and t >= self.end_sec - 1e-6:
+                    break
+                self.decoded_frames += 1
+                yield frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray(), t
+        except av.error.FFmpegError as exc:
+            raise VideoError(f"corrupt or cut off after {self.decoded_frames} decoded frames ({_reason(exc)})") from None
+
+
 def decode_video(path: str, cfg: DecodeConfig = DecodeConfig(), start_sec: float | None = None, end_sec: float | None = None,
                  stop: threading.Event | None = None) -> DecodedVideo:
-    """Decode the frames of `path` (a local path or URI; optionally only [start_sec, end_sec)) at the
-    configured size and rate. Setting `stop` makes it give up at the next frame.
+    """Decode all frames of `path` (a local path or URI; optionally only [start_sec, end_sec)) at the
+    configured size and rate into one array (`VideoStream` gives them a chunk at a time instead).
+    Setting `stop` makes it give up at the next frame.
 
     Raises:
         VideoError: missing, empty, unreadable, without a video stream, cut off, corrupt, fewer than
             2 frames, or stopped; the message is one line naming the reason.
     """
-    with contextlib.ExitStack() as files:
-        container = open_container(path, files)
-        if not container.streams.video:
-            kinds = ", ".join(sorted({s.type for s in container.streams})) or "no streams"
-            raise VideoError(f"no video stream (contains: {kinds})")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        sample_aspect = stream.sample_aspect_ratio or Fraction(1)
-        width, height = output_size(stream.codec_context.width, stream.codec_context.height, sample_aspect, cfg)
-        trimming = start_sec is not None or end_sec is not None
-        if start_sec:
-            try:
-                container.seek(int(start_sec / stream.time_base), stream=stream, backward=True)
-            except av.error.FFmpegError:
-                container.seek(0)
-        native_rate = float(stream.average_rate or stream.guessed_rate or 25)
-        frames, times = [], []
-        keep_all = cfg.fps is None
-        try:
-            for index, frame in enumerate(container.decode(stream)):
-                if stop is not None and stop.is_set():
-                    raise VideoError("stopped")
-                t = frame.time if frame.time is not None else index / native_rate
-                if start_sec is not None and t < start_sec - 1e-6:
-                    continue
-                if end_sec is not None and t >= end_sec - 1e-6:
-                    break
-                frames.append(frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray())
-                times.append(t)
-                if keep_all and cfg.max_frames is not None and len(frames) >= cfg.max_frames:
-                    break
-        except av.error.FFmpegError as exc:
-            raise VideoError(f"corrupt or cut off after {len(frames)} decoded frames ({_reason(exc)})") from None
-        declared = stream.frames
-        stopped_early = keep_all and cfg.max_frames is not None and len(frames) >= cfg.max_frames
-        if not trimming and not stopped_early and declared > 2 and len(frames) < TRUNCATION_TOLERANCE * declared:
-            raise VideoError(f"cut off: decoded {len(frames)} of the {declared} frames the file declares")
-    decoded = len(frames)
-    fps = native_rate
-    if cfg.fps is not None and frames:
-        picks = resample_indices(np.asarray(times), cfg.fps, start_sec if start_sec is not None else times[0])
-        frames, fps = [frames[i] for i in picks], cfg.fps
-    if cfg.max_frames is not None:
-        frames = frames[: cfg.max_frames]
-    if len(frames) < 2:
-        raise VideoError(f"too short: {len(frames)} frame(s), at least 2 are needed for optical flow")
-    return DecodedVideo(np.stack(frames), fps, (stream.codec_context.width, stream.codec_context.height), sample_aspect, decoded)
+    with VideoStream(path, cfg, start_sec, end_sec, stop) as video:
+        frames = np.stack(list(video.frames()))
+        return DecodedVideo(frames, video.fps, video.source_size, video.sample_aspect, video.decoded_frames)
 
 
 def _reason(exc: Exception) -> str:

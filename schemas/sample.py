@@ -106,23 +106,39 @@ def decode_image(data: bytes, color: bool = True) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if color else image
 
 
-def encode_flow(flow: np.ndarray, encoding: str = "jpeg", bound: float = DEFAULT_FLOW_BOUND, quality: int = DEFAULT_JPEG_QUALITY) -> tuple[bytes, ...]:
-    """One flow field (H, W, 2) float -> the bytes of its member(s), in `flow_members` order."""
+def quantize_flow(flow: np.ndarray, encoding: str = "jpeg", bound: float = DEFAULT_FLOW_BOUND) -> np.ndarray:
+    """Flow (..., 2) float -> the values an encoding stores, (..., 2): uint8 (jpeg), uint16 (png16) or float16."""
     if encoding == "jpeg":
-        return tuple(encode_jpeg(p, quality) for p in quantize(flow, bound))
+        return np.stack(quantize(flow, bound), axis=-1)
+    if encoding == "png16":
+        return np.stack(_quantize16(np.asarray(flow), bound), axis=-1)
+    if encoding == "float16":
+        return np.asarray(flow, dtype=np.float16)
+    raise ValueError(f"unknown flow encoding {encoding!r}; choose one of {', '.join(FLOW_ENCODINGS)}")
+
+
+def encode_quantized_flow(q: np.ndarray, encoding: str = "jpeg", quality: int = DEFAULT_JPEG_QUALITY) -> tuple[bytes, ...]:
+    """One quantized flow field (H, W, 2) from `quantize_flow` -> the bytes of its member(s), in `flow_members` order."""
+    if encoding == "jpeg":
+        return tuple(encode_jpeg(np.ascontiguousarray(q[..., i]), quality) for i in range(2))
     if encoding == "png16":
         out = []
-        for p in _quantize16(flow, bound):
-            ok, buf = cv2.imencode(".png", p)
+        for i in range(2):
+            ok, buf = cv2.imencode(".png", np.ascontiguousarray(q[..., i]))
             if not ok:
                 raise ValueError("16-bit PNG encoding failed")
             out.append(buf.tobytes())
         return tuple(out)
     if encoding == "float16":
         buf = io.BytesIO()
-        np.save(buf, np.asarray(flow, dtype=np.float16), allow_pickle=False)
+        np.save(buf, np.asarray(q, dtype=np.float16), allow_pickle=False)
         return (buf.getvalue(),)
     raise ValueError(f"unknown flow encoding {encoding!r}; choose one of {', '.join(FLOW_ENCODINGS)}")
+
+
+def encode_flow(flow: np.ndarray, encoding: str = "jpeg", bound: float = DEFAULT_FLOW_BOUND, quality: int = DEFAULT_JPEG_QUALITY) -> tuple[bytes, ...]:
+    """One flow field (H, W, 2) float -> the bytes of its member(s), in `flow_members` order."""
+    return encode_quantized_flow(quantize_flow(flow, encoding, bound), encoding, quality)
 
 
 def decode_flow(parts: tuple[bytes, ...], encoding: str = "jpeg", bound: float = DEFAULT_FLOW_BOUND) -> np.ndarray:

@@ -124,10 +124,7 @@ def compute_flows(prev, nxt, algorithms=("tvl1",), preset: str = "opencv", devic
     I0, I1 = I0[:, None] / 255.0, I1[:, None] / 255.0  # (N, 1, H, W) in [0, 1]
 
     with torch.inference_mode():
-        flows = {"tvl1": tvl1_flow(I0, I1, tvl1_cfg)}  # (N, 2, H, W)
-        homographies: list[HomographyResult] = []
-        if "warp_tvl1" in algorithms:
-            flows["warp_tvl1"], homographies = _remove_camera_motion(I0, I1, flows["tvl1"], tvl1_cfg, homography_cfg)
+        flows, homographies = flows_on_device(I0, I1, algorithms, tvl1_cfg, homography_cfg)
         out = {}
         for name in algorithms:
             flow = flows[name].permute(0, 2, 3, 1).contiguous()  # (N, H, W, 2)
@@ -136,12 +133,45 @@ def compute_flows(prev, nxt, algorithms=("tvl1",), preset: str = "opencv", devic
     return out, homographies
 
 
-def _remove_camera_motion(I0, I1, flow, tvl1_cfg: TVL1Config, homography_cfg: HomographyConfig):
+def flows_on_device(I0, I1, algorithms, tvl1_cfg: TVL1Config, homography_cfg: HomographyConfig, real: int | None = None):
+    """The flows of a batch where it lies: warped TV-L1 starts from plain TV-L1.
+
+    Args:
+        I0, I1: (N, 1, H, W) float32 in [0, 1].
+        real: pairs [real:] are padding (constant frames): they get no homography and no warp.
+    Returns:
+        ({algorithm: (N, 2, H, W) flow}, one HomographyResult per real pair when warp_tvl1 is asked for, else []).
+    """
+    flows = {"tvl1": tvl1_flow(I0, I1, tvl1_cfg)}
+    homographies: list[HomographyResult] = []
+    if "warp_tvl1" in algorithms:
+        flows["warp_tvl1"], homographies = _remove_camera_motion(I0, I1, flows["tvl1"], tvl1_cfg, homography_cfg, real)
+    return flows, homographies
+
+
+def _remove_camera_motion(I0, I1, flow, tvl1_cfg: TVL1Config, homography_cfg: HomographyConfig, real: int | None):
     """Warped TV-L1 for a batch: homographies on the CPU (OpenCV), then TV-L1 again on (prev, warped next)."""
-    to_u8 = lambda t: (t[:, 0] * 255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()  # noqa: E731
+    real = I0.shape[0] if real is None else real
+    to_u8 = lambda t: (t[:real, 0] * 255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()  # noqa: E731
     prev_u8, next_u8 = to_u8(I0), to_u8(I1)
-    flow_np = flow.permute(0, 2, 3, 1).cpu().numpy()
+    flow_np = flow[:real].permute(0, 2, 3, 1).cpu().numpy()
     results = [estimate_homography(p, n, f, homography_cfg) for p, n, f in zip(prev_u8, next_u8, flow_np)]
     warped = np.stack([warp_to_previous_view(p, n, r.matrix) for p, n, r in zip(prev_u8, next_u8, results)])
-    I1w = torch.from_numpy(warped).to(I0.device, torch.float32)[:, None] / 255.0
+    I1w = torch.cat([torch.from_numpy(warped).to(I0.device, torch.float32)[:, None] / 255.0, I1[real:]])
     return tvl1_flow(I0, I1w, tvl1_cfg), results
+
+
+def quantize_on_device(flow: torch.Tensor, encoding: str, bound: float) -> np.ndarray:
+    """(N, 2, H, W) flow -> the (N, H, W, 2) values `schemas.sample.quantize_flow` stores, computed where the flow
+    lies (the same float operations in the same order, so the values are identical) before it leaves the device."""
+    flow = flow.permute(0, 2, 3, 1)
+    if encoding == "jpeg":
+        q = torch.clamp(torch.round(255.0 * (flow.float() + bound) / (2.0 * bound)), 0, 255).to(torch.uint8)
+    elif encoding == "png16":
+        q = torch.clamp(torch.round(65535.0 * (flow.double() + bound) / (2.0 * bound)), 0, 65535).to(torch.int32)
+    elif encoding == "float16":
+        q = flow.to(torch.float16)
+    else:
+        raise ValueError(f"unknown flow encoding {encoding!r}")
+    q = q.contiguous().cpu().numpy()
+    return q.astype(np.uint16) if encoding == "png16" else q

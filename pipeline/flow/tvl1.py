@@ -12,9 +12,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import time
 from dataclasses import dataclass
 
 import torch
+import torch.fx.experimental._config as fx_config
+from torch._dynamo.utils import counters
 
 from .ops import (
     divergence,
@@ -136,39 +139,71 @@ def _iteration_after_filter(u_grad, u, px, py, grad_i, rho_c, active, params):
     return _update(u_grad, u, px, py, grad_i, rho_c, active, params)
 
 
-class _Kernels:
-    """The iteration, median and warp functions for one device, compiled once per process where possible.
+class Kernels:
+    """The iteration, median filter and warp for one device, compiled once per process where that pays.
 
     On the CPU the median filter and the warp are OpenCV's own functions (same results, faster) unless
-    `opencv_cpu_ops` is off; elsewhere they are the tensor versions. A failed compilation (no C++
-    compiler, an unsupported GPU) is logged once and the eager versions are used.
+    `opencv_cpu_ops` is off; elsewhere they are the tensor versions, compiled with the iteration. Every
+    compiled function sits behind one fallback: the first failure (no C++ compiler, an unsupported GPU)
+    logs one warning and the eager versions of all of them are used from then on. Shapes are dynamic and
+    sizes of 1 are not special-cased, so pyramid levels, resolutions and batch sizes share one graph each.
     """
 
     def __init__(self, device_type: str, compile: bool, opencv_cpu_ops: bool):
         opencv = device_type == "cpu" and opencv_cpu_ops
-        self.median = median_filter5_cv if opencv else median_filter5
-        self.warp = warp_bicubic_cv if opencv else warp_bicubic
-        self._eager = {"same": _iteration, "after_filter": _iteration_after_filter}
+        self._eager = {
+            "same": _iteration,
+            "after_filter": _iteration_after_filter,
+            "median": median_filter5_cv if opencv else median_filter5,
+            "warp": warp_bicubic_cv if opencv else warp_bicubic,
+        }
         self._fns = dict(self._eager)
-        if compile:
-            self._fns = {name: torch.compile(fn, dynamic=True) for name, fn in self._eager.items()}
-            if not opencv:
-                self.median = torch.compile(median_filter5, dynamic=True)
+        self.compiled = ("same", "after_filter") + (() if opencv else ("median", "warp")) if compile else ()
+        for name in self.compiled:
+            self._fns[name] = _size_oblivious(torch.compile(self._eager[name], dynamic=True))
+        self.compile_seconds = 0.0  # time spent in calls that compiled a graph
+
+    @property
+    def compiles(self) -> int:
+        """Graphs compiled so far in this process (by any compiled function)."""
+        return counters["frames"]["ok"]
+
+    def call(self, name: str, *args):
+        """Run kernel `name`, compiled where possible; a compilation failure switches every kernel to eager."""
+        fn = self._fns[name]
+        if fn is self._eager[name]:
+            return fn(*args)
+        before, start = self.compiles, time.perf_counter()
+        try:
+            out = fn(*args)
+        except Exception as exc:  # compilation problems surface on the first call of each graph
+            log.warning("torch.compile failed (%s); TV-L1 continues without it (slower)", str(exc).splitlines()[0][:300])
+            self._fns = dict(self._eager)
+            return self._eager[name](*args)
+        if self.compiles != before:
+            self.compile_seconds += time.perf_counter() - start
+        return out
 
     def iterate(self, u_grad, u, *args):
-        """Run one iteration, compiled where possible (see `_update` for the arguments)."""
-        name, call_args = ("same", (u, *args)) if u_grad is u else ("after_filter", (u_grad, u, *args))
-        try:
-            return self._fns[name](*call_args)
-        except Exception as exc:
-            if self._fns is self._eager:
-                raise
-            # Compilation problems (no C++ compiler, an unsupported GPU) surface on the first call.
-            log.warning("torch.compile failed (%s); TV-L1 continues without it (slower)", str(exc).splitlines()[0])
-            self._fns = self._eager
-            if self.median not in (median_filter5_cv, median_filter5):
-                self.median = median_filter5
-            return self._fns[name](*call_args)
+        """One iteration (see `_update` for the arguments)."""
+        return self.call("same", u, *args) if u_grad is u else self.call("after_filter", u_grad, u, *args)
+
+    def median(self, u):
+        return self.call("median", u)
+
+    def warp(self, img, flow):
+        return self.call("warp", img, flow)
+
+
+def _size_oblivious(fn):
+    """`fn` traced without special-casing sizes of 0 and 1, so a batch of one pair does not get a graph of its own."""
+
+    @functools.wraps(fn)
+    def call(*args):
+        with fx_config.patch(backed_size_oblivious=True):
+            return fn(*args)
+
+    return call
 
 
 def use_compile(cfg: TVL1Config, device_type: str, height: int, width: int) -> bool:
@@ -179,8 +214,9 @@ def use_compile(cfg: TVL1Config, device_type: str, height: int, width: int) -> b
 
 
 @functools.cache
-def _kernels(device_type: str, compile: bool, opencv_cpu_ops: bool) -> _Kernels:
-    return _Kernels(device_type, compile, opencv_cpu_ops)
+def kernels_for(device_type: str, compile: bool, opencv_cpu_ops: bool) -> Kernels:
+    """This process's kernels for a device (one set per process: compiled graphs are reused by every call)."""
+    return Kernels(device_type, compile, opencv_cpu_ops)
 
 
 def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor, cfg: TVL1Config = PRESETS["opencv"]) -> torch.Tensor:
@@ -193,7 +229,7 @@ def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor, cfg: TVL1Config = PRESETS["
         (N, 2, H, W) float32 forward flow in pixels, channel 0 = x (dx), channel 1 = y (dy).
     """
     compile = use_compile(cfg, prev.device.type, *prev.shape[-2:])
-    kernels = _kernels(prev.device.type, compile, cfg.opencv_cpu_ops)
+    kernels = kernels_for(prev.device.type, compile, cfg.opencv_cpu_ops)
     check_every = cfg.check_every or (1 if prev.device.type == "cpu" else 10)
     # OpenCV works on 0..255 intensities; lambda is tuned for that range.
     levels = [(prev * 255.0, nxt * 255.0)]
@@ -214,7 +250,7 @@ def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor, cfg: TVL1Config = PRESETS["
     return u[:, :2]
 
 
-def _solve_level(I0, I1, u, cfg: TVL1Config, kernels: _Kernels, check_every: int):
+def _solve_level(I0, I1, u, cfg: TVL1Config, kernels: Kernels, check_every: int):
     """All warps of one pyramid level (OpenCV `procOneScale`). I0, I1: (N, 1, H, W) in 0..255."""
     N, _, H, W = I0.shape
     params = torch.tensor([cfg.lambda_ * cfg.theta, cfg.theta, cfg.tau / cfg.theta, cfg.epsilon**2], device=u.device)
@@ -223,7 +259,7 @@ def _solve_level(I0, I1, u, cfg: TVL1Config, kernels: _Kernels, check_every: int
     px, py = torch.zeros_like(u), torch.zeros_like(u)
     for warp in range(cfg.warps):
         warped = kernels.warp(stack, u[:, :2])  # (N, 3, H, W): I1(x + u), its x and y gradients
-        grad_xy = warped[:, 1:]
+        grad_xy = warped[:, 1:].contiguous()  # one memory layout for the compiled iteration, before and after compaction
         rho_c = warped[:, :1] - (grad_xy * u[:, :2]).sum(1, keepdim=True) - I0
         grad_i = grad_xy if u.shape[1] == 2 else torch.cat([grad_xy, grad_xy.new_full((N, 1, H, W), cfg.gamma)], 1)
         # At a new level p = 0 and no dual update is pending; grad(0) = 0 makes the pending update a no-op.
@@ -232,7 +268,7 @@ def _solve_level(I0, I1, u, cfg: TVL1Config, kernels: _Kernels, check_every: int
     return u
 
 
-def _iterate_warp(pending, u, px, py, grad_i, rho_c, params, cfg: TVL1Config, kernels: _Kernels, check_every: int):
+def _iterate_warp(pending, u, px, py, grad_i, rho_c, params, cfg: TVL1Config, kernels: Kernels, check_every: int):
     """The outer / inner iterations of one warp, each pair until its own convergence.
 
     Pairs that converge are set aside at the next check (their state written to the output) and the rest

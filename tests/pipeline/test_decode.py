@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.decode import DecodeConfig, VideoError, decode_video, output_size, resample_indices
+from pipeline.decode import DecodeConfig, VideoError, VideoStream, decode_video, nearest_in_time, output_size, resample_indices
 from tests.conftest import shared_path
 
 # name: (decoded frames, stored size, output size at short side 256 stored grid, sample aspect)
@@ -139,3 +139,29 @@ def test_config_rejects_bad_values():
         DecodeConfig(pixel_grid="display")
     with pytest.raises(ValueError, match="max frames"):
         DecodeConfig(max_frames=1)
+
+
+def test_streamed_resampling_picks_what_the_whole_array_picks():
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        native = rng.choice([12.0, 25.0, 29.97, 30.0, 60.0])
+        n = int(rng.integers(1, 90))
+        times = np.cumsum(np.full(n, 1 / native) * rng.uniform(0.7, 1.3, n)) + rng.uniform(0, 2)
+        fps = float(rng.choice([1.0, 5.0, 10.0, 15.0, 24.0, 30.0, 50.0, 90.0]))
+        start = None if trial % 3 else float(times[0] - rng.uniform(0, 0.2))
+        expected = resample_indices(times, fps, times[0] if start is None else start)
+        picked = list(nearest_in_time(((i, t) for i, t in enumerate(times.tolist())), fps, start))
+        assert picked == expected.tolist(), (trial, native, fps, n)
+
+
+def test_stream_chunks_are_the_decoded_frames_and_errors_come_at_the_end(bad_files):
+    path = str(shared_path("videos", "demo.mp4"))
+    cfg = DecodeConfig(short_side=64, fps=10)
+    with VideoStream(path, cfg) as video:
+        chunks = list(video.chunks(16))
+        assert video.fps == 10 and video.decoded_frames == 280
+    assert [len(c) for c in chunks] == [16] * 6 + [4]
+    np.testing.assert_array_equal(np.concatenate(chunks), decode_video(path, cfg).frames)
+    with VideoStream(str(bad_files / "cut_faststart.mp4"), DecodeConfig(short_side=32)) as video, pytest.raises(VideoError, match="cut off"):
+        for _ in video.chunks(4):
+            pass
