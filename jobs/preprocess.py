@@ -83,7 +83,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                       help="override one TV-L1 or homography parameter, e.g. lambda_=0.2 or warps=3 (repeatable)")
     flow.add_argument("--flow-bound", type=float, default=DEFAULT_FLOW_BOUND, help=f"flow clipped to +-this many pixels before 8-bit quantisation (default {DEFAULT_FLOW_BOUND:g})")
     flow.add_argument("--flow-encoding", choices=FLOW_ENCODINGS, default="jpeg", help="jpeg: 8-bit x/y JPEGs (default); png16 or float16: lossless")
-    flow.add_argument("--flow-batch", type=int, default=32, help="frame pairs per flow batch (default 32; raise on a GPU)")
+    flow.add_argument("--flow-batch", type=int, help="frame pairs per flow launch, the same for every launch (default 8 on the CPU, "
+                      "256 on a GPU)")
     flow.add_argument("--device", choices=("cpu", "cuda"), help="force the flow device (default: cuda when a task has a GPU)")
     flow.add_argument("--video-timeout", type=float, default=3600.0,
                       help="seconds one video may take before it is recorded as failed (timed out) and its shard goes on; "
@@ -94,7 +95,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--videos-per-shard", type=int, help="videos per shard, instead of estimating it from --shard-size-mb")
     run.add_argument("--address", help="Ray cluster address (host:6379 or ray://host:10001); default: RAY_ADDRESS, else an embedded local Ray")
     run.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs per shard task (default 1)")
-    run.add_argument("--gpus-per-task", type=float, default=0.25, help="GPU share per shard task when the cluster has GPUs (default 0.25)")
+    run.add_argument("--flow-workers", type=int, help="flow workers: default one per GPU (each owns it), or on a cluster without "
+                     "GPUs one single-threaded worker per CPU core of each node; 0 = each shard task computes its own flow")
     run.add_argument("--max-retries", type=int, default=3, help="retries of a shard task whose worker died (default 3)")
     run.add_argument("--progress-seconds", type=float, default=10.0, help="seconds between progress lines (default 10)")
     return parser
@@ -121,7 +123,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessJobConfig:
         video_timeout=args.video_timeout or None,
     )
     cluster = ClusterConfig(
-        address=args.address, cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task, max_retries=args.max_retries
+        address=args.address, cpus_per_task=args.cpus_per_task, flow_workers=args.flow_workers, max_retries=args.max_retries
     )
     if args.videos_per_shard is not None and args.videos_per_shard < 1:
         raise ValueError(f"--videos-per-shard must be at least 1, got {args.videos_per_shard}")

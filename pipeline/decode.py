@@ -185,6 +185,7 @@ class VideoStream:
         self.native_rate = float(stream.average_rate or stream.guessed_rate or 25)
         self.fps = cfg.fps or self.native_rate  # frame rate of the output
         self.decoded_frames = 0  # frames decoded inside the window so far (before resampling)
+        self.emitted = 0  # frames given out so far
 
     def __enter__(self) -> "VideoStream":
         return self
@@ -194,14 +195,15 @@ class VideoStream:
 
     def frames(self) -> Iterator[np.ndarray]:
         """(H, W, 3) uint8 RGB frames in order; raises VideoError (corrupt, cut off, too short, stopped)."""
-        cfg, emitted = self.cfg, 0
+        cfg = self.cfg
         timed = self._decoded()
         picked = (frame for frame, _ in timed) if cfg.fps is None else nearest_in_time(timed, cfg.fps, self.start_sec)
         for frame in picked:
+            self.emitted += 1
             yield frame
-            emitted += 1
-            if cfg.max_frames is not None and emitted >= cfg.max_frames:
+            if cfg.max_frames is not None and self.emitted >= cfg.max_frames:
                 break
+        emitted = self.emitted
         full = cfg.max_frames is not None and emitted >= cfg.max_frames
         declared = self._stream.frames
         trimming = self.start_sec is not None or self.end_sec is not None

@@ -24,7 +24,8 @@ from storage import Location
 
 from . import __version__
 from .progress import Progress, format_duration
-from .ray_tasks import ClusterConfig, check_visible, ray_session, run_shards
+from .ray_tasks import ClusterConfig, check_visible, node_names, ray_session, run_shards
+from .report import REPORT_FILE, build_report, format_report
 from .shards import PROGRESS_DIR, ProcessConfig, ShardResult, VideoResult, completed_shards, estimate_video_mb, plan_shards
 
 RUN_FILE = "run.json"  # under _progress/: the parameters the existing shards were built with
@@ -141,17 +142,25 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
     def on_progress(videos: int, frames: int, failed: int) -> None:
         progress.update(done_videos + videos, frames, done_failed + failed)
 
+    new: list[ShardResult] = []
     with ray_session(cfg.cluster.address) if todo else contextlib.nullcontext():
         if todo:
             check_visible(out, [r.path for r in records if r.exists])
         _prepare(out, params, cfg.overwrite)
-        new = run_shards(todo, cfg.process, cfg.out, cfg.cluster, on_progress) if todo else []
+        if todo:
+            run_start = time.monotonic()
+            new, flow_stats = run_shards(todo, cfg.process, cfg.out, cfg.cluster, on_progress)
+            report = build_report(new, flow_stats, time.monotonic() - run_start, node_names())
     for folder in (SHARDS_DIR, PROGRESS_DIR):  # leftovers of attempts whose worker or node died (Ray retried them)
         out.remove_temporaries(folder)
     results = sorted([*done.values(), *new], key=lambda r: r.name)
     videos = [v for r in results for v in r.videos]
     progress.update(len(videos), sum(v.frames for r in new for v in r.videos), sum(v.status != "ok" for v in videos), force=True)
     _write_outputs(out, cfg, classes, params, results)
+    if new:
+        out.write_bytes(json.dumps(report, indent=2).encode(), REPORT_FILE)
+        for line in format_report(report):
+            print_fn(line)
     failures = [v for v in videos if v.status != "ok"]
     return RunSummary(
         videos=len(videos),

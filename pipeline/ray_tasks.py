@@ -1,11 +1,14 @@
-"""The Ray layer: one task per shard around `pipeline.shards.process_shard`, and the checks a cluster needs.
+"""The Ray layer: one task per shard around `pipeline.shards.process_shard`, a flow service of long-lived
+flow workers, and the checks a cluster needs.
 
-Tasks ask for `cpus_per_task` CPUs and, when the cluster has GPUs, a fraction `gpus_per_task` of one, so
-several tasks share a GPU. A task whose worker dies (killed, out of memory, node lost) is retried by Ray up
-to `max_retries` times; the retry rewrites its shard from scratch. At most `max_in_flight` tasks are
-submitted at once and results are handled in the order they finish. Progress comes from a small actor
-that tasks report to and that nothing depends on. Before a run on several nodes, `check_visible` proves
-that every node sees a local output folder and local videos.
+Shard tasks ask for `cpus_per_task` CPUs and never touch a GPU: they decode, encode and write, and send
+frames to the flow workers (`pipeline.flow_service.FlowWorker` as threaded actors): one per GPU
+(`num_gpus=1`) where the cluster has GPUs, else one single-threaded worker per CPU core of each node.
+A task whose worker dies (killed, out of memory, node lost) is retried by Ray up to `max_retries` times;
+the retry rewrites its shard from scratch. A flow worker that dies is restarted and the requests it held
+are sent again. At most `max_in_flight` tasks are submitted at once and results are handled in the order
+they finish. Progress comes from a small actor that tasks report to and that nothing depends on. Before a
+run on several nodes, `check_visible` proves that every node sees a local output folder and local videos.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,6 +26,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from storage import Location, is_uri
 
+from .flow_service import CPU_BATCH, GPU_BATCH, FlowWorker
 from .shards import ProcessConfig, ShardResult, ShardSpec, VideoResult, process_shard
 
 
@@ -31,7 +36,8 @@ class ClusterConfig:
 
     address: str | None = None  # None and no RAY_ADDRESS: start an embedded local Ray
     cpus_per_task: float = 1.0
-    gpus_per_task: float = 0.25  # used only when the cluster has GPUs
+    flow_workers: int | None = None  # None: one per GPU, or one per CPU core on a cluster without GPUs;
+    # 0: no flow service, each shard task computes its own flow
     max_retries: int = 3  # re-runs of a task whose worker died
     max_in_flight: int | None = None  # default: twice the tasks the cluster can run at once
     poll_seconds: float = 2.0
@@ -42,8 +48,8 @@ class ClusterConfig:
                 f"--address {self.address} is a dashboard URL (for `ray job submit`); pass the cluster address "
                 "instead, e.g. 10.0.0.1:6379 or ray://10.0.0.1:10001, or leave it out inside `ray job submit`"
             )
-        if self.cpus_per_task <= 0 or self.gpus_per_task < 0 or self.max_retries < 0:
-            raise ValueError("cpus per task must be positive, gpus per task and max retries not negative")
+        if self.cpus_per_task <= 0 or self.max_retries < 0 or (self.flow_workers is not None and self.flow_workers < 0):
+            raise ValueError("cpus per task must be positive, flow workers and max retries not negative")
 
 
 class ProgressTracker:
@@ -63,7 +69,39 @@ class ProgressTracker:
         return dict(self.shards)
 
 
-def _run_shard(spec: ShardSpec, cfg: ProcessConfig, out_uri: str, tracker) -> ShardResult:
+class _FlowActor(FlowWorker):
+    """A flow worker as a Ray actor: its stats say which node it runs on."""
+
+    def node(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def stats(self) -> dict:
+        return {**super().stats(), "node": self.node()}
+
+
+FlowActor = ray.remote(_FlowActor)
+
+
+class ServiceFlow:
+    """A shard task's client of the flow service: requests go round-robin to the flow workers on its own node
+    (to any worker when none is there), with one more request in flight than there are such workers."""
+
+    def __init__(self, workers: list[tuple[str, object]], batch_size: int):
+        here = ray.get_runtime_context().get_node_id()
+        local = [handle for node, handle in workers if node == here]
+        self.handles = local or [handle for _, handle in workers]
+        self.batch_size = batch_size
+        self.in_flight = len(self.handles) + 1
+        self._next = 0
+
+    def submit(self, frames):
+        handle = self.handles[self._next % len(self.handles)]
+        self._next += 1
+        ref = handle.compute.remote(frames)
+        return lambda: ray.get(ref)
+
+
+def _run_shard(spec: ShardSpec, cfg: ProcessConfig, out_uri: str, tracker, flow_workers, batch_size) -> ShardResult:
     counts = [0, 0, 0]  # videos, frames, failed
 
     def on_video(result: VideoResult) -> None:
@@ -72,10 +110,68 @@ def _run_shard(spec: ShardSpec, cfg: ProcessConfig, out_uri: str, tracker) -> Sh
         counts[2] += result.status != "ok"
         tracker.report.remote(spec.name, *counts)  # fire and forget: a lost tracker must not fail the shard
 
-    return process_shard(spec, cfg, Location(out_uri), on_video)
+    flow = ServiceFlow(flow_workers, batch_size) if flow_workers else None
+    result = process_shard(spec, cfg, Location(out_uri), on_video, flow)
+    result.node = ray.get_runtime_context().get_node_id()
+    return result
 
 
 process_shard_task = ray.remote(_run_shard)
+
+
+@dataclass
+class FlowService:
+    """The flow workers of a run: (node id, actor handle) each, and the batch size they launch."""
+
+    workers: list[tuple[str, object]]
+    batch_size: int
+    device: str
+
+    def stats(self, timeout: float = 30.0) -> list[dict]:
+        """Every reachable worker's stats (a worker lost for good is left out)."""
+        out = []
+        for _, handle in self.workers:
+            try:
+                out.append(ray.get(handle.stats.remote(), timeout=timeout))
+            except (RayError, TimeoutError):
+                continue
+        return out
+
+    def stop(self) -> None:
+        for _, handle in self.workers:
+            ray.kill(handle, no_restart=True)
+
+
+def start_flow_service(cfg: ProcessConfig, cluster: ClusterConfig) -> FlowService | None:
+    """Start the flow workers of a run: one per GPU (each `num_gpus=1`), else one single-threaded worker per
+    CPU core of each node (they take no CPU from Ray's accounting: shard tasks mostly wait for them).
+    None when no flow is asked for or `flow_workers` is 0."""
+    if not cfg.flow_modalities or cluster.flow_workers == 0:
+        return None
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if cfg.device == "cuda" and not gpus:
+        raise ValueError("--device cuda, but the Ray cluster has no GPUs; leave --device out to compute flow on the CPUs")
+    options = {"max_concurrency": 256, "max_restarts": -1, "max_task_retries": -1}
+    spec = cfg.flow_spec()
+    workers = []
+    if gpus and cfg.device != "cpu":
+        count = cluster.flow_workers or gpus
+        batch = cfg.flow_batch or GPU_BATCH
+        for _ in range(count):
+            handle = FlowActor.options(num_gpus=1, num_cpus=1, **options).remote(spec, batch, "cuda")
+            workers.append((None, handle))
+        # where each landed, for the shard tasks' choice of a worker on their own node
+        nodes = ray.get([h.node.remote() for _, h in workers], timeout=600)
+        return FlowService([(n, h) for n, (_, h) in zip(nodes, workers)], batch, "cuda")
+    batch = cfg.flow_batch or CPU_BATCH
+    nodes = _worker_nodes()
+    for node in nodes:
+        per_node = cluster.flow_workers or max(1, int(node["Resources"].get("CPU", 1)))
+        place = NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)
+        for _ in range(per_node):
+            handle = FlowActor.options(num_cpus=0, scheduling_strategy=place, **options).remote(spec, batch, "cpu", 1)
+            workers.append((node["NodeID"], handle))
+    return FlowService(workers, batch, "cpu")
 
 
 def _missing_here(paths: list[str]) -> list[str]:
@@ -110,6 +206,13 @@ def ray_session(address: str | None):
     finally:
         if started:
             ray.shutdown()
+
+
+def node_names() -> dict[str, str]:
+    """Ray node id -> its address, with the id's start where several nodes share an address."""
+    nodes = ray.nodes()
+    shared = Counter(n["NodeManagerAddress"] for n in nodes)
+    return {n["NodeID"]: n["NodeManagerAddress"] + (f" ({n['NodeID'][:8]})" if shared[n["NodeManagerAddress"]] > 1 else "") for n in nodes}
 
 
 def _worker_nodes() -> list[dict]:
@@ -178,32 +281,41 @@ def run_shards(
     out_uri: str,
     cluster: ClusterConfig,
     on_progress: Callable[[int, int, int], None] | None = None,
-) -> list[ShardResult]:
-    """Run `process_shard` for every spec as Ray tasks (on the connected cluster, see `ray_session`) and
-    return their results in completion order.
+) -> tuple[list[ShardResult], list[dict]]:
+    """Run `process_shard` for every spec as Ray tasks (on the connected cluster, see `ray_session`), with
+    the flow service started for the run and stopped after it.
 
     A task whose worker or node is lost is re-run by Ray (up to `max_retries` times), on any node.
     `on_progress(videos, frames, failed)` is called every `poll_seconds` with totals over running and
     finished shards.
+
+    Returns:
+        (shard results in completion order, the flow workers' stats).
     """
-    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
-    options = {
-        "num_cpus": cluster.cpus_per_task,
-        "num_gpus": cluster.gpus_per_task if has_gpus else 0,
-        "max_retries": cluster.max_retries,
-    }
+    service = start_flow_service(cfg, cluster)
+    try:
+        results = _run_tasks(specs, cfg, out_uri, cluster, service, on_progress)
+        return results, service.stats() if service else []
+    finally:
+        if service:
+            service.stop()
+
+
+def _run_tasks(specs, cfg, out_uri, cluster: ClusterConfig, service: FlowService | None, on_progress) -> list[ShardResult]:
+    options = {"num_cpus": cluster.cpus_per_task, "max_retries": cluster.max_retries}
     slots = max(1, int(ray.cluster_resources().get("CPU", 1) // cluster.cpus_per_task))
     max_in_flight = cluster.max_in_flight or 2 * slots
     # Beside the driver (which lives on the head), restarted wherever its worker process dies.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     tracker = ray.remote(ProgressTracker).options(num_cpus=0, max_restarts=-1, max_task_retries=-1, scheduling_strategy=here).remote()
     cfg_ref = ray.put(cfg)
+    workers, batch = (service.workers, service.batch_size) if service else ([], None)
     queue, pending, results, running = list(specs), {}, [], {}
     finished = [0, 0, 0]  # videos, frames, failed of the finished shards
     while queue or pending:
         while queue and len(pending) < max_in_flight:
             spec = queue.pop(0)
-            pending[process_shard_task.options(**options).remote(spec, cfg_ref, out_uri, tracker)] = spec
+            pending[process_shard_task.options(**options).remote(spec, cfg_ref, out_uri, tracker, workers, batch)] = spec
         done, _ = ray.wait(list(pending), num_returns=1, timeout=cluster.poll_seconds)
         for ref in done:
             spec = pending.pop(ref)

@@ -8,6 +8,8 @@ so a retried or re-run shard is rewritten from scratch and no video is ever stor
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import hashlib
 import json
 import threading
@@ -17,7 +19,6 @@ from typing import Callable
 
 import cv2
 import numpy as np
-import torch
 import webdataset as wds
 
 from schemas.dataset import SHARDS_DIR
@@ -31,20 +32,22 @@ from schemas.sample import (
     RGB,
     Sample,
     SampleMeta,
-    encode_flow,
     encode_jpeg,
+    encode_quantized_flow,
     encode_sample,
 )
 
 from storage import HashingWriter, Location
 
-from .decode import DecodeConfig, VideoError, decode_video
-from .flow import compute_flows, resolve_params
+from .decode import DecodeConfig, VideoError, VideoStream
+from .flow import resolve_params
+from .flow_service import FlowSpec, FlowWorker, LocalFlow
 from .time_limit import TimeLimitExceeded, call_with_time_limit
 
 PROGRESS_DIR = "_progress"  # one completion record per finished shard
 DONE_SUFFIX = ".done.json"
 TAR_MTIME = 0.0  # fixed member times: the same input gives byte-identical shards
+FRAME_CHUNK = 64  # frames decoded at a time when no flow is computed
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ class ProcessConfig:
     flow_encoding: str = "jpeg"
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
     # How the work runs; none of these changes the stored samples, so a resumed run may change them.
-    flow_batch: int = 32  # frame pairs per compute_flow call (more on a GPU)
+    flow_batch: int | None = None  # frame pairs per flow launch; None = 8 on the CPU, 256 on a GPU
     device: str | None = None  # None: cuda when the task sees a GPU, else cpu
     video_timeout: float | None = 3600.0  # seconds one video may take before it fails as timed out; None = no limit
 
@@ -73,7 +76,7 @@ class ProcessConfig:
             raise ValueError(f"JPEG quality must be 1..100, got {self.jpeg_quality}")
         if not self.flow_bound > 0:
             raise ValueError(f"flow bound must be positive, got {self.flow_bound}")
-        if self.flow_batch < 1:
+        if self.flow_batch is not None and self.flow_batch < 1:
             raise ValueError(f"flow batch must be at least 1, got {self.flow_batch}")
         if self.video_timeout is not None and not self.video_timeout > 0:
             raise ValueError(f"video time limit must be positive seconds (or none), got {self.video_timeout}")
@@ -82,6 +85,10 @@ class ProcessConfig:
     @property
     def flow_modalities(self) -> tuple[str, ...]:
         return tuple(m for m in self.modalities if m in FLOW_MODALITIES)
+
+    def flow_spec(self) -> FlowSpec:
+        """What the flow workers compute for these samples."""
+        return FlowSpec(self.flow_modalities, self.flow_preset, self.flow_params, self.flow_encoding, self.flow_bound)
 
     def output_parameters(self) -> dict:
         """What the stored samples depend on, as JSON values: the resume fingerprint and dataset.json's record.
@@ -135,6 +142,8 @@ class ShardResult:
     sha256: str
     seconds: float
     videos: list[VideoResult] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (Timings.STAGES) of the task
+    node: str = ""  # the Ray node that ran it ("" outside Ray)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -177,43 +186,92 @@ def estimate_video_mb(cfg: ProcessConfig, frames: int = 300) -> float:
     return max(per_frame * frames, 1e-3)
 
 
-def process_video(record: VideoRecord, cfg: ProcessConfig, stop: threading.Event | None = None) -> Sample:
-    """Decode one video and compute its modalities; everything stays in memory until it is complete.
-    Setting `stop` makes it give up at the next frame or flow batch.
+class Timings:
+    """Seconds a shard task spent per stage, for the run report."""
 
+    STAGES = ("decode", "encode", "flow_wait", "write")
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(self.STAGES, 0.0)
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+
+def _gray(chunk: np.ndarray) -> np.ndarray:
+    return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in chunk])
+
+
+def process_video(record: VideoRecord, cfg: ProcessConfig, flow=None, stop: threading.Event | None = None,
+                  timings: Timings | None = None) -> Sample:
+    """Decode one video a chunk at a time and compute its modalities; only encoded frames are kept, so memory
+    grows with the video's stored size, not its decoded one. Setting `stop` makes it give up at the next frame
+    or chunk.
+
+    Args:
+        flow: where flow is computed (`pipeline.flow_service.LocalFlow`, or the flow service's client); None:
+            a worker in this process.
     Raises:
         VideoError: the video cannot be used, or was stopped (the reason is one line).
     """
     if not record.exists:
         raise VideoError("file not found (listed as missing in the manifest)")
-    video = decode_video(record.path, cfg.decode, record.start_sec, record.end_sec, stop)
-    frames = video.frames  # (T, H, W, 3)
-    T, H, W, _ = frames.shape
-    rgb = [encode_jpeg(f, cfg.jpeg_quality) for f in frames] if RGB in cfg.modalities else []
+    timings = timings or Timings()
+    if cfg.flow_modalities and flow is None:
+        flow = LocalFlow(FlowWorker(cfg.flow_spec(), cfg.flow_batch, cfg.device))
+    rgb: list[bytes] = []
     flows: dict[str, list[tuple[bytes, ...]]] = {m: [] for m in cfg.flow_modalities}
-    homographies = []
-    if flows:
-        gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])  # (T, H, W)
-        for start in range(0, T - 1, cfg.flow_batch):
-            if stop is not None and stop.is_set():
-                raise VideoError("stopped")
-            end = min(start + cfg.flow_batch, T - 1)
-            out, found = compute_flows(
-                gray[start:end], gray[start + 1 : end + 1], tuple(flows), cfg.flow_preset, cfg.device, **dict(cfg.flow_params)
-            )
-            homographies += [h.as_dict() for h in found]
-            for modality, batch in out.items():
-                flows[modality] += [encode_flow(f, cfg.flow_encoding, cfg.flow_bound, cfg.jpeg_quality) for f in batch]
+    homographies: list[dict] = []
+    waiting: collections.deque = collections.deque()  # flow requests sent, oldest first
+    last_gray = None  # the previous chunk's last frame: the first pair of the next chunk starts there
+
+    def collect() -> None:
+        with timings.stage("flow_wait"):
+            chunk = waiting.popleft()()
+        with timings.stage("encode"):
+            for modality, values in chunk.flows.items():
+                flows[modality] += [encode_quantized_flow(q, cfg.flow_encoding, cfg.jpeg_quality) for q in values]
+            homographies.extend(chunk.homographies)
+
+    with VideoStream(record.path, cfg.decode, record.start_sec, record.end_sec, stop) as video:
+        chunks = video.chunks(flow.batch_size if flow else FRAME_CHUNK)
+        while True:
+            with timings.stage("decode"):
+                frames = next(chunks, None)
+            if frames is None:
+                break
+            with timings.stage("encode"):
+                if RGB in cfg.modalities:
+                    rgb += [encode_jpeg(f, cfg.jpeg_quality) for f in frames]
+                if flows:
+                    gray = _gray(frames)
+                    pairs = gray if last_gray is None else np.concatenate([last_gray, gray])
+                    last_gray = gray[-1:]
+            if flows and len(pairs) > 1:
+                if stop is not None and stop.is_set():
+                    raise VideoError("stopped")
+                waiting.append(flow.submit(pairs))
+                while len(waiting) > flow.in_flight:
+                    collect()
+        while waiting:
+            collect()
+        num_frames, fps = video.emitted, video.fps
+        height, width = video.size[1], video.size[0]
     meta = SampleMeta(
         video_id=record.video_id,
         label=record.label,
         label_name=record.label_name,
         split=record.split,
         source=record.path,
-        fps=float(video.fps),
-        num_frames=T,
-        height=H,
-        width=W,
+        fps=float(fps),
+        num_frames=num_frames,
+        height=height,
+        width=width,
         modalities=tuple(cfg.modalities),
         flow_encoding=cfg.flow_encoding,
         flow_bound=cfg.flow_bound,
@@ -231,15 +289,18 @@ def process_shard(
     cfg: ProcessConfig,
     out: Location,
     on_video: Callable[[VideoResult], None] | None = None,
+    flow=None,
 ) -> ShardResult:
     """Process every video of a shard and write the shard tar, then its completion record.
 
     A video that cannot be used, or takes longer than `cfg.video_timeout`, becomes a failed VideoResult with
-    its reason; the others are written. `on_video` is called after each video (for progress reporting).
+    its reason; the others are written. `on_video` is called after each video (for progress reporting);
+    `flow` is where flow is computed (see `process_video`).
     """
     start = time.monotonic()
-    if cfg.device is None and torch.cuda.is_available():
-        cfg = replace(cfg, device="cuda")
+    if cfg.flow_modalities and flow is None:
+        flow = LocalFlow(FlowWorker(cfg.flow_spec(), cfg.flow_batch, cfg.device))
+    timings = Timings()
     results: list[VideoResult] = []
     tar_name, samples, size, digest = f"{spec.name}.tar", 0, 0, ""
     with out.atomic_write(SHARDS_DIR, tar_name) as stream:
@@ -248,13 +309,14 @@ def process_shard(
             for record in spec.records:
                 t0 = time.monotonic()
                 try:
-                    members = call_with_time_limit(lambda stop: encode_sample(process_video(record, cfg, stop)), cfg.video_timeout)
+                    sample = call_with_time_limit(lambda stop: process_video(record, cfg, flow, stop, timings), cfg.video_timeout)
                 except (VideoError, TimeLimitExceeded) as exc:
                     result = VideoResult(record.video_id, spec.split, spec.name, "failed", str(exc), time.monotonic() - t0, label=record.label)
                 else:
-                    before = writer.bytes
-                    sink.write(members)
-                    frames = json.loads(members["json"])["num_frames"]
+                    with timings.stage("write"):
+                        before = writer.bytes
+                        sink.write(encode_sample(sample))
+                    frames = sample.meta.num_frames
                     result = VideoResult(record.video_id, spec.split, spec.name, "ok", "", time.monotonic() - t0, frames, writer.bytes - before, record.label)
                     samples += 1
                 results.append(result)
@@ -264,7 +326,7 @@ def process_shard(
     if samples == 0:  # nothing usable: no empty tar in the dataset, the record says why
         out.delete_file(SHARDS_DIR, tar_name)
         tar_name, size, digest = None, 0, ""
-    result = ShardResult(spec.name, spec.split, tar_name, samples, size, digest, time.monotonic() - start, results)
+    result = ShardResult(spec.name, spec.split, tar_name, samples, size, digest, time.monotonic() - start, results, timings.seconds)
     out.write_bytes(result.to_json().encode(), PROGRESS_DIR, spec.name + DONE_SUFFIX)
     return result
 

@@ -182,7 +182,7 @@ def test_help_documents_every_flag():
     result = run_job("jobs.preprocess", "--help")
     for flag in ("--manifest", "--out", "--modalities", "--short-side", "--size", "--fps", "--max-frames", "--flow-preset",
                  "--flow-bound", "--jpeg-quality", "--shard-size-mb", "--address", "--overwrite", "--strict", "--pixel-grid",
-                 "--video-timeout", "--flow-batch", "--device", "--videos-per-shard", "--cpus-per-task", "--gpus-per-task",
+                 "--video-timeout", "--flow-batch", "--device", "--videos-per-shard", "--cpus-per-task", "--flow-workers",
                  "--max-retries", "--progress-seconds", "--flow-param", "--flow-encoding"):
         assert flag in result.stdout
 

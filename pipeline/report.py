@@ -1,0 +1,98 @@
+"""The run report: where a preprocessing run's time went, throughput per node and per flow worker, and
+failures by reason, so a user tuning a cluster sees what to change. Pure: built from shard results and
+flow-worker stats; `pipeline.preprocess` prints it and writes it beside the shards (report.json).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+from .shards import ShardResult, Timings
+
+REPORT_FILE = "report.json"
+
+
+def failure_reason(reason: str) -> str:
+    """A reason without its per-video details ("cut off: decoded 3 of 30 ..." -> "cut off")."""
+    return reason.split(" (")[0].split(":")[0].strip()
+
+
+def build_report(results: list[ShardResult], flow_stats: list[dict], seconds: float, node_names: dict[str, str] | None = None) -> dict:
+    """The report of one run.
+
+    Args:
+        results: the shards run in this run (not those done by an earlier run).
+        flow_stats: `FlowWorker.stats()` of every flow worker (empty when flow was computed in the shard tasks).
+        seconds: the run's wall time.
+        node_names: Ray node id -> a readable name (its address).
+    """
+    names = node_names or {}
+    name = lambda node: names.get(node, node[:8] or "local")  # noqa: E731
+    wall = max(seconds, 1e-9)
+    videos = [v for r in results for v in r.videos]
+    stages = {stage: sum(r.stages.get(stage, 0.0) for r in results) for stage in Timings.STAGES}
+    per_node: dict[str, dict] = defaultdict(lambda: {"videos": 0, "ok": 0, "frames": 0, "pairs": 0, "task_seconds": 0.0})
+    for r in results:
+        node = per_node[name(r.node)]
+        node["videos"] += len(r.videos)
+        node["ok"] += sum(v.status == "ok" for v in r.videos)
+        node["frames"] += sum(v.frames for v in r.videos)
+        node["task_seconds"] += r.seconds
+    workers = []
+    for s in flow_stats:
+        where = name(s.get("node", ""))
+        per_node[where]["pairs"] += s["pairs"]
+        workers.append({
+            "node": where, "device": s["device"], "pid": s["pid"], "pairs": s["pairs"], "pairs_per_s": s["pairs"] / wall,
+            "batches": s["batches"], "batch_size": s["batch_size"], "padded_pairs": s["padded_pairs"],
+            "busy": s["flow_seconds"] / max(s["seconds"], 1e-9), "flow_seconds": s["flow_seconds"],
+            "compiles": s["compiles"], "compile_seconds": s["compile_seconds"], "failed_batches": s["failed_batches"],
+        })
+    for node in per_node.values():
+        node["videos_per_s"] = node["videos"] / wall
+        node["pairs_per_s"] = node["pairs"] / wall
+    flow_seconds = sum(s["flow_seconds"] for s in flow_stats)
+    compile_seconds = sum(s["compile_seconds"] for s in flow_stats)
+    return {
+        "seconds": seconds,
+        "videos": len(videos),
+        "ok": sum(v.status == "ok" for v in videos),
+        "videos_per_s": len(videos) / wall,
+        "pairs": sum(s["pairs"] for s in flow_stats),
+        "pairs_per_s": sum(s["pairs"] for s in flow_stats) / wall,
+        # seconds summed over processes: shard tasks (decode, encode, write, waiting for flow) and flow workers
+        "time": {
+            "decode": stages["decode"],
+            "encode": stages["encode"],
+            "write": stages["write"],
+            "flow": flow_seconds - compile_seconds,
+            "compile": compile_seconds,
+            "waiting_for_flow": stages["flow_wait"],
+            "flow_workers_idle": sum(max(s["seconds"] - s["flow_seconds"], 0.0) for s in flow_stats),
+        },
+        "nodes": dict(per_node),
+        "flow_workers": workers,
+        "failures": dict(Counter(failure_reason(v.reason) for v in videos if v.status != "ok").most_common()),
+    }
+
+
+def format_report(report: dict) -> list[str]:
+    """The report as a few lines for the log (failures are in the run summary)."""
+    t = report["time"]
+    busy = sum(t.values()) or 1e-9
+    lines = [
+        f"report: {report['videos']} videos, {report['videos_per_s']:.2f} videos/s, {report['pairs_per_s']:.1f} flow pairs/s; "
+        "time (summed over processes): " + ", ".join(f"{k.replace('_', ' ')} {v:.0f}s ({100 * v / busy:.0f}%)" for k, v in t.items() if v >= 0.5),
+    ]
+    for node, n in sorted(report["nodes"].items()):
+        lines.append(f"  node {node}: {n['videos']} videos ({n['videos_per_s']:.2f}/s), {n['pairs']} flow pairs ({n['pairs_per_s']:.1f}/s)")
+    for w in report["flow_workers"]:
+        lines.append(
+            f"  flow worker {w['device']} on {w['node']}: {w['pairs']} pairs ({w['pairs_per_s']:.1f}/s), busy {100 * w['busy']:.0f}%, "
+            f"{w['batches']} batches of {w['batch_size']} ({w['padded_pairs']} padding), {w['compiles']} compiles ({w['compile_seconds']:.0f}s)"
+        )
+    if report["flow_workers"] and t["flow_workers_idle"] > 2 * (t["flow"] + t["compile"]):
+        lines.append("  hint: the flow workers mostly waited for frames; more CPUs for decoding (or fewer flow workers) would help")
+    elif t["waiting_for_flow"] > 2 * (t["decode"] + t["encode"]) and report["flow_workers"]:
+        lines.append("  hint: flow is the bottleneck (shard tasks mostly waited for it); more flow workers (GPUs) would help")
+    return lines
