@@ -104,6 +104,11 @@ def test_embedded_run_writes_readable_shards(dataset, embedded_run):
     assert f"{len(entries)} ok, {len(BAD_REASONS)} failed" in result.stdout
     assert "videos (" in result.stdout and "frames/s" in result.stdout and "ETA" in result.stdout
     assert_every_good_video_exactly_once(out, manifest)
+    report = json.loads((out / "report.json").read_text())
+    # one flow worker per core, each pair of each good video computed once (the cut-off file's pairs too)
+    assert len(report["flow_workers"]) == os.cpu_count() and "flow worker cpu on" in result.stdout
+    assert report["pairs"] >= len(entries) * (SMALL.frames - 1) and report["ok"] == len(entries)
+    assert report["failures"]["file not found"] == 1 and report["time"]["decode"] > 0 and report["time"]["flow"] > 0
     records, classes = read_manifest(manifest)
     label_of = {r.video_id: r.label for r in records}
     for members in read_shards(out):
@@ -224,6 +229,25 @@ def test_every_busy_worker_killed_is_retried_and_every_video_lands_once(tmp_path
     results = {r["video_id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
     for name, reason in BAD_REASONS.items():
         assert results[name]["reason"].startswith(reason)
+
+
+def test_killed_flow_workers_are_restarted_and_every_video_lands_once(tmp_path):
+    manifest, _ = make_manifest(tmp_path, SLOW, bad=False)
+    out = tmp_path / "out"
+    job = start_job("--manifest", str(manifest), "--out", str(out), "--videos-per-shard", "2", "--progress-seconds", "1")
+    try:
+        assert wait_for(lambda: ray_task_pids("ray::_FlowActor.compute"), timeout=120), "no flow request started"
+        workers = ray_task_pids("ray::_FlowActor")
+        for pid in workers:  # every flow worker, while requests are waiting on them
+            os.kill(pid, signal.SIGKILL)
+        output, _ = job.communicate(timeout=600)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 0, output
+    assert len(workers) == os.cpu_count()
+    assert_every_good_video_exactly_once(out, manifest)
+    assert "0 failed" in output
 
 
 def test_killed_driver_resumes_and_every_video_lands_once(tmp_path):

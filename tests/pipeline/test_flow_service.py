@@ -1,0 +1,202 @@
+"""The flow service's worker on the CPU: batches that span videos, compile once, one fallback, bounded memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from pipeline.flow import compute_flows
+from pipeline.flow_service import FlowSpec, FlowWorker, LocalFlow
+from pipeline.report import build_report, format_report
+from pipeline.shards import ShardResult, VideoResult
+from schemas.sample import quantize_flow
+from tests.conftest import REPO
+
+ALGORITHMS = ("tvl1", "warp_tvl1")
+
+
+def moving_video(frames: int, h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
+    """(frames, h, w) uint8 gray: a smooth random texture that drifts by a different step each video."""
+    rng = np.random.default_rng(seed)
+    big = rng.integers(0, 255, (h + 2 * frames + 8, w + 2 * frames + 8), dtype=np.uint8)
+    big = (np.cumsum(np.cumsum(big.astype(np.float32), 0), 1) % 255).astype(np.uint8)  # texture with structure
+    dx, dy = 1 + seed % 2, seed % 3
+    return np.stack([big[4 + t * dy : 4 + t * dy + h, 4 + t * dx : 4 + t * dx + w] for t in range(frames)])
+
+
+def per_video(frames: np.ndarray, spec: FlowSpec) -> dict[str, np.ndarray]:
+    flows, _ = compute_flows(frames[:-1], frames[1:], spec.algorithms, spec.preset, "cpu", **dict(spec.params))
+    return {name: quantize_flow(f, spec.encoding, spec.bound) for name, f in flows.items()}
+
+
+def test_batches_that_span_videos_give_each_video_its_own_flow():
+    spec = FlowSpec(ALGORITHMS, encoding="png16")  # 16-bit: a difference of 1/1600 px would show
+    videos = [moving_video(n, seed=i) for i, n in enumerate((6, 12, 3, 9))]
+    videos.append(moving_video(7, h=40, w=56, seed=4))  # another resolution: batched on its own
+    worker = FlowWorker(spec, batch_size=8, device="cpu")
+    answers = [None] * len(videos)
+
+    def ask(i):
+        answers[i] = worker.compute(videos[i])
+
+    with worker._launch_lock:  # every request waits in the queue first, so batches must mix videos
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(videos))]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while len(worker._queue) < len(videos) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    for t in threads:
+        t.join(timeout=300)
+    stats = worker.stats()
+    same_size = sum(len(v) - 1 for v in videos[:4])  # 26 pairs: 4 launches of 8, the last padded
+    assert stats["pairs"] == same_size + 6 and stats["batches"] == 4 + 1
+    assert stats["padded_pairs"] == 4 * 8 - same_size + (8 - 6)
+    for video, answer in zip(videos, answers):
+        expected = per_video(video, spec)
+        assert set(answer.flows) == set(ALGORITHMS) and len(answer.homographies) == len(video) - 1
+        for name in ALGORITHMS:
+            np.testing.assert_array_equal(answer.flows[name], expected[name])
+
+
+def test_a_failed_launch_fails_its_callers_and_the_worker_goes_on(monkeypatch):
+    worker = FlowWorker(FlowSpec(("tvl1",)), batch_size=4, device="cpu")
+    real = worker._flows
+    monkeypatch.setattr(worker, "_flows", lambda *a: (_ for _ in ()).throw(RuntimeError("device lost")))
+    with pytest.raises(RuntimeError, match="device lost"):
+        worker.compute(moving_video(3))
+    monkeypatch.setattr(worker, "_flows", real)
+    assert worker.compute(moving_video(3)).flows["tvl1"].shape == (2, 48, 64, 2)
+    assert worker.stats()["failed_batches"] == 1
+    with pytest.raises(ValueError, match="uint8 gray frames"):
+        worker.compute(np.zeros((1, 8, 8), np.uint8))
+
+
+def test_local_flow_answers_at_once():
+    flow = LocalFlow(FlowWorker(FlowSpec(("tvl1",)), device="cpu"))
+    assert flow.batch_size == 8 and flow.in_flight == 1
+    assert flow.submit(moving_video(4))().flows["tvl1"].shape == (3, 48, 64, 2)
+
+
+# --- compiling (each in a fresh process: Dynamo's counters and caches are per process) ---------------------
+
+COMPILE_SCRIPT = """
+import json, logging, sys
+import numpy as np
+sys.path.insert(0, {repo!r})
+from pipeline.flow_service import FlowSpec, FlowWorker
+from tests.pipeline.test_flow_service import moving_video
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+params = (("compile", {compile}), ("opencv_cpu_ops", False))  # iteration, median and warp all compiled
+worker = FlowWorker(FlowSpec(("tvl1",), params=params, encoding="float16"), batch_size=4, device="cpu", threads=1)
+out, compiles = [], []
+for frames, h, w in {videos}:
+    out.append(worker.compute(moving_video(frames, h, w, seed=frames)).flows["tvl1"].astype(np.float32))
+    compiles.append(worker.stats()["compiles"])
+np.save(sys.argv[1], np.concatenate([o.ravel() for o in out]))
+print(json.dumps({{"compiles": compiles, "compile_seconds": worker.stats()["compile_seconds"]}}))
+"""
+
+
+def run_worker(tmp_path, compile: bool, videos, env: dict | None = None) -> tuple[dict, np.ndarray, str]:
+    script = COMPILE_SCRIPT.format(repo=str(REPO), compile=compile, videos=videos)
+    flows = tmp_path / f"flows-{compile}.npy"
+    result = subprocess.run([sys.executable, "-c", script, str(flows)], capture_output=True, text=True, timeout=900,
+                            cwd=REPO, env={**os.environ, **(env or {})})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1]), np.load(flows), result.stderr
+
+
+@pytest.mark.slow
+def test_varied_lengths_and_resolutions_compile_each_kernel_once(tmp_path):
+    # 1, 2, 5 and 9 pairs (launches of 4, the last padded), then another resolution
+    videos = [(2, 48, 64), (3, 48, 64), (6, 48, 64), (10, 48, 64), (4, 40, 72), (7, 40, 72)]
+    report, _, _ = run_worker(tmp_path, True, videos)
+    kernels = 4  # the iteration (two entry points), the median filter, the warp
+    assert report["compiles"][0] <= kernels, report
+    assert report["compiles"][-1] == report["compiles"][0], f"recompiled for a new length or resolution: {report}"
+    assert report["compile_seconds"] > 0
+
+
+@pytest.mark.slow
+def test_a_compile_failure_warns_once_and_gives_the_eager_flow(tmp_path):
+    videos = [(3, 48, 64), (5, 48, 64)]
+    no_compiler = {"CXX": "/bin/false", "CC": "/bin/false", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "empty-cache")}
+    report, flows, log = run_worker(tmp_path, True, videos, env=no_compiler)
+    _, eager, _ = run_worker(tmp_path, False, videos)
+    assert log.count("torch.compile failed") == 1, log[-3000:]
+    np.testing.assert_array_equal(flows, eager)
+
+
+# --- memory ----------------------------------------------------------------------------------------------
+
+MEMORY_SCRIPT = """
+import resource, sys
+sys.path.insert(0, {repo!r})
+from pipeline.decode import DecodeConfig
+from pipeline.shards import ProcessConfig, process_video
+from schemas.manifest import VideoRecord
+cheap = (("nscales", 1), ("warps", 1), ("inner_iterations", 2), ("outer_iterations", 1), ("median_filtering", 1))
+cfg = ProcessConfig(modalities=("rgb", "tvl1"), decode=DecodeConfig(short_side=None), flow_params=cheap)
+record = VideoRecord("v", sys.argv[1], 0, "c", "train", "x")
+sample = process_video(record, cfg)
+assert sample.meta.num_frames == int(sys.argv[2]) and len(sample.flow["tvl1"]) == int(sys.argv[2]) - 1
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def write_long_video(path, frames: int, h: int = 240, w: int = 320) -> None:
+    import av
+
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 255, (h, w + frames), dtype=np.uint8)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for t in range(frames):
+            gray = texture[:, t : t + w]
+            frame = av.VideoFrame.from_ndarray(np.repeat(gray[..., None], 3, axis=2), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+@pytest.mark.slow
+def test_a_video_twice_as_long_raises_peak_memory_by_less_than_a_quarter(tmp_path):
+    peaks = {}
+    for frames in (600, 1200):
+        path = tmp_path / f"long{frames}.mp4"
+        write_long_video(path, frames)
+        script = MEMORY_SCRIPT.format(repo=str(REPO))
+        result = subprocess.run([sys.executable, "-c", script, str(path), str(frames)], capture_output=True, text=True,
+                                timeout=600, cwd=REPO)
+        assert result.returncode == 0, result.stderr[-3000:]
+        peaks[frames] = int(result.stdout.strip().splitlines()[-1]) / 1024  # MB
+    # All frames held at once (the old decoder) would add 1200 * 320 * 240 * (3 + 1 + 8) bytes = 1.1 GB.
+    assert peaks[1200] < 1.25 * peaks[600], peaks
+
+
+# --- the run report --------------------------------------------------------------------------------------
+
+
+def test_report_sums_stages_and_rates_per_node_and_worker():
+    videos = [VideoResult("a", "train", "s0", "ok", "", 2.0, 10, 100), VideoResult("b", "train", "s0", "failed", "cut off: decoded 3 of 9", 1.0)]
+    results = [ShardResult("s0", "train", "s0.tar", 1, 100, "", 3.0, videos, {"decode": 1.0, "encode": 0.5, "flow_wait": 4.0, "write": 0.1}, "n1"),
+               ShardResult("s1", "train", None, 0, 0, "", 1.0, [VideoResult("c", "train", "s1", "failed", "file not found", 0.0)], {}, "n2")]
+    worker = {"node": "n1", "device": "cpu", "pid": 1, "pairs": 12, "batches": 2, "batch_size": 8, "padded_pairs": 4,
+              "seconds": 10.0, "flow_seconds": 6.0, "compiles": 2, "compile_seconds": 1.0, "failed_batches": 0}
+    report = build_report(results, [worker], seconds=4.0, node_names={"n1": "10.0.0.1", "n2": "10.0.0.2"})
+    assert report["time"] == {"decode": 1.0, "encode": 0.5, "write": 0.1, "flow": 5.0, "compile": 1.0, "waiting_for_flow": 4.0,
+                              "flow_workers_idle": 4.0}
+    assert report["nodes"]["10.0.0.1"]["videos"] == 2 and report["nodes"]["10.0.0.1"]["pairs_per_s"] == 3.0
+    assert report["nodes"]["10.0.0.2"]["videos_per_s"] == 0.25 and report["pairs_per_s"] == 3.0
+    assert report["flow_workers"][0]["busy"] == 0.6
+    assert report["failures"] == {"cut off": 1, "file not found": 1}
+    text = "\n".join(format_report(report))
+    assert "node 10.0.0.1: 2 videos" in text and "flow worker cpu on 10.0.0.1: 12 pairs (3.0/s)" in text
