@@ -65,8 +65,8 @@ def standalone(records: list[VideoRecord], cfg: ProcessConfig, rawframes: Path |
         if cfg.flow_modalities:
             start = time.perf_counter()
             gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in video.frames])
-            for i in range(0, len(gray) - 1, cfg.flow_batch):
-                j = min(i + cfg.flow_batch, len(gray) - 1)
+            for i in range(0, len(gray) - 1, cfg.flow_batch or 32):
+                j = min(i + (cfg.flow_batch or 32), len(gray) - 1)
                 flows, _ = compute_flows(gray[i:j], gray[i + 1 : j + 1], cfg.flow_modalities, cfg.flow_preset)
                 flow_jpegs += [encode_flow(f, quality=cfg.jpeg_quality) for f in flows["tvl1"]]
             t["flow"] += time.perf_counter() - start

@@ -172,6 +172,9 @@ def median_network(n: int = 25) -> tuple[tuple[int, int, bool, bool], ...]:
     return tuple(reversed(kept))
 
 
+MEDIAN25 = median_network(25)  # a plain constant for torch.compile to read (it warns on tracing a cached function)
+
+
 def median_filter5_cv(u: torch.Tensor) -> torch.Tensor:
     """`median_filter5` for CPU tensors by OpenCV's `medianBlur` (same result, ~10x faster on the CPU)."""
     planes = u.detach().reshape(-1, *u.shape[-2:]).numpy()
@@ -187,7 +190,7 @@ def median_filter5(u: torch.Tensor) -> torch.Tensor:
     H, W = u.shape[-2:]
     p = F.pad(u, (2, 2, 2, 2), mode="replicate")  # (N, C, H+4, W+4)
     v = [p[..., i : i + H, j : j + W] for i in range(5) for j in range(5)]
-    for a, b, keep_min, keep_max in median_network(25):
+    for a, b, keep_min, keep_max in MEDIAN25:
         lo = torch.minimum(v[a], v[b]) if keep_min else None
         hi = torch.maximum(v[a], v[b]) if keep_max else None
         if keep_min:

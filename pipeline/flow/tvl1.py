@@ -196,10 +196,16 @@ class Kernels:
 
 
 def _size_oblivious(fn):
-    """`fn` traced without special-casing sizes of 0 and 1, so a batch of one pair does not get a graph of its own."""
+    """`fn` traced with dynamic batch and image sizes, without special-casing sizes of 0 and 1 (so a batch of
+    one pair gets no graph of its own), and with static channel counts (so a channel of 1 still broadcasts)."""
 
     @functools.wraps(fn)
     def call(*args):
+        for arg in args:
+            if arg.ndim == 4:
+                torch._dynamo.mark_static(arg, 1)
+            elif arg.dtype.is_floating_point:  # the solver parameters
+                torch._dynamo.mark_static(arg, 0)
         with fx_config.patch(backed_size_oblivious=True):
             return fn(*args)
 
