@@ -202,8 +202,17 @@ class LocalFlow:
         self.batch_size = worker.batch_size
 
     def submit(self, frames: np.ndarray):
-        """Compute now; returns a function that gives the FlowChunk (the interface of a remote request)."""
-        chunk = self.worker.compute(frames)
+        """Compute now; returns a function that gives the FlowChunk, or raises what computing it raised (the
+        interface of a remote request)."""
+        try:
+            chunk = self.worker.compute(frames)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller when it collects, as a remote error would be
+            error = exc
+
+            def fail():
+                raise error
+
+            return fail
         return lambda: chunk
 
 

@@ -38,6 +38,7 @@ def build_report(results: list[ShardResult], flow_stats: list[dict], seconds: fl
         node["ok"] += sum(v.status == "ok" for v in r.videos)
         node["frames"] += sum(v.frames for v in r.videos)
         node["task_seconds"] += r.seconds
+        node["pairs"] += r.flow_pairs
     workers = []
     for s in flow_stats:
         where = name(s.get("node", ""))
@@ -51,21 +52,23 @@ def build_report(results: list[ShardResult], flow_stats: list[dict], seconds: fl
     for node in per_node.values():
         node["videos_per_s"] = node["videos"] / wall
         node["pairs_per_s"] = node["pairs"] / wall
-    flow_seconds = sum(s["flow_seconds"] for s in flow_stats)
-    compile_seconds = sum(s["compile_seconds"] for s in flow_stats)
+    # flow computed by the flow workers (whose flow seconds include compiling), or inside the shard tasks
+    compile_seconds = sum(s["compile_seconds"] for s in flow_stats) + sum(r.stages.get("compile", 0.0) for r in results)
+    flow_seconds = sum(s["flow_seconds"] - s["compile_seconds"] for s in flow_stats) + sum(r.stages.get("flow", 0.0) for r in results)
+    pairs = sum(s["pairs"] for s in flow_stats) + sum(r.flow_pairs for r in results)
     return {
         "seconds": seconds,
         "videos": len(videos),
         "ok": sum(v.status == "ok" for v in videos),
         "videos_per_s": len(videos) / wall,
-        "pairs": sum(s["pairs"] for s in flow_stats),
-        "pairs_per_s": sum(s["pairs"] for s in flow_stats) / wall,
+        "pairs": pairs,
+        "pairs_per_s": pairs / wall,
         # seconds summed over processes: shard tasks (decode, encode, write, waiting for flow) and flow workers
         "time": {
             "decode": stages["decode"],
             "encode": stages["encode"],
             "write": stages["write"],
-            "flow": flow_seconds - compile_seconds,
+            "flow": flow_seconds,
             "compile": compile_seconds,
             "waiting_for_flow": stages["flow_wait"],
             "flow_workers_idle": sum(max(s["seconds"] - s["flow_seconds"], 0.0) for s in flow_stats),

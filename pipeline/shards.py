@@ -144,6 +144,7 @@ class ShardResult:
     videos: list[VideoResult] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (Timings.STAGES) of the task
     node: str = ""  # the Ray node that ran it ("" outside Ray)
+    flow_pairs: int = 0  # pairs whose flow this task computed itself (without a flow service)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -232,7 +233,11 @@ def process_video(record: VideoRecord, cfg: ProcessConfig, flow=None, stop: thre
 
     def collect() -> None:
         with timings.stage("flow_wait"):
-            chunk = waiting.popleft()()
+            try:
+                chunk = waiting.popleft()()
+            except Exception as exc:  # noqa: BLE001 - a failed launch (out of memory, a lost device) fails this video only
+                lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+                raise VideoError(f"flow failed: {(lines[-1] if lines else type(exc).__name__)[:300]}") from None
         with timings.stage("encode"):
             for modality, values in chunk.flows.items():
                 flows[modality] += [encode_quantized_flow(q, cfg.flow_encoding, cfg.jpeg_quality) for q in values]
@@ -298,8 +303,10 @@ def process_shard(
     `flow` is where flow is computed (see `process_video`).
     """
     start = time.monotonic()
+    local = None  # this task's own flow worker, when no flow service is given
     if cfg.flow_modalities and flow is None:
-        flow = LocalFlow(FlowWorker(cfg.flow_spec(), cfg.flow_batch, cfg.device))
+        local = FlowWorker(cfg.flow_spec(), cfg.flow_batch, cfg.device)
+        flow, before = LocalFlow(local), local.stats()
     timings = Timings()
     results: list[VideoResult] = []
     tar_name, samples, size, digest = f"{spec.name}.tar", 0, 0, ""
@@ -326,7 +333,14 @@ def process_shard(
     if samples == 0:  # nothing usable: no empty tar in the dataset, the record says why
         out.delete_file(SHARDS_DIR, tar_name)
         tar_name, size, digest = None, 0, ""
-    result = ShardResult(spec.name, spec.split, tar_name, samples, size, digest, time.monotonic() - start, results, timings.seconds)
+    stages, flow_pairs = timings.seconds, 0
+    if local is not None:  # its flow time was spent in this task, outside the stages above
+        after = local.stats()
+        compile_seconds = after["compile_seconds"] - before["compile_seconds"]
+        stages = {**stages, "flow": after["flow_seconds"] - compile_seconds, "compile": compile_seconds}
+        flow_pairs = after["pairs"]
+    result = ShardResult(spec.name, spec.split, tar_name, samples, size, digest, time.monotonic() - start, results, stages,
+                         flow_pairs=flow_pairs)
     out.write_bytes(result.to_json().encode(), PROGRESS_DIR, spec.name + DONE_SUFFIX)
     return result
 

@@ -201,3 +201,48 @@ def test_report_sums_stages_and_rates_per_node_and_worker():
     assert report["failures"] == {"cut off": 1, "file not found": 1}
     text = "\n".join(format_report(report))
     assert "node 10.0.0.1: 2 videos" in text and "flow worker cpu on 10.0.0.1: 12 pairs (3.0/s)" in text
+
+
+def test_a_failed_flow_launch_fails_only_the_videos_in_it(tmp_path, monkeypatch):
+    from pipeline.decode import DecodeConfig
+    from pipeline.shards import ProcessConfig, ShardSpec, process_shard
+    from pipeline.synthetic import SyntheticConfig, generate_dataset
+    from schemas.manifest import VideoRecord
+    from storage import Location
+
+    entries = generate_dataset(SyntheticConfig(classes=2, videos_per_class=2, width=64, height=48, frames=5, seed=1), tmp_path / "v")
+    records = tuple(VideoRecord(f"v{i}", str(tmp_path / "v" / e.relpath), 0, "c", "train", "x") for i, e in enumerate(entries[:2]))
+    worker = FlowWorker(FlowSpec(("tvl1",)), device="cpu")
+    flows, calls = worker._flows, []
+
+    def second_fails(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory\nTried to allocate 2 GiB")
+        return flows(*args)
+
+    monkeypatch.setattr(worker, "_flows", second_fails)
+    cfg = ProcessConfig(modalities=("rgb", "tvl1"), decode=DecodeConfig(short_side=None))
+    result = process_shard(ShardSpec("train-000000", "train", records), cfg, Location(str(tmp_path / "out")), flow=LocalFlow(worker))
+    assert [v.status for v in result.videos] == ["ok", "failed"] and result.samples == 1
+    assert result.videos[1].reason == "flow failed: Tried to allocate 2 GiB"
+
+
+@pytest.mark.slow
+def test_the_gpu_benchmark_runs_on_the_cpu_as_a_smoke_test(tmp_path):
+    from tests.conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "videos").is_dir() or not (SHARED_DATA / "middlebury").is_dir():
+        pytest.skip(f"reference clips or Middlebury absent under {SHARED_DATA}")
+    figures = tmp_path / "figures.json"
+    result = subprocess.run([sys.executable, "bench/flow_service.py", "--smoke", "--json", str(figures)], cwd=REPO,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    figures = json.loads(figures.read_text())
+    assert {(r["algorithm"], r["batch"]) for r in figures["solver"]} == {(a, b) for a in ALGORITHMS for b in (2, 4)}
+    assert all(r["pairs_per_s"] > 0 and r["peak_mb"] > 0 for r in figures["solver"])
+    (accuracy,) = figures["accuracy"]
+    assert accuracy["ratio"] < 1.05 and accuracy["device_vs_cpu"] < 0.05
+    (run,) = figures["end_to_end"]
+    assert run["pairs"] == 2 * 5 and run["ratio"] > 0 and "flow worker" in run["report"]
+    assert "torch.compile failed" not in result.stdout + result.stderr
