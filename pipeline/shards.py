@@ -306,7 +306,7 @@ def process_shard(
     local = None  # this task's own flow worker, when no flow service is given
     if cfg.flow_modalities and flow is None:
         local = FlowWorker(cfg.flow_spec(), cfg.flow_batch, cfg.device)
-        flow, before = LocalFlow(local), local.stats()
+        flow, at_start = LocalFlow(local), local.stats()
     timings = Timings()
     results: list[VideoResult] = []
     tar_name, samples, size, digest = f"{spec.name}.tar", 0, 0, ""
@@ -336,7 +336,7 @@ def process_shard(
     stages, flow_pairs = timings.seconds, 0
     if local is not None:  # its flow time was spent in this task, outside the stages above
         after = local.stats()
-        compile_seconds = after["compile_seconds"] - before["compile_seconds"]
+        compile_seconds = after["compile_seconds"] - at_start["compile_seconds"]
         stages = {**stages, "flow": after["flow_seconds"] - compile_seconds, "compile": compile_seconds}
         flow_pairs = after["pairs"]
     result = ShardResult(spec.name, spec.split, tar_name, samples, size, digest, time.monotonic() - start, results, stages,

@@ -95,6 +95,9 @@ def test_process_shard_writes_good_videos_once_and_records_the_bad(videos, tmp_p
     assert result.bytes == (tmp_path / SHARDS_DIR / result.tar).stat().st_size
     assert completed_shards(out)[spec.name].samples == 2
     assert not [p for p in (tmp_path / SHARDS_DIR).iterdir() if ".tmp-" in p.name]
+    # without a flow service the task computed the flow itself, and says so for the run report
+    assert result.flow_pairs == sum(v.frames - 1 for v in result.videos if v.status == "ok")
+    assert result.stages["flow"] > 0 and result.stages["decode"] > 0 and result.stages["encode"] > 0
 
 
 def test_shard_tars_are_reproducible(videos, tmp_path):
