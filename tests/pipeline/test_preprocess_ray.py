@@ -209,21 +209,33 @@ def start_job(*args: str) -> subprocess.Popen:
     )
 
 
-def test_every_busy_worker_killed_is_retried_and_every_video_lands_once(tmp_path):
-    manifest, _ = make_manifest(tmp_path, SLOW, bad=True)
-    out = tmp_path / "out"
+def run_and_kill(manifest: Path, out: Path, started, victims) -> tuple[str, int, list[int]]:
+    """Run jobs.preprocess; once `started()` holds, SIGKILL the processes `victims()` names; wait for the end.
+    Returns (output, exit status, the killed PIDs)."""
     job = start_job("--manifest", str(manifest), "--out", str(out), "--videos-per-shard", "2", "--progress-seconds", "1")
     try:
-        assert wait_for(lambda: ray_task_pids() and ray_task_pids("ray::ProgressTracker"), timeout=120), "no shard task started"
-        time.sleep(1.0)  # let them get into their videos
-        busy = ray_task_pids() + ray_task_pids("ray::ProgressTracker")  # every shard task and the progress actor
-        for pid in busy:
+        assert wait_for(started, timeout=120), "the work to interrupt never started"
+        killed = victims()
+        for pid in killed:
             os.kill(pid, signal.SIGKILL)
         output, _ = job.communicate(timeout=600)
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
-    assert job.returncode == 0, output
+    return output, job.returncode, killed
+
+
+def test_every_busy_worker_killed_is_retried_and_every_video_lands_once(tmp_path):
+    manifest, _ = make_manifest(tmp_path, SLOW, bad=True)
+    out = tmp_path / "out"
+
+    def busy() -> list[int]:
+        time.sleep(1.0)  # let them get into their videos
+        return ray_task_pids() + ray_task_pids("ray::ProgressTracker")  # every shard task and the progress actor
+
+    started = lambda: ray_task_pids() and ray_task_pids("ray::ProgressTracker")  # noqa: E731
+    output, status, _ = run_and_kill(manifest, out, started, busy)
+    assert status == 0, output
     assert f"{len(BAD_REASONS)} failed" in output and "videos (" in output  # progress went on after the kill
     assert_every_good_video_exactly_once(out, manifest)
     results = {r["video_id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
@@ -234,18 +246,11 @@ def test_every_busy_worker_killed_is_retried_and_every_video_lands_once(tmp_path
 def test_killed_flow_workers_are_restarted_and_every_video_lands_once(tmp_path):
     manifest, _ = make_manifest(tmp_path, SLOW, bad=False)
     out = tmp_path / "out"
-    job = start_job("--manifest", str(manifest), "--out", str(out), "--videos-per-shard", "2", "--progress-seconds", "1")
-    try:
-        assert wait_for(lambda: ray_task_pids("ray::_FlowActor.compute"), timeout=120), "no flow request started"
-        workers = ray_task_pids("ray::_FlowActor")
-        for pid in workers:  # every flow worker, while requests are waiting on them
-            os.kill(pid, signal.SIGKILL)
-        output, _ = job.communicate(timeout=600)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-    assert job.returncode == 0, output
-    assert len(workers) == os.cpu_count()
+    # every flow worker (one per core), once all have started and one is computing (requests wait on them)
+    started = lambda: len(ray_task_pids("ray::_FlowActor")) == os.cpu_count() and ray_task_pids("ray::_FlowActor.compute")  # noqa: E731
+    output, status, killed = run_and_kill(manifest, out, started, lambda: ray_task_pids("ray::_FlowActor"))
+    assert status == 0, output
+    assert len(killed) == os.cpu_count()
     assert_every_good_video_exactly_once(out, manifest)
     assert "0 failed" in output
 
