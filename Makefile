@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= demo_out
 STAMP := $(VENV)/.flowshard-installed
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 install: $(STAMP)
 
@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# ruff: lint (pyflakes, pycodestyle, import order, bugbear, pyupgrade) and formatting, as configured in pyproject.toml
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # The main job end to end on a small generated dataset (embedded Ray), then both streams trained and
 # evaluated with late fusion; about 5 minutes on 2 cores.

@@ -10,6 +10,7 @@ at 0.7), of flowshard's `opencv` and `accurate` presets and of `warp_tvl1`, and 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.flow import compute_flow  # noqa: E402
 from pipeline.flow.flo import MIDDLEBURY_PAIRS, end_point_error, read_flo  # noqa: E402
-
 
 
 def timed(fn):
@@ -63,7 +63,7 @@ def main() -> int:
         truth = read_flo(root / name / f)
         cells = []
         for method, fn in methods.items():
-            flow, seconds = timed(lambda: fn(prev, nxt))
+            flow, seconds = timed(functools.partial(fn, prev, nxt))
             epe = end_point_error(flow, truth)
             totals[method].append(epe)
             cells.append(f"{epe:.3f} ({seconds:.2f}s)")

@@ -70,8 +70,15 @@ def solver_rows(frames: np.ndarray, batches: list[int], device: torch.device, la
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
-            rows.append({"algorithm": algorithm, "batch": batch, "pairs_per_s": batch * launches / seconds,
-                         "peak_mb": peak_memory_mb(device), "compiles": worker.stats()["compiles"]})
+            rows.append(
+                {
+                    "algorithm": algorithm,
+                    "batch": batch,
+                    "pairs_per_s": batch * launches / seconds,
+                    "peak_mb": peak_memory_mb(device),
+                    "compiles": worker.stats()["compiles"],
+                }
+            )
             print(f"| {algorithm} | {batch} | {rows[-1]['pairs_per_s']:.1f} | {rows[-1]['peak_mb']:.0f} |", flush=True)
     return rows
 
@@ -86,12 +93,20 @@ def accuracy_rows(root: Path, device: torch.device, sequences: list[str]) -> lis
         on_device = compute_flows(prev, nxt, ("tvl1",), device=str(device), opencv_cpu_ops=False)[0]["tvl1"]
         cpu = compute_flows(prev, nxt, ("tvl1",), device="cpu")[0]["tvl1"]
         opencv = cv2.optflow.DualTVL1OpticalFlow_create().calc(prev, nxt, None)
-        row = {"sequence": name, "device_epe": end_point_error(on_device, truth), "cpu_epe": end_point_error(cpu, truth),
-               "device_vs_cpu": float(np.linalg.norm(on_device - cpu, axis=-1).mean()), "opencv_epe": end_point_error(opencv, truth)}
+        row = {
+            "sequence": name,
+            "device_epe": end_point_error(on_device, truth),
+            "cpu_epe": end_point_error(cpu, truth),
+            "device_vs_cpu": float(np.linalg.norm(on_device - cpu, axis=-1).mean()),
+            "opencv_epe": end_point_error(opencv, truth),
+        }
         row["ratio"] = row["device_epe"] / row["opencv_epe"]
         rows.append(row)
-        print(f"| {name} | {row['device_epe']:.3f} | {row['cpu_epe']:.3f} | {row['device_vs_cpu']:.3f} | {row['opencv_epe']:.3f} | "
-              f"{row['ratio']:.3f} |", flush=True)
+        print(
+            f"| {name} | {row['device_epe']:.3f} | {row['cpu_epe']:.3f} | {row['device_vs_cpu']:.3f} | {row['opencv_epe']:.3f} | "
+            f"{row['ratio']:.3f} |",
+            flush=True,
+        )
     return rows
 
 
@@ -115,8 +130,21 @@ def end_to_end(paths: list[Path], work: Path, modalities: str, decode_args: list
     records = [VideoRecord(p.stem.replace(".", "_"), str(p), 0, "clip", "train", "csv") for p in paths]
     write_manifest(manifest_table(records, ["clip"], "csv"), str(manifest))
     out = work / f"out-{len(list(work.iterdir()))}"
-    command = [sys.executable, "-m", "jobs.preprocess", "--manifest", str(manifest), "--out", str(out), "--modalities", modalities,
-               "--progress-seconds", "1000", *decode_args, *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "jobs.preprocess",
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(out),
+        "--modalities",
+        modalities,
+        "--progress-seconds",
+        "1000",
+        *decode_args,
+        *extra,
+    ]
     start = time.perf_counter()
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=3600)
     seconds = time.perf_counter() - start
@@ -140,7 +168,9 @@ def main() -> int:
     device = default_device()
     videos = sorted(p for p in Path(args.videos).iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS) if Path(args.videos).is_dir() else []
     if not videos or not Path(args.middlebury).is_dir():
-        print(f"error: needs the real clips ({args.videos}) and Middlebury ({args.middlebury}); pass --videos / --middlebury", file=sys.stderr)
+        print(
+            f"error: needs the real clips ({args.videos}) and Middlebury ({args.middlebury}); pass --videos / --middlebury", file=sys.stderr
+        )
         return 2
     cpu = device.type == "cpu"
     batches = [int(b) for b in (args.batches or ("2,4" if args.smoke else "8,32" if cpu else "32,64,128,256,512")).split(",")]
@@ -159,8 +189,10 @@ def main() -> int:
     print("| sequence | device | CPU path | device vs CPU | OpenCV | device / OpenCV |\n|---|---|---|---|---|---|")
     figures["accuracy"] = accuracy_rows(Path(args.middlebury), device, ["RubberWhale"] if args.smoke else list(MIDDLEBURY_PAIRS))
 
-    print(f"\nEnd to end, `jobs.preprocess` cold on {len(clips)} real clips at short side {short_side} "
-          f"({'first 6 frames' if args.smoke else 'all frames'}), vs warm compute_flows on the same frames:\n")
+    print(
+        f"\nEnd to end, `jobs.preprocess` cold on {len(clips)} real clips at short side {short_side} "
+        f"({'first 6 frames' if args.smoke else 'all frames'}), vs warm compute_flows on the same frames:\n"
+    )
     print("| modalities | layout | pairs | seconds | pairs/s | warm compute_flows pairs/s | ratio |\n|---|---|---|---|---|---|---|")
     decode = DecodeConfig(short_side=short_side, max_frames=6 if args.smoke else None)
     figures["end_to_end"] = []
@@ -173,10 +205,22 @@ def main() -> int:
             for layout, extra in layouts:
                 pairs, seconds, report = end_to_end(clips, Path(work), modalities, decode_args, extra)
                 ratio = (pairs / seconds) / (pairs_ref / seconds_ref)
-                figures["end_to_end"].append({"modalities": modalities, "layout": layout, "pairs": pairs, "seconds": seconds,
-                                              "pairs_per_s": pairs / seconds, "reference_pairs_per_s": pairs_ref / seconds_ref, "ratio": ratio})
-                print(f"| {modalities} | {layout} | {pairs} | {seconds:.1f} | {pairs / seconds:.1f} | {pairs_ref / seconds_ref:.1f} | "
-                      f"{ratio:.2f}x |", flush=True)
+                figures["end_to_end"].append(
+                    {
+                        "modalities": modalities,
+                        "layout": layout,
+                        "pairs": pairs,
+                        "seconds": seconds,
+                        "pairs_per_s": pairs / seconds,
+                        "reference_pairs_per_s": pairs_ref / seconds_ref,
+                        "ratio": ratio,
+                    }
+                )
+                print(
+                    f"| {modalities} | {layout} | {pairs} | {seconds:.1f} | {pairs / seconds:.1f} | {pairs_ref / seconds_ref:.1f} | "
+                    f"{ratio:.2f}x |",
+                    flush=True,
+                )
                 figures["end_to_end"][-1]["report"] = report
     for row in figures["end_to_end"]:
         print(f"\n{row['modalities']}, {row['layout']}:\n{row['report']}")

@@ -96,8 +96,10 @@ def main() -> int:
     reference = [tvl1.calc(prev[i], nxt[i], None) for i in range(pairs)]
     cv_rate = pairs / (time.perf_counter() - start)
 
-    print(f"340x256 frame pairs from {', '.join(CLIPS)}; device {device}, torch threads {torch.get_num_threads()}, "
-          f"OpenCV threads {cv2.getNumThreads()}, preset {args.preset}, {pairs} pairs per row\n")
+    print(
+        f"340x256 frame pairs from {', '.join(CLIPS)}; device {device}, torch threads {torch.get_num_threads()}, "
+        f"OpenCV threads {cv2.getNumThreads()}, preset {args.preset}, {pairs} pairs per row\n"
+    )
     print("| method | batch | pairs/s | vs OpenCV | mean abs diff to OpenCV (px) | peak MB per pair | warm-up s |")
     print("|---|---|---|---|---|---|---|")
     print(f"| OpenCV DualTVL1 (CPU) | 1 | {cv_rate:.2f} | 1.00 | - | - | - |", flush=True)
@@ -117,8 +119,11 @@ def main() -> int:
         rate = pairs / elapsed
         peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else rss.peak
         diff = float(np.mean([np.abs(f - r).mean() for f, r in zip(flows, reference)]))
-        print(f"| flowshard {device.type} | {batch} | {rate:.2f} | {rate / cv_rate:.2f} | {diff:.4f} | "
-              f"{peak / batch / 2**20:.1f} | {warmup:.1f} |", flush=True)
+        print(
+            f"| flowshard {device.type} | {batch} | {rate:.2f} | {rate / cv_rate:.2f} | {diff:.4f} | "
+            f"{peak / batch / 2**20:.1f} | {warmup:.1f} |",
+            flush=True,
+        )
     return 0
 
 

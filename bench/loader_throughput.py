@@ -58,8 +58,9 @@ class RawframesFlow(torch.utils.data.Dataset):
         folder, cfg = self.videos[i], self.cfg
         flows = len(list(folder.glob("flow_x_*.jpg")))  # what rawframe loaders do: count files per video
         idx = snippet_indices(tsn_offsets(flows, cfg.segments, cfg.new_length, False), cfg.new_length, flows)
-        stack = np.stack([np.stack([cv2.imread(str(folder / f"flow_{c}_{j + 1:05d}.jpg"), cv2.IMREAD_GRAYSCALE) for c in "xy"], -1)
-                          for j in idx.ravel()])
+        stack = np.stack(
+            [np.stack([cv2.imread(str(folder / f"flow_{c}_{j + 1:05d}.jpg"), cv2.IMREAD_GRAYSCALE) for c in "xy"], -1) for j in idx.ravel()]
+        )
         h, w = stack.shape[1:3]
         x = normalize_flow(crop_resize(stack, center_box(h, w, cfg.input_size), cfg.input_size))
         return stack_flow_channels(x, cfg.new_length), 0, folder.name
@@ -95,18 +96,24 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="flowshard-loader-"))
     try:
         videos = export_rawframes(urls, work / "rawframes", args.modality)
-        shard_seconds = min(timed(make_loader(args.data, args.split, cfg, train=False, batch_size=1, workers=args.workers))[0] for _ in range(args.repeat))
+        shard_seconds = min(
+            timed(make_loader(args.data, args.split, cfg, train=False, batch_size=1, workers=args.workers))[0] for _ in range(args.repeat)
+        )
         raw_loader = torch.utils.data.DataLoader(RawframesFlow(work / "rawframes", cfg), batch_size=1, num_workers=args.workers)
         raw_seconds = min(timed(raw_loader)[0] for _ in range(args.repeat))
         shard_files = [Path(u) for u in urls]
         raw = [p for p in (work / "rawframes").rglob("*") if p.is_file()]
-        print(f"{videos} {args.split} videos of {args.data}; TSN flow test sampling: 25 segments x 5 flows, "
-              f"{args.input_size}px centre crop; {args.workers} loader workers; best of {args.repeat}\n")
+        print(
+            f"{videos} {args.split} videos of {args.data}; TSN flow test sampling: 25 segments x 5 flows, "
+            f"{args.input_size}px centre crop; {args.workers} loader workers; best of {args.repeat}\n"
+        )
         print("| source | clips/s | ratio | files | MB on disk |")
         print("|---|---|---|---|---|")
         print(f"| rawframes tree (cv2.imread) | {videos / raw_seconds:.1f} | 1.00 | {len(raw)} | {disk_usage(raw) / 2**20:.1f} |")
-        print(f"| flowshard shards (webdataset) | {videos / shard_seconds:.1f} | {raw_seconds / shard_seconds:.2f} | "
-              f"{len(shard_files)} | {disk_usage(shard_files) / 2**20:.1f} |")
+        print(
+            f"| flowshard shards (webdataset) | {videos / shard_seconds:.1f} | {raw_seconds / shard_seconds:.2f} | "
+            f"{len(shard_files)} | {disk_usage(shard_files) / 2**20:.1f} |"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

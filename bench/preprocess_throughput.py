@@ -86,7 +86,9 @@ def pipeline(records: list[VideoRecord], cfg: ProcessConfig, work: Path, cpus_pe
     manifest = work / f"{name}.parquet"
     write_manifest(manifest_table(records, ["clip"], "csv"), manifest)
     out = work / name
-    run = PreprocessConfig(str(manifest), str(out), cfg, ClusterConfig(cpus_per_task=cpus_per_task), videos_per_shard=2, progress_seconds=1e9)
+    run = PreprocessConfig(
+        str(manifest), str(out), cfg, ClusterConfig(cpus_per_task=cpus_per_task), videos_per_shard=2, progress_seconds=1e9
+    )
     start = time.perf_counter()
     summary = run_preprocess(run, print_fn=lambda line: None)
     elapsed = time.perf_counter() - start
@@ -117,7 +119,9 @@ def main() -> int:
         compute_flows(gray[:2], gray[1:], ("tvl1",))
         compute_flows(gray[:1], gray[1:2], ("tvl1",))
 
-        startup, _ = pipeline(records[:1], ProcessConfig(modalities=("rgb",), decode=DecodeConfig(max_frames=2)), work, args.cpus_per_task, "startup")
+        startup, _ = pipeline(
+            records[:1], ProcessConfig(modalities=("rgb",), decode=DecodeConfig(max_frames=2)), work, args.cpus_per_task, "startup"
+        )
         rows = []
         many = [VideoRecord(f"{r.video_id}_{k}", r.path, 0, "clip", "train", "csv") for k in range(args.repeat) for r in records]
         t = standalone(many, rgb_cfg, None)
@@ -128,12 +132,26 @@ def main() -> int:
         t = standalone(records, flow_cfg, work / "rawframes")
         alone = t["decode"] + t["jpeg"] + t["flow"]
         piped, out = pipeline(records, flow_cfg, work, args.cpus_per_task, "flow")
-        rows.append(("RGB + tvl1", "pairs/s", t["pairs"], alone, piped, f"decode {t['decode']:.1f}s + JPEG {t['jpeg']:.1f}s + flow {t['flow']:.1f}s"))
+        rows.append(
+            (
+                "RGB + tvl1",
+                "pairs/s",
+                t["pairs"],
+                alone,
+                piped,
+                f"decode {t['decode']:.1f}s + JPEG {t['jpeg']:.1f}s + flow {t['flow']:.1f}s",
+            )
+        )
 
-        print(f"{len(records)} clips from {args.videos}; pipeline = `run_preprocess` on embedded Ray, {args.cpus_per_task:g} CPUs "
-              f"per task; RGB row: each clip {args.repeat}x; flow row: first {args.max_frames} frames of each clip\n")
+        print(
+            f"{len(records)} clips from {args.videos}; pipeline = `run_preprocess` on embedded Ray, {args.cpus_per_task:g} CPUs "
+            f"per task; RGB row: each clip {args.repeat}x; flow row: first {args.max_frames} frames of each clip\n"
+        )
         print(f"fixed start-up (Ray, one worker, imports; a one-video run): {startup:.1f}s\n")
-        print("| workload | unit | standalone stages | pipeline | pipeline / standalone | overhead | overhead without start-up | standalone breakdown |")
+        print(
+            "| workload | unit | standalone stages | pipeline | pipeline / standalone | overhead | overhead without start-up "
+            "| standalone breakdown |"
+        )
         print("|---|---|---|---|---|---|---|---|")
         for name, unit, count, alone, piped, detail in rows:
             a, p = count / alone, count / piped

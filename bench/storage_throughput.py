@@ -96,15 +96,20 @@ def main() -> int:
     finally:
         stop_process(server)
     (t_local, ok_local, frames, _), (t_s3, ok_s3, _, _) = rows
-    print(f"{len(names)} clips ({frames} frames), modalities {','.join(modalities)}; videos and shards on local disk vs "
-          "moto S3 on 127.0.0.1; one embedded Ray session (start-up excluded), 2 videos per shard")
+    print(
+        f"{len(names)} clips ({frames} frames), modalities {','.join(modalities)}; videos and shards on local disk vs "
+        "moto S3 on 127.0.0.1; one embedded Ray session (start-up excluded), 2 videos per shard"
+    )
     print("\n| step | local disk | S3 (moto) | S3 / local |")
     print("|---|---|---|---|")
-    print(f"| preprocess (videos -> shards) | {frames / t_local:.1f} frames/s ({ok_local} ok) | {frames / t_s3:.1f} frames/s "
-          f"({ok_s3} ok) | {t_local / t_s3:.2f} |")
+    print(
+        f"| preprocess (videos -> shards) | {frames / t_local:.1f} frames/s ({ok_local} ok) | {frames / t_s3:.1f} frames/s "
+        f"({ok_s3} ok) | {t_local / t_s3:.2f} |"
+    )
     (r_local, n_local), (r_s3, n_s3) = loads
-    print(f"| loader (TSN 25 x 112 px, 2 workers) | {r_local:.1f} clips/s ({n_local}) | {r_s3:.1f} clips/s ({n_s3}) | "
-          f"{r_s3 / r_local:.2f} |")
+    print(
+        f"| loader (TSN 25 x 112 px, 2 workers) | {r_local:.1f} clips/s ({n_local}) | {r_s3:.1f} clips/s ({n_s3}) | {r_s3 / r_local:.2f} |"
+    )
     return 0
 
 

@@ -58,14 +58,35 @@ def _weights(text: str) -> tuple[tuple[str, float], ...]:
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m jobs.evaluate", description="Segment-sampled (TSN) evaluation of one or more trained streams, with late fusion.", add_help=add_help)
-    parser.add_argument("--data", required=True, help="a dataset written by `python -m jobs.preprocess` (a local path or URI, as every path here)")
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.evaluate",
+        description="Segment-sampled (TSN) evaluation of one or more trained streams, with late fusion.",
+        add_help=add_help,
+    )
+    parser.add_argument(
+        "--data", required=True, help="a dataset written by `python -m jobs.preprocess` (a local path or URI, as every path here)"
+    )
     parser.add_argument("--split", default="test", help="split to evaluate (default test)")
-    parser.add_argument("--run", type=_named, action="append", required=True, metavar="NAME=RUN", help="a stream and its run folder, e.g. rgb=runs/rgb (repeat for each stream)")
+    parser.add_argument(
+        "--run",
+        type=_named,
+        action="append",
+        required=True,
+        metavar="NAME=RUN",
+        help="a stream and its run folder, e.g. rgb=runs/rgb (repeat for each stream)",
+    )
     parser.add_argument("--segments", type=int, default=25, help="TSN: segments per video at test time (default 25)")
-    parser.add_argument("--crops", type=int, choices=CROPS, default=1, help="1 centre crop, 3 crops along the long side, or 10 (corners + centre, flipped) (default 1)")
+    parser.add_argument(
+        "--crops",
+        type=int,
+        choices=CROPS,
+        default=1,
+        help="1 centre crop, 3 crops along the long side, or 10 (corners + centre, flipped) (default 1)",
+    )
     parser.add_argument("--clips", type=int, default=10, help="I3D: clips per video (default 10)")
-    parser.add_argument("--fusion", type=_weights, default=(), help="late-fusion weights on softmax scores, e.g. rgb=1,flow=1.5 (default: 1 each)")
+    parser.add_argument(
+        "--fusion", type=_weights, default=(), help="late-fusion weights on softmax scores, e.g. rgb=1,flow=1.5 (default: 1 each)"
+    )
     parser.add_argument("--json", help="write the metrics here as JSON")
     parser.add_argument("--out", help="folder for scores.npz (per-video scores, to recompute fusion) and confusion.png")
     parser.add_argument("--batch-size", type=int, default=4, help="videos per batch (default 4)")
@@ -84,8 +105,18 @@ def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
     if args.segments < 1 or args.clips < 1:
         raise ValueError("--segments and --clips must be at least 1")
     return EvaluateConfig(
-        data=args.data, runs=tuple(args.run), split=args.split, segments=args.segments, crops=args.crops, clips=args.clips,
-        fusion=args.fusion, json=args.json, out=args.out, batch_size=args.batch_size, loader_workers=args.loader_workers, use_gpu=args.use_gpu,
+        data=args.data,
+        runs=tuple(args.run),
+        split=args.split,
+        segments=args.segments,
+        crops=args.crops,
+        clips=args.clips,
+        fusion=args.fusion,
+        json=args.json,
+        out=args.out,
+        batch_size=args.batch_size,
+        loader_workers=args.loader_workers,
+        use_gpu=args.use_gpu,
     )
 
 
@@ -144,7 +175,10 @@ def main(cfg: EvaluateConfig) -> int:
         print(f"| {name} | {100 * m['top1']:.1f} | {100 * m['top5']:.1f} | {100 * m['mean_class']:.1f} |")
     if "fused" in metrics:
         print("fusion weights: " + ", ".join(f"{n}={w:g}" for n, w in weights.items()))
-    print(f"per-video scores {out.uri_of('scores.npz')}, confusion matrix {out.uri_of('confusion.png')}" + (f", metrics {cfg.json}" if cfg.json else ""))
+    print(
+        f"per-video scores {out.uri_of('scores.npz')}, confusion matrix {out.uri_of('confusion.png')}"
+        + (f", metrics {cfg.json}" if cfg.json else "")
+    )
     return 0
 
 

@@ -1,6 +1,6 @@
 """Generate the synthetic motion dataset (real H.264 videos, UCF101 layout and split files).
 
-    python -m jobs.make_synthetic --out demo/videos --classes 4 --videos-per-class 12
+python -m jobs.make_synthetic --out demo/videos --classes 4 --videos-per-class 12
 """
 
 from __future__ import annotations
@@ -32,10 +32,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder (UCF101 layout: Class/v_Class_gXX_cYY.mp4 + split files)")
     parser.add_argument("--classes", type=int, default=d.classes, help=f"number of motion directions (default {d.classes})")
     parser.add_argument("--videos-per-class", type=int, default=d.videos_per_class, help=f"videos per class (default {d.videos_per_class})")
-    parser.add_argument("--size", type=parse_size, default=(d.width, d.height), help=f"frame size WIDTHxHEIGHT, even (default {d.width}x{d.height})")
+    parser.add_argument(
+        "--size", type=parse_size, default=(d.width, d.height), help=f"frame size WIDTHxHEIGHT, even (default {d.width}x{d.height})"
+    )
     parser.add_argument("--frames", type=int, default=d.frames, help=f"frames per video (default {d.frames})")
     parser.add_argument("--fps", type=int, default=d.fps, help=f"frame rate (default {d.fps})")
-    parser.add_argument("--camera-pan", type=float, default=d.camera_pan, help="global horizontal camera motion in pixels per frame (default 0)")
+    parser.add_argument(
+        "--camera-pan", type=float, default=d.camera_pan, help="global horizontal camera motion in pixels per frame (default 0)"
+    )
     parser.add_argument("--seed", type=int, default=d.seed, help=f"random seed; the output is deterministic per seed (default {d.seed})")
     return parser
 

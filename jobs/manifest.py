@@ -1,6 +1,6 @@
 """Build a video manifest (Parquet) from a dataset's official annotation files.
 
-    python -m jobs.manifest ucf101 --annotations ucfTrainTestlist --videos UCF-101 --split 1 --out m.parquet
+python -m jobs.manifest ucf101 --annotations ucfTrainTestlist --videos UCF-101 --split 1 --out m.parquet
 """
 
 from __future__ import annotations
@@ -38,7 +38,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "<class>_test_splitN.txt files; kinetics: the CSV (label,youtube_id,time_start,time_end,split); "
         "folder: ROOT/<class>/<video> (or ROOT/<split>/<class>/<video>); csv: a path,label[,split] list",
     )
-    parser.add_argument("--annotations", help="annotation folder (ucf101, hmdb51) or CSV file (kinetics, csv); unused for folder. A local path or a URI (s3://, gs://, hdfs://), as every path here")
+    parser.add_argument(
+        "--annotations",
+        help="annotation folder (ucf101, hmdb51) or CSV file (kinetics, csv); unused for folder. "
+        "A local path or a URI (s3://, gs://, hdfs://), as every path here",
+    )
     parser.add_argument("--videos", required=True, help="root folder under which the video files are looked up (a local path or URI)")
     parser.add_argument("--split", type=int, default=1, choices=(1, 2, 3), help="official split number for ucf101/hmdb51 (default 1)")
     parser.add_argument("--label-map", help="kinetics only: file with one label per line giving the class order (default: sorted labels)")

@@ -1,7 +1,7 @@
 """Preprocess a manifest into WebDataset shards of RGB frames and TV-L1 / warped TV-L1 flow, on Ray.
 
-    python -m jobs.preprocess --manifest m.parquet --out data/ [--modalities rgb,tvl1,warp_tvl1]
-    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m jobs.preprocess --manifest ...
+python -m jobs.preprocess --manifest m.parquet --out data/ [--modalities rgb,tvl1,warp_tvl1]
+ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m jobs.preprocess --manifest ...
 """
 
 from __future__ import annotations
@@ -59,44 +59,87 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     io = parser.add_argument_group("input and output")
     io.add_argument("--manifest", required=True, help="manifest written by `python -m jobs.manifest` (a local path or URI)")
-    io.add_argument("--out", required=True, help="output folder: a local path (created if missing; on several nodes it must be "
-                    "shared by all) or an object-storage URI such as s3://bucket/prefix")
+    io.add_argument(
+        "--out",
+        required=True,
+        help="output folder: a local path (created if missing; on several nodes it must be "
+        "shared by all) or an object-storage URI such as s3://bucket/prefix",
+    )
     io.add_argument("--overwrite", action="store_true", help="delete the shards already in --out and start over")
     io.add_argument("--strict", action="store_true", help="exit with status 1 when any video failed (default: 0, failures are listed)")
 
     frames = parser.add_argument_group("frames")
-    frames.add_argument("--modalities", type=_modalities, default=("rgb", "tvl1"), help="comma-separated subset of rgb,tvl1,warp_tvl1 (default rgb,tvl1)")
+    frames.add_argument(
+        "--modalities", type=_modalities, default=("rgb", "tvl1"), help="comma-separated subset of rgb,tvl1,warp_tvl1 (default rgb,tvl1)"
+    )
     size = frames.add_mutually_exclusive_group()
-    size.add_argument("--short-side", type=int, default=256, help="resize so the shorter side is this many pixels, never upscaling (default 256)")
+    size.add_argument(
+        "--short-side", type=int, default=256, help="resize so the shorter side is this many pixels, never upscaling (default 256)"
+    )
     size.add_argument("--size", type=parse_size, help="resize to exactly WIDTHxHEIGHT (e.g. 340x256) instead")
     frames.add_argument("--fps", type=float, help="resample to this frame rate (default: keep every frame)")
     frames.add_argument("--max-frames", type=int, help="keep at most this many frames per video (default: all)")
     frames.add_argument(
-        "--pixel-grid", choices=PIXEL_GRIDS, default="stored",
+        "--pixel-grid",
+        choices=PIXEL_GRIDS,
+        default="stored",
         help="stored: pixels as stored, like OpenCV-based tools (default); square: correct the sample aspect ratio",
     )
-    frames.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY, help=f"JPEG quality of RGB frames and flow images (default {DEFAULT_JPEG_QUALITY})")
+    frames.add_argument(
+        "--jpeg-quality",
+        type=int,
+        default=DEFAULT_JPEG_QUALITY,
+        help=f"JPEG quality of RGB frames and flow images (default {DEFAULT_JPEG_QUALITY})",
+    )
 
     flow = parser.add_argument_group("optical flow")
-    flow.add_argument("--flow-preset", choices=list(PRESETS), default="opencv", help="TV-L1 preset: opencv (OpenCV's defaults) or accurate (default opencv)")
-    flow.add_argument("--flow-param", type=_flow_param, action="append", default=[], metavar="NAME=VALUE",
-                      help="override one TV-L1 or homography parameter, e.g. lambda_=0.2 or warps=3 (repeatable)")
-    flow.add_argument("--flow-bound", type=float, default=DEFAULT_FLOW_BOUND, help=f"flow clipped to +-this many pixels before 8-bit quantisation (default {DEFAULT_FLOW_BOUND:g})")
-    flow.add_argument("--flow-encoding", choices=FLOW_ENCODINGS, default="jpeg", help="jpeg: 8-bit x/y JPEGs (default); png16 or float16: lossless")
-    flow.add_argument("--flow-batch", type=int, help="frame pairs per flow launch, the same for every launch (default 8 on the CPU, "
-                      "256 on a GPU)")
+    flow.add_argument(
+        "--flow-preset",
+        choices=list(PRESETS),
+        default="opencv",
+        help="TV-L1 preset: opencv (OpenCV's defaults) or accurate (default opencv)",
+    )
+    flow.add_argument(
+        "--flow-param",
+        type=_flow_param,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one TV-L1 or homography parameter, e.g. lambda_=0.2 or warps=3 (repeatable)",
+    )
+    flow.add_argument(
+        "--flow-bound",
+        type=float,
+        default=DEFAULT_FLOW_BOUND,
+        help=f"flow clipped to +-this many pixels before 8-bit quantisation (default {DEFAULT_FLOW_BOUND:g})",
+    )
+    flow.add_argument(
+        "--flow-encoding", choices=FLOW_ENCODINGS, default="jpeg", help="jpeg: 8-bit x/y JPEGs (default); png16 or float16: lossless"
+    )
+    flow.add_argument(
+        "--flow-batch", type=int, help="frame pairs per flow launch, the same for every launch (default 8 on the CPU, 256 on a GPU)"
+    )
     flow.add_argument("--device", choices=("cpu", "cuda"), help="force the flow device (default: cuda when a task has a GPU)")
-    flow.add_argument("--video-timeout", type=float, default=3600.0,
-                      help="seconds one video may take before it is recorded as failed (timed out) and its shard goes on; "
-                      "0 = no limit (default 3600)")
+    flow.add_argument(
+        "--video-timeout",
+        type=float,
+        default=3600.0,
+        help="seconds one video may take before it is recorded as failed (timed out) and its shard goes on; 0 = no limit (default 3600)",
+    )
 
     run = parser.add_argument_group("sharding and cluster")
     run.add_argument("--shard-size-mb", type=float, default=1024, help="approximate shard size in MB (default 1024)")
     run.add_argument("--videos-per-shard", type=int, help="videos per shard, instead of estimating it from --shard-size-mb")
-    run.add_argument("--address", help="Ray cluster address (host:6379 or ray://host:10001); default: RAY_ADDRESS, else an embedded local Ray")
+    run.add_argument(
+        "--address", help="Ray cluster address (host:6379 or ray://host:10001); default: RAY_ADDRESS, else an embedded local Ray"
+    )
     run.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs per shard task (default 1)")
-    run.add_argument("--flow-workers", type=int, help="flow workers: default one per GPU (each owns it), or on a cluster without "
-                     "GPUs one single-threaded worker per CPU core of each node; 0 = each shard task computes its own flow")
+    run.add_argument(
+        "--flow-workers",
+        type=int,
+        help="flow workers: default one per GPU (each owns it), or on a cluster without "
+        "GPUs one single-threaded worker per CPU core of each node; 0 = each shard task computes its own flow",
+    )
     run.add_argument("--max-retries", type=int, default=3, help="retries of a shard task whose worker died (default 3)")
     run.add_argument("--progress-seconds", type=float, default=10.0, help="seconds between progress lines (default 10)")
     return parser

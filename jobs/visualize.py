@@ -1,6 +1,6 @@
 """Picture one sample of a preprocessed dataset: an RGB frame beside its flows in the Middlebury colour wheel.
 
-    python -m jobs.visualize --data data/ucf101 --out flow.png [--split test] [--key VIDEO_ID] [--index 5]
+python -m jobs.visualize --data data/ucf101 --out flow.png [--split test] [--key VIDEO_ID] [--index 5]
 """
 
 from __future__ import annotations
@@ -28,7 +28,11 @@ class VisualizeConfig:
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m jobs.visualize", description="Write an RGB frame and its optical flows (colour wheel) of one sample as a PNG.", add_help=add_help)
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.visualize",
+        description="Write an RGB frame and its optical flows (colour wheel) of one sample as a PNG.",
+        add_help=add_help,
+    )
     parser.add_argument("--data", required=True, help="a dataset written by `python -m jobs.preprocess` (a local path or URI)")
     parser.add_argument("--out", required=True, help="PNG to write (a local path or URI)")
     parser.add_argument("--split", default="test", help="split to take the sample from (default test)")
@@ -60,7 +64,10 @@ def main(cfg: VisualizeConfig) -> int:
     picture = np.concatenate(panels, axis=1)
     Location(cfg.out).write_bytes(cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))[1].tobytes())
     shown = (["rgb"] if sample.rgb else []) + flows
-    print(f"wrote {cfg.out}: {sample.key} ({sample.meta.label_name}), frame {index} -> {index + 1}: {' | '.join(shown)} (max flow {scale:.1f} px)")
+    print(
+        f"wrote {cfg.out}: {sample.key} ({sample.meta.label_name}), frame {index} -> {index + 1}: {' | '.join(shown)} "
+        f"(max flow {scale:.1f} px)"
+    )
     return 0
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterable, Iterator
 
 import av
 import numpy as np
@@ -165,8 +165,14 @@ class VideoStream:
     The checks that need the whole file (cut off, too short) raise VideoError when the stream ends.
     """
 
-    def __init__(self, path: str, cfg: DecodeConfig = DecodeConfig(), start_sec: float | None = None,
-                 end_sec: float | None = None, stop: threading.Event | None = None):
+    def __init__(
+        self,
+        path: str,
+        cfg: DecodeConfig = DecodeConfig(),
+        start_sec: float | None = None,
+        end_sec: float | None = None,
+        stop: threading.Event | None = None,
+    ):
         self.cfg, self.start_sec, self.end_sec, self.stop = cfg, start_sec, end_sec, stop
         self._files = contextlib.ExitStack()
         try:
@@ -187,7 +193,7 @@ class VideoStream:
         self.decoded_frames = 0  # frames decoded inside the window so far (before resampling)
         self.emitted = 0  # frames given out so far
 
-    def __enter__(self) -> "VideoStream":
+    def __enter__(self) -> VideoStream:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -246,8 +252,13 @@ class VideoStream:
             raise VideoError(f"corrupt or cut off after {self.decoded_frames} decoded frames ({_reason(exc)})") from None
 
 
-def decode_video(path: str, cfg: DecodeConfig = DecodeConfig(), start_sec: float | None = None, end_sec: float | None = None,
-                 stop: threading.Event | None = None) -> DecodedVideo:
+def decode_video(
+    path: str,
+    cfg: DecodeConfig = DecodeConfig(),
+    start_sec: float | None = None,
+    end_sec: float | None = None,
+    stop: threading.Event | None = None,
+) -> DecodedVideo:
     """Decode all frames of `path` (a local path or URI; optionally only [start_sec, end_sec)) at the
     configured size and rate into one array (`VideoStream` gives them a chunk at a time instead).
     Setting `stop` makes it give up at the next frame.

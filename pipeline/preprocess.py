@@ -12,8 +12,8 @@ import json
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -120,8 +120,10 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
     out = Location(cfg.out)
     out.check()
     if not out.is_local and not cfg.videos_per_shard and cfg.shard_size_mb > MAX_OBJECT_SHARD_MB:
-        raise ValueError(f"--shard-size-mb {cfg.shard_size_mb:g} is too large for object storage (shards are copied into "
-                         f"place, at most 5 GB on S3); use {MAX_OBJECT_SHARD_MB} or less")
+        raise ValueError(
+            f"--shard-size-mb {cfg.shard_size_mb:g} is too large for object storage (shards are copied into "
+            f"place, at most 5 GB on S3); use {MAX_OBJECT_SHARD_MB} or less"
+        )
     videos_per_shard = cfg.videos_per_shard or max(1, math.floor(cfg.shard_size_mb / estimate_video_mb(cfg.process)))
     params = run_parameters(cfg, records, videos_per_shard)
     if not cfg.overwrite:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def format_duration(seconds: float) -> str:
@@ -20,7 +20,9 @@ class Progress:
     before this run started (`already_done`, a resumed run) count toward the total but not the rate.
     """
 
-    def __init__(self, total: int, interval: float = 10.0, print_fn: Callable[[str], None] = print, clock=time.monotonic, already_done: int = 0):
+    def __init__(
+        self, total: int, interval: float = 10.0, print_fn: Callable[[str], None] = print, clock=time.monotonic, already_done: int = 0
+    ):
         self.total, self.interval, self.print, self.clock = total, interval, print_fn, clock
         self.already_done = already_done
         self.start = clock()

@@ -17,8 +17,8 @@ import contextlib
 import os
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import ray
 from ray.exceptions import RayError, RayTaskError

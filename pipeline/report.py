@@ -43,12 +43,23 @@ def build_report(results: list[ShardResult], flow_stats: list[dict], seconds: fl
     for s in flow_stats:
         where = name(s.get("node", ""))
         per_node[where]["pairs"] += s["pairs"]
-        workers.append({
-            "node": where, "device": s["device"], "pid": s["pid"], "pairs": s["pairs"], "pairs_per_s": s["pairs"] / wall,
-            "batches": s["batches"], "batch_size": s["batch_size"], "padded_pairs": s["padded_pairs"],
-            "busy": s["flow_seconds"] / max(s["seconds"], 1e-9), "flow_seconds": s["flow_seconds"],
-            "compiles": s["compiles"], "compile_seconds": s["compile_seconds"], "failed_batches": s["failed_batches"],
-        })
+        workers.append(
+            {
+                "node": where,
+                "device": s["device"],
+                "pid": s["pid"],
+                "pairs": s["pairs"],
+                "pairs_per_s": s["pairs"] / wall,
+                "batches": s["batches"],
+                "batch_size": s["batch_size"],
+                "padded_pairs": s["padded_pairs"],
+                "busy": s["flow_seconds"] / max(s["seconds"], 1e-9),
+                "flow_seconds": s["flow_seconds"],
+                "compiles": s["compiles"],
+                "compile_seconds": s["compile_seconds"],
+                "failed_batches": s["failed_batches"],
+            }
+        )
     for node in per_node.values():
         node["videos_per_s"] = node["videos"] / wall
         node["pairs_per_s"] = node["pairs"] / wall
@@ -85,14 +96,16 @@ def format_report(report: dict) -> list[str]:
     busy = sum(t.values()) or 1e-9
     lines = [
         f"report: {report['videos']} videos, {report['videos_per_s']:.2f} videos/s, {report['pairs_per_s']:.1f} flow pairs/s; "
-        "time (summed over processes): " + ", ".join(f"{k.replace('_', ' ')} {v:.0f}s ({100 * v / busy:.0f}%)" for k, v in t.items() if v >= 0.5),
+        "time (summed over processes): "
+        + ", ".join(f"{k.replace('_', ' ')} {v:.0f}s ({100 * v / busy:.0f}%)" for k, v in t.items() if v >= 0.5),
     ]
     for node, n in sorted(report["nodes"].items()):
         lines.append(f"  node {node}: {n['videos']} videos ({n['videos_per_s']:.2f}/s), {n['pairs']} flow pairs ({n['pairs_per_s']:.1f}/s)")
     for w in report["flow_workers"]:
         lines.append(
             f"  flow worker {w['device']} on {w['node']}: {w['pairs']} pairs ({w['pairs_per_s']:.1f}/s), busy {100 * w['busy']:.0f}%, "
-            f"{w['batches']} batches of {w['batch_size']} ({w['padded_pairs']} padding), {w['compiles']} compiles ({w['compile_seconds']:.0f}s)"
+            f"{w['batches']} batches of {w['batch_size']} ({w['padded_pairs']} padding), "
+            f"{w['compiles']} compiles ({w['compile_seconds']:.0f}s)"
         )
     if report["flow_workers"] and t["flow_workers_idle"] > 2 * (t["flow"] + t["compile"]):
         lines.append("  hint: the flow workers mostly waited for frames; more CPUs for decoding (or fewer flow workers) would help")

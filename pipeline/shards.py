@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import hashlib
 import json
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
 import cv2
 import numpy as np
@@ -36,7 +37,6 @@ from schemas.sample import (
     encode_quantized_flow,
     encode_sample,
 )
-
 from storage import HashingWriter, Location
 
 from .decode import DecodeConfig, VideoError, VideoStream
@@ -93,10 +93,18 @@ class ProcessConfig:
     def output_parameters(self) -> dict:
         """What the stored samples depend on, as JSON values: the resume fingerprint and dataset.json's record.
         Runtime settings (device, flow batch, compile, time limit) are left out."""
-        return json.loads(json.dumps({
-            "modalities": self.modalities, "decode": asdict(self.decode), "flow": self.flow_description(),
-            "flow_bound": self.flow_bound, "flow_encoding": self.flow_encoding, "jpeg_quality": self.jpeg_quality,
-        }))
+        return json.loads(
+            json.dumps(
+                {
+                    "modalities": self.modalities,
+                    "decode": asdict(self.decode),
+                    "flow": self.flow_description(),
+                    "flow_bound": self.flow_bound,
+                    "flow_encoding": self.flow_encoding,
+                    "jpeg_quality": self.jpeg_quality,
+                }
+            )
+        )
 
     def flow_description(self) -> dict:
         """The flow parameters written into every sample's metadata."""
@@ -150,7 +158,7 @@ class ShardResult:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "ShardResult":
+    def from_json(cls, text: str) -> ShardResult:
         raw = json.loads(text)
         raw["videos"] = [VideoResult(**v) for v in raw["videos"]]
         return cls(**raw)
@@ -208,8 +216,9 @@ def _gray(chunk: np.ndarray) -> np.ndarray:
     return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in chunk])
 
 
-def process_video(record: VideoRecord, cfg: ProcessConfig, flow=None, stop: threading.Event | None = None,
-                  timings: Timings | None = None) -> Sample:
+def process_video(
+    record: VideoRecord, cfg: ProcessConfig, flow=None, stop: threading.Event | None = None, timings: Timings | None = None
+) -> Sample:
     """Decode one video a chunk at a time and compute its modalities; only encoded frames are kept, so memory
     grows with the video's stored size, not its decoded one. Setting `stop` makes it give up at the next frame
     or chunk.
@@ -316,15 +325,19 @@ def process_shard(
             for record in spec.records:
                 t0 = time.monotonic()
                 try:
-                    sample = call_with_time_limit(lambda stop: process_video(record, cfg, flow, stop, timings), cfg.video_timeout)
+                    sample = call_with_time_limit(functools.partial(process_video, record, cfg, flow, timings=timings), cfg.video_timeout)
                 except (VideoError, TimeLimitExceeded) as exc:
-                    result = VideoResult(record.video_id, spec.split, spec.name, "failed", str(exc), time.monotonic() - t0, label=record.label)
+                    result = VideoResult(
+                        record.video_id, spec.split, spec.name, "failed", str(exc), time.monotonic() - t0, label=record.label
+                    )
                 else:
                     with timings.stage("write"):
                         before = writer.bytes
                         sink.write(encode_sample(sample))
                     frames = sample.meta.num_frames
-                    result = VideoResult(record.video_id, spec.split, spec.name, "ok", "", time.monotonic() - t0, frames, writer.bytes - before, record.label)
+                    result = VideoResult(
+                        record.video_id, spec.split, spec.name, "ok", "", time.monotonic() - t0, frames, writer.bytes - before, record.label
+                    )
                     samples += 1
                 results.append(result)
                 if on_video is not None:
@@ -339,8 +352,9 @@ def process_shard(
         compile_seconds = after["compile_seconds"] - at_start["compile_seconds"]
         stages = {**stages, "flow": after["flow_seconds"] - compile_seconds, "compile": compile_seconds}
         flow_pairs = after["pairs"]
-    result = ShardResult(spec.name, spec.split, tar_name, samples, size, digest, time.monotonic() - start, results, stages,
-                         flow_pairs=flow_pairs)
+    result = ShardResult(
+        spec.name, spec.split, tar_name, samples, size, digest, time.monotonic() - start, results, stages, flow_pairs=flow_pairs
+    )
     out.write_bytes(result.to_json().encode(), PROGRESS_DIR, spec.name + DONE_SUFFIX)
     return result
 

@@ -1,9 +1,9 @@
 """The files beside the shards of a preprocessed dataset, written last (after every shard has closed):
 
-    OUT/shards/<split>-<NNNNNN>.tar   the samples (see schemas.sample)
-    OUT/index.parquet                 one row per sample: key, shard, label, split, frames, bytes
-    OUT/results.parquet               one row per manifest video: ok or failed, the reason, seconds
-    OUT/dataset.json                  classes, modalities, parameters, counts, the flowshard version
+OUT/shards/<split>-<NNNNNN>.tar   the samples (see schemas.sample)
+OUT/index.parquet                 one row per sample: key, shard, label, split, frames, bytes
+OUT/results.parquet               one row per manifest video: ok or failed, the reason, seconds
+OUT/dataset.json                  classes, modalities, parameters, counts, the flowshard version
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class DatasetInfo:
         return json.dumps(asdict(self), indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> "DatasetInfo":
+    def from_json(cls, text: str) -> DatasetInfo:
         return cls(**json.loads(text))
 
 
@@ -77,8 +77,12 @@ def read_dataset_info(root: str) -> DatasetInfo:
     """
     data = Location(root)
     if not data.is_file(DATASET_FILE):
-        raise ValueError(f"{root} has no {DATASET_FILE}: it is not a finished flowshard dataset (run `python -m jobs.preprocess` to completion)")
+        raise ValueError(
+            f"{root} has no {DATASET_FILE}: it is not a finished flowshard dataset (run `python -m jobs.preprocess` to completion)"
+        )
     info = DatasetInfo.from_json(data.read_text(DATASET_FILE))
     if info.format_version != FORMAT_VERSION:
-        raise ValueError(f"{root} was written in sample format {info.format_version}; this flowshard reads {FORMAT_VERSION}. Rebuild the shards.")
+        raise ValueError(
+            f"{root} was written in sample format {info.format_version}; this flowshard reads {FORMAT_VERSION}. Rebuild the shards."
+        )
     return info

@@ -73,8 +73,7 @@ def manifest_table(records: list[VideoRecord], classes: list[str], dataset: str)
     for r in records:
         if r.video_id in seen:
             raise ValueError(
-                f"video id {r.video_id!r} is used by both {seen[r.video_id]} and {r.path}; "
-                "rename one of the files so their names differ"
+                f"video id {r.video_id!r} is used by both {seen[r.video_id]} and {r.path}; rename one of the files so their names differ"
             )
         seen[r.video_id] = r.path
         if safe_key(r.video_id) != r.video_id:
@@ -85,9 +84,7 @@ def manifest_table(records: list[VideoRecord], classes: list[str], dataset: str)
             raise ValueError(f"split {r.split!r} of {r.video_id!r} is not one of {', '.join(SPLITS)}")
     columns = {name: [getattr(r, name) for r in records] for name in MANIFEST_SCHEMA.names}
     table = pa.Table.from_pydict(columns, schema=MANIFEST_SCHEMA)
-    return table.replace_schema_metadata(
-        {CLASSES_METADATA_KEY: json.dumps(list(classes)).encode(), DATASET_METADATA_KEY: dataset.encode()}
-    )
+    return table.replace_schema_metadata({CLASSES_METADATA_KEY: json.dumps(list(classes)).encode(), DATASET_METADATA_KEY: dataset.encode()})
 
 
 def write_manifest(table: pa.Table, path: str) -> None:

@@ -136,7 +136,9 @@ def encode_quantized_flow(q: np.ndarray, encoding: str = "jpeg", quality: int = 
     raise ValueError(f"unknown flow encoding {encoding!r}; choose one of {', '.join(FLOW_ENCODINGS)}")
 
 
-def encode_flow(flow: np.ndarray, encoding: str = "jpeg", bound: float = DEFAULT_FLOW_BOUND, quality: int = DEFAULT_JPEG_QUALITY) -> tuple[bytes, ...]:
+def encode_flow(
+    flow: np.ndarray, encoding: str = "jpeg", bound: float = DEFAULT_FLOW_BOUND, quality: int = DEFAULT_JPEG_QUALITY
+) -> tuple[bytes, ...]:
     """One flow field (H, W, 2) float -> the bytes of its member(s), in `flow_members` order."""
     return encode_quantized_flow(quantize_flow(flow, encoding, bound), encoding, quality)
 
@@ -257,7 +259,9 @@ def decode_sample(members: dict, modalities: tuple[str, ...] | None = None) -> S
         raise ValueError(f"sample {key!r} has no {JSON} member; it was not written by flowshard")
     raw = json.loads(members[JSON])
     if raw.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"sample {key!r} has format version {raw.get('format_version')}, this flowshard reads {FORMAT_VERSION}; rebuild the shards")
+        raise ValueError(
+            f"sample {key!r} has format version {raw.get('format_version')}, this flowshard reads {FORMAT_VERSION}; rebuild the shards"
+        )
     raw["modalities"] = tuple(raw["modalities"])
     meta = SampleMeta(**raw)
     wanted = meta.modalities if modalities is None else [m for m in meta.modalities if m in modalities]

@@ -15,7 +15,8 @@ import functools
 import hashlib
 import os
 import uuid
-from typing import Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -72,8 +73,10 @@ def explain(exc: OSError, uri: str) -> str:
     if "NO_SUCH_BUCKET" in text or "bucket does not exist" in text.lower():
         return f"the bucket of {uri} does not exist; create it or fix the URI"
     if any(code in text for code in ("ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH", "EXPIRED_TOKEN")):
-        return (f"access to {uri} was refused; check the credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-                "or AWS_PROFILE) and the bucket's permissions")
+        return (
+            f"access to {uri} was refused; check the credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            "or AWS_PROFILE) and the bucket's permissions"
+        )
     if isinstance(exc, FileNotFoundError):
         return f"{uri} does not exist"
     if isinstance(exc, PermissionError):
@@ -135,7 +138,9 @@ class Location:
             except OSError as exc:
                 raise StorageError(explain(exc, uri)) from None
             except (pa.ArrowInvalid, ValueError) as exc:
-                raise StorageError(f"{uri} is not a usable location ({str(exc).splitlines()[0]}); use a local path or s3://, gs://, hdfs://") from None
+                raise StorageError(
+                    f"{uri} is not a usable location ({str(exc).splitlines()[0]}); use a local path or s3://, gs://, hdfs://"
+                ) from None
         else:
             self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(uri)
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
@@ -157,7 +162,7 @@ class Location:
         """The user-facing name of a path below this location (for messages and manifests)."""
         return join(self.uri, *parts) if is_uri(self.uri) else self.path(*parts)
 
-    def child(self, *parts: str) -> "Location":
+    def child(self, *parts: str) -> Location:
         return Location(self.uri_of(*parts))
 
     def _call(self, fn: Callable[[], T], *parts: str) -> T:

@@ -72,7 +72,10 @@ def start_moto(extra_env: dict | None = None) -> tuple[subprocess.Popen, int]:
     port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **(extra_env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, **(extra_env or {})},
     )
     if not wait_for(lambda: _listening(port), timeout=60):
         stop_process(server)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -173,8 +173,9 @@ def open_shards(src: Iterator[dict], handler: Callable[[Exception], bool] = wds.
             stream.close()
 
 
-def tar_samples(src: Iterator[dict], handler: Callable[[Exception], bool] = wds.reraise_exception,
-                select_files: Callable[[str], bool] | None = None) -> Iterator[dict]:
+def tar_samples(
+    src: Iterator[dict], handler: Callable[[Exception], bool] = wds.reraise_exception, select_files: Callable[[str], bool] | None = None
+) -> Iterator[dict]:
     """Stage: shard URLs ({"url"}) -> samples ({member suffix: bytes}), as `wds.tarfile_to_samples` but opened
     through `storage`."""
     files = tar_file_expander(open_shards(src, handler), handler=handler, select_files=select_files)
@@ -202,8 +203,16 @@ def _examples(src, cfg: ExampleConfig, train: bool, seed: int, handler):
             handler(ValueError(f"{sample.key}: {exc}"))
 
 
-def example_pipeline(urls: list[str], cfg: ExampleConfig, train: bool, seed: int = 0, shuffle_buffer: int = 128,
-                     epoch_samples: int | None = None, world_size: int = 1, workers: int = 0) -> wds.DataPipeline:
+def example_pipeline(
+    urls: list[str],
+    cfg: ExampleConfig,
+    train: bool,
+    seed: int = 0,
+    shuffle_buffer: int = 128,
+    epoch_samples: int | None = None,
+    world_size: int = 1,
+    workers: int = 0,
+) -> wds.DataPipeline:
     """The streaming dataset of examples; for training an endless resampled stream cut into epochs of
     `epoch_samples` examples over all ranks and loader workers."""
     handler = SkipCounter()
@@ -221,8 +230,17 @@ def example_pipeline(urls: list[str], cfg: ExampleConfig, train: bool, seed: int
     return pipeline
 
 
-def make_loader(root: str, split: str, cfg: ExampleConfig, train: bool, batch_size: int, workers: int = 0,
-                seed: int = 0, epoch_samples: int | None = None, world_size: int = 1) -> torch.utils.data.DataLoader:
+def make_loader(
+    root: str,
+    split: str,
+    cfg: ExampleConfig,
+    train: bool,
+    batch_size: int,
+    workers: int = 0,
+    seed: int = 0,
+    epoch_samples: int | None = None,
+    world_size: int = 1,
+) -> torch.utils.data.DataLoader:
     """A DataLoader over `split` of a preprocessed dataset (see `example_pipeline`)."""
     urls = shard_urls(root, split)
     dataset = example_pipeline(urls, cfg, train, seed, epoch_samples=epoch_samples, world_size=world_size, workers=workers)

@@ -16,8 +16,8 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -90,13 +90,22 @@ class TrainConfig:
 
     def example_config(self, crops: int = 1, segments: int | None = None, clips: int = 1) -> ExampleConfig:
         return ExampleConfig(
-            arch=self.arch, modality=self.modality, segments=segments or self.segments, new_length=self.new_length,
-            clip_len=self.clip_len, interval=self.interval, clips=clips, input_size=self.input_size, crops=crops, flip=self.flip,
+            arch=self.arch,
+            modality=self.modality,
+            segments=segments or self.segments,
+            new_length=self.new_length,
+            clip_len=self.clip_len,
+            interval=self.interval,
+            clips=clips,
+            input_size=self.input_size,
+            crops=crops,
+            flip=self.flip,
         )
 
 
-def get_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float, schedule: str = "cosine",
-           milestones: tuple[int, ...] = ()) -> float:
+def get_lr(
+    step: int, total_steps: int, warmup_steps: int, base_lr: float, schedule: str = "cosine", milestones: tuple[int, ...] = ()
+) -> float:
     """The learning rate at `step`: linear warm-up, then cosine decay to 0 or x0.1 at each milestone step."""
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
@@ -113,8 +122,9 @@ def build(cfg: TrainConfig, num_classes: int) -> nn.Module:
         if not weights.is_file():
             raise ValueError(f"pretrained weights {cfg.pretrained} not found; pass a .pth state dict (nothing is downloaded)")
         pretrained = torch.load(io.BytesIO(weights.read_bytes()), map_location="cpu", weights_only=True)
-    return build_model(cfg.model, num_classes=num_classes, backbone=cfg.backbone, new_length=cfg.new_length,
-                       pretrained=pretrained, dropout=cfg.dropout)
+    return build_model(
+        cfg.model, num_classes=num_classes, backbone=cfg.backbone, new_length=cfg.new_length, pretrained=pretrained, dropout=cfg.dropout
+    )
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -163,8 +173,20 @@ def write_metrics(out: Location, rows: list[dict]) -> None:
     out.write_text(text.getvalue(), METRICS_CSV)
 
 
-def train_one_epoch(model, criterion, optimizer, lr_at: Callable[[int], float], loader, device, epoch: int, step: int,
-                    print_freq: int = 10, scaler=None, clip_grad: float | None = None, on_step: Callable[[dict], None] | None = None) -> tuple[dict, int]:
+def train_one_epoch(
+    model,
+    criterion,
+    optimizer,
+    lr_at: Callable[[int], float],
+    loader,
+    device,
+    epoch: int,
+    step: int,
+    print_freq: int = 10,
+    scaler=None,
+    clip_grad: float | None = None,
+    on_step: Callable[[dict], None] | None = None,
+) -> tuple[dict, int]:
     """One pass over `loader`. Returns (epoch stats, the next global step)."""
     model.train()
     seen, loss_sum, correct, start = 0, 0.0, 0, time.monotonic()
@@ -200,8 +222,13 @@ def train_one_epoch(model, criterion, optimizer, lr_at: Callable[[int], float], 
         if print_freq and i % print_freq == 0:
             print(f"epoch {epoch} step {step}: loss {loss_value:.4f}, lr {row['lr']:.5f}, {rate:.1f} samples/s", flush=True)
         step += 1
-    stats = {"epoch": epoch, "loss": loss_sum / max(seen, 1), "train_top1": correct / max(seen, 1), "samples": seen,
-             "seconds": time.monotonic() - start}
+    stats = {
+        "epoch": epoch,
+        "loss": loss_sum / max(seen, 1),
+        "train_top1": correct / max(seen, 1),
+        "samples": seen,
+        "seconds": time.monotonic() - start,
+    }
     return stats, step
 
 
@@ -228,13 +255,17 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank = torch.distributed.get_rank() if distributed else 0
     world = torch.distributed.get_world_size() if distributed else 1
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cfg.use_gpu and torch.cuda.is_available() else torch.device("cpu")
+    device = (
+        torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cfg.use_gpu and torch.cuda.is_available() else torch.device("cpu")
+    )
     if cfg.use_gpu and device.type != "cuda":
         raise ValueError("--use-gpu was given but no GPU is visible")
     torch.manual_seed(cfg.seed)
     info = read_dataset_info(cfg.data)
     if cfg.modality not in info.modalities:
-        raise ValueError(f"{cfg.data} has no {cfg.modality} (it has {', '.join(info.modalities)}); preprocess with --modalities including it")
+        raise ValueError(
+            f"{cfg.data} has no {cfg.modality} (it has {', '.join(info.modalities)}); preprocess with --modalities including it"
+        )
     epoch_samples = info.counts.get("samples", {}).get(cfg.split, 0)
     if not epoch_samples:
         raise ValueError(f"{cfg.data} has no {cfg.split} samples")
@@ -278,19 +309,39 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
     stats = {}
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            loader = make_loader(cfg.data, cfg.split, cfg.example_config(), train=True, batch_size=cfg.batch_size,
-                                 workers=cfg.loader_workers, seed=cfg.seed * 1000 + epoch, epoch_samples=epoch_samples, world_size=world)
-            stats, step = train_one_epoch(model, criterion, optimizer, lr_at, loader, device, epoch, step, cfg.print_freq,
-                                          scaler, cfg.clip_grad, on_step)
+            loader = make_loader(
+                cfg.data,
+                cfg.split,
+                cfg.example_config(),
+                train=True,
+                batch_size=cfg.batch_size,
+                workers=cfg.loader_workers,
+                seed=cfg.seed * 1000 + epoch,
+                epoch_samples=epoch_samples,
+                world_size=world,
+            )
+            stats, step = train_one_epoch(
+                model, criterion, optimizer, lr_at, loader, device, epoch, step, cfg.print_freq, scaler, cfg.clip_grad, on_step
+            )
             if rank == 0:
-                state = {"model": (model.module if distributed else model).state_dict(), "optimizer": optimizer.state_dict(),
-                         "lr_scheduler": {"step": step, "total": total, "warmup": warmup}, "epoch": epoch, "step": step,
-                         "config": asdict(cfg), "num_classes": len(info.classes), "classes": info.classes,
-                         "format_version": FORMAT_VERSION}
+                state = {
+                    "model": (model.module if distributed else model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "lr_scheduler": {"step": step, "total": total, "warmup": warmup},
+                    "epoch": epoch,
+                    "step": step,
+                    "config": asdict(cfg),
+                    "num_classes": len(info.classes),
+                    "classes": info.classes,
+                    "format_version": FORMAT_VERSION,
+                }
                 write_metrics(out, metrics)  # before the checkpoint: a resume drops rows past it
                 save_checkpoint(out, state)
-                print(f"epoch {epoch}: loss {stats['loss']:.4f}, train top-1 {stats['train_top1']:.3f}, "
-                      f"{stats['samples'] / stats['seconds']:.1f} samples/s; checkpoint {out.uri_of(CHECKPOINT)}", flush=True)
+                print(
+                    f"epoch {epoch}: loss {stats['loss']:.4f}, train top-1 {stats['train_top1']:.3f}, "
+                    f"{stats['samples'] / stats['seconds']:.1f} samples/s; checkpoint {out.uri_of(CHECKPOINT)}",
+                    flush=True,
+                )
             if report is not None:
                 report(stats)
     finally:

@@ -43,7 +43,9 @@ def snippet_indices(offsets: np.ndarray, snippet: int, length: int) -> np.ndarra
     return np.minimum(idx, max(length - 1, 0))
 
 
-def clip_indices(length: int, clip_len: int, interval: int, num_clips: int, train: bool, rng: np.random.Generator | None = None) -> np.ndarray:
+def clip_indices(
+    length: int, clip_len: int, interval: int, num_clips: int, train: bool, rng: np.random.Generator | None = None
+) -> np.ndarray:
     """(num_clips, clip_len) frame indices for I3D: clip_len frames `interval` apart.
 
     Training takes one random window per clip; testing spreads the clips evenly and centres each window

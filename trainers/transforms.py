@@ -15,7 +15,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 TSN_SCALES = (1.0, 0.875, 0.75, 0.66)
 
 
-def multi_scale_crop_box(height: int, width: int, rng: np.random.Generator, scales=TSN_SCALES, max_distort: int = 1) -> tuple[int, int, int, int]:
+def multi_scale_crop_box(
+    height: int, width: int, rng: np.random.Generator, scales=TSN_SCALES, max_distort: int = 1
+) -> tuple[int, int, int, int]:
     """TSN's GroupMultiScaleCrop: a (top, left, h, w) box with sides from `scales` x the short side, at a
     corner, the centre, or a quarter position."""
     base = min(height, width)
@@ -24,8 +26,21 @@ def multi_scale_crop_box(height: int, width: int, rng: np.random.Generator, scal
     ch, cw = pairs[rng.integers(len(pairs))]
     ch, cw = min(ch, height), min(cw, width)
     dy, dx = (height - ch) // 4, (width - cw) // 4
-    offsets = [(0, 0), (0, 4 * dx), (4 * dy, 0), (4 * dy, 4 * dx), (2 * dy, 2 * dx),
-               (0, 2 * dx), (4 * dy, 2 * dx), (2 * dy, 0), (2 * dy, 4 * dx), (dy, dx), (dy, 3 * dx), (3 * dy, dx), (3 * dy, 3 * dx)]
+    offsets = [
+        (0, 0),
+        (0, 4 * dx),
+        (4 * dy, 0),
+        (4 * dy, 4 * dx),
+        (2 * dy, 2 * dx),
+        (0, 2 * dx),
+        (4 * dy, 2 * dx),
+        (2 * dy, 0),
+        (2 * dy, 4 * dx),
+        (dy, dx),
+        (dy, 3 * dx),
+        (3 * dy, dx),
+        (3 * dy, 3 * dx),
+    ]
     top, left = offsets[rng.integers(len(offsets))]
     return top, left, ch, cw
 

@@ -18,9 +18,7 @@ _LOADERS = {"ucf101": ucf101.load, "hmdb51": hmdb51.load, "kinetics": kinetics.l
 __all__ = ["DATASETS", "AnnotationError", "DatasetManifest", "load_dataset", "summarize"]
 
 
-def load_dataset(
-    dataset: str, annotations: str | None, videos: str, split: int = 1, label_map: str | None = None
-) -> DatasetManifest:
+def load_dataset(dataset: str, annotations: str | None, videos: str, split: int = 1, label_map: str | None = None) -> DatasetManifest:
     """Read `dataset`'s annotations into a manifest, looking for its video files under `videos`.
 
     Every path is a local path or a URI (s3://, gs://, hdfs://).

@@ -37,10 +37,14 @@ def load(annotations: str, videos: str, split: int | None = None) -> DatasetMani
             if reader.line_num == 1 and [c.lower() for c in row[:2]] == ["path", "label"]:
                 continue  # header
             if len(row) not in (2, 3) or not row[0]:
-                raise AnnotationError(f"{annotations}:{reader.line_num}: expected 'path,label[,split]', got {','.join(row)!r}; fix the line")
+                raise AnnotationError(
+                    f"{annotations}:{reader.line_num}: expected 'path,label[,split]', got {','.join(row)!r}; fix the line"
+                )
             split_name = row[2] if len(row) == 3 and row[2] else "train"
             if split_name not in SPLITS:
-                raise AnnotationError(f"{annotations}:{reader.line_num}: split {split_name!r} is not one of {', '.join(SPLITS)}; fix the line")
+                raise AnnotationError(
+                    f"{annotations}:{reader.line_num}: split {split_name!r} is not one of {', '.join(SPLITS)}; fix the line"
+                )
             rows.append((row[0], row[1], split_name))
     classes = _class_order({label for _, label, _ in rows if label})
     class_ids = {name: i for i, name in enumerate(classes)}

@@ -54,9 +54,10 @@ def load(annotations: str, videos: str, split: int = 1) -> DatasetManifest:
                 if len(parts) != 2 or not parts[1].isdigit():
                     raise AnnotationError(f"{list_path}:{lineno}: expected '<Class>/<video>.avi <label>', got {line!r}; fix the line")
                 if int(parts[1]) - 1 != label:
+                    meaning = classes[int(parts[1]) - 1] if 0 < int(parts[1]) <= len(classes) else "no class"
                     raise AnnotationError(
-                        f"{list_path}:{lineno}: label {parts[1]} means {classes[int(parts[1]) - 1] if 0 < int(parts[1]) <= len(classes) else 'no class'}"
-                        f" but the video is in folder {folder!r}; fix the label or the folder"
+                        f"{list_path}:{lineno}: label {parts[1]} means {meaning} but the video is in folder {folder!r}; "
+                        "fix the label or the folder"
                     )
             elif len(parts) != 1:
                 raise AnnotationError(f"{list_path}:{lineno}: expected '<Class>/<video>.avi', got {line!r}; fix the line")

@@ -1,7 +1,7 @@
 """Optical flow: batched TV-L1 and warped TV-L1 in PyTorch (GPU when present, same code on the CPU).
 
-    from pipeline.flow import compute_flow
-    flow = compute_flow(prev_u8, next_u8, algorithm="tvl1", preset="opencv")  # (H, W, 2) float32, x then y
+from pipeline.flow import compute_flow
+flow = compute_flow(prev_u8, next_u8, algorithm="tvl1", preset="opencv")  # (H, W, 2) float32, x then y
 """
 
 from schemas.sample import dequantize, quantize

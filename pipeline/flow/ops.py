@@ -35,9 +35,7 @@ def divergence(px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
     return px - F.pad(px[..., :, :-1], (1, 0, 0, 0)) + py - F.pad(py[..., :-1, :], (0, 0, 1, 0))
 
 
-def threshold_step(
-    u: torch.Tensor, grad_i: torch.Tensor, rho_c: torch.Tensor, l_t: float
-) -> torch.Tensor:
+def threshold_step(u: torch.Tensor, grad_i: torch.Tensor, rho_c: torch.Tensor, l_t: float) -> torch.Tensor:
     """The pointwise TV-L1 data step: v = u + TH(rho(u)), OpenCV `estimateV` with gamma = 0.
 
     Args:
@@ -49,9 +47,7 @@ def threshold_step(
     g2 = (grad_i * grad_i).sum(1, keepdim=True)  # (N, 1, H, W) |grad I1w|^2
     rho = rho_c + (grad_i * u).sum(1, keepdim=True)  # (N, 1, H, W)
     lg = l_t * g2
-    fi = torch.where(
-        rho < -lg, l_t, torch.where(rho > lg, -l_t, torch.where(g2 > 1.1920929e-07, -rho / g2, 0.0))
-    )
+    fi = torch.where(rho < -lg, l_t, torch.where(rho > lg, -l_t, torch.where(g2 > 1.1920929e-07, -rho / g2, 0.0)))
     return u + fi * grad_i
 
 

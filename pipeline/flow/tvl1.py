@@ -78,7 +78,7 @@ class TVL1Config:
         if self.check_every is not None and self.check_every < 1:
             raise ValueError(f"TV-L1 check_every must be at least 1, got {self.check_every}")
 
-    def replace(self, **changes) -> "TVL1Config":
+    def replace(self, **changes) -> TVL1Config:
         """A copy with some parameters changed; unknown names raise ValueError listing the valid ones."""
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - known)

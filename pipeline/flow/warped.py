@@ -80,7 +80,9 @@ def _flow_tracked_corners(prev: np.ndarray, flow: np.ndarray, cfg: HomographyCon
     return p0, p0 + flow[yi, xi]  # flow is indexed [row = y, col = x], (dx, dy) in the last axis
 
 
-def estimate_homography(prev: np.ndarray, nxt: np.ndarray, flow: np.ndarray, cfg: HomographyConfig = HomographyConfig()) -> HomographyResult:
+def estimate_homography(
+    prev: np.ndarray, nxt: np.ndarray, flow: np.ndarray, cfg: HomographyConfig = HomographyConfig()
+) -> HomographyResult:
     """The camera motion from prev to next: RANSAC homography on feature matches + flow-tracked corners.
 
     Args:
@@ -105,5 +107,7 @@ def warp_to_previous_view(prev: np.ndarray, nxt: np.ndarray, matrix: np.ndarray)
     h, w = prev.shape
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     warped = cv2.warpPerspective(nxt, matrix, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    inside = cv2.warpPerspective(np.full((h, w), 255, np.uint8), matrix, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0)
+    inside = cv2.warpPerspective(
+        np.full((h, w), 255, np.uint8), matrix, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0
+    )
     return np.where(inside == 255, warped, prev)

@@ -62,8 +62,17 @@ def s3_dataset(s3_server, tmp_path_factory):
     upload_tree(local / "ucf", join(bucket, "ucf"))
 
     manifest = join(bucket, "ucf101_s1.parquet")
-    made = run_job("jobs.manifest", "ucf101", "--annotations", join(bucket, "ucf"), "--videos", join(bucket, "ucf"),
-                   "--out", manifest, "--allow-missing")
+    made = run_job(
+        "jobs.manifest",
+        "ucf101",
+        "--annotations",
+        join(bucket, "ucf"),
+        "--videos",
+        join(bucket, "ucf"),
+        "--out",
+        manifest,
+        "--allow-missing",
+    )
     assert made.returncode == 0, made.stderr
     out = join(bucket, "out")
     run = run_job("jobs.preprocess", "--manifest", manifest, "--out", out, *PREPROCESS)
@@ -97,8 +106,10 @@ def test_preprocess_to_s3_stores_every_good_video_once_and_records_bad_ones(s3_d
 
 def kill_mid_upload(uri: str, *parts: str) -> None:
     """A process that dies (SIGKILL) while uploading to `uri/parts`, leaving an incomplete multipart upload."""
-    writer = (f"import os, signal\nfrom storage import Location\nwith Location({uri!r}).atomic_write(*{parts!r}) as s:\n"
-              "    s.write(os.urandom(12 << 20))\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    writer = (
+        f"import os, signal\nfrom storage import Location\nwith Location({uri!r}).atomic_write(*{parts!r}) as s:\n"
+        "    s.write(os.urandom(12 << 20))\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
     assert subprocess.run([sys.executable, "-c", writer], cwd=REPO).returncode == -9
 
 
@@ -124,8 +135,26 @@ def test_resume_on_s3_redoes_only_the_missing_shard_and_cleans_leftovers(s3_data
 def test_train_evaluate_visualize_from_s3(s3_dataset):
     bucket, _, out, entries, _, _ = s3_dataset
     run = join(bucket, "runs", "flow")
-    trained = run_job("jobs.train", "--data", out, "--model", "tsn_flow", "--out", run, "--epochs", "1", "--batch-size", "4",
-                      "--no-flip", "--print-freq", "0", "--input-size", "32", "--loader-workers", "1")
+    trained = run_job(
+        "jobs.train",
+        "--data",
+        out,
+        "--model",
+        "tsn_flow",
+        "--out",
+        run,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--no-flip",
+        "--print-freq",
+        "0",
+        "--input-size",
+        "32",
+        "--loader-workers",
+        "1",
+    )
     assert trained.returncode == 0, trained.stdout + trained.stderr
     runs = Location(run)
     assert runs.is_file("checkpoint.pt") and runs.is_file("config.json")
@@ -135,8 +164,9 @@ def test_train_evaluate_visualize_from_s3(s3_dataset):
     assert rows[0] == "epoch,step,loss,lr,samples_per_s" and len(rows) > 1
 
     metrics_uri = join(bucket, "eval", "metrics.json")
-    evaluated = run_job("jobs.evaluate", "--data", out, "--run", f"flow={run}", "--segments", "3", "--json", metrics_uri,
-                        "--loader-workers", "1")
+    evaluated = run_job(
+        "jobs.evaluate", "--data", out, "--run", f"flow={run}", "--segments", "3", "--json", metrics_uri, "--loader-workers", "1"
+    )
     assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
     metrics = json.loads(Location(metrics_uri).read_text())
     tests = sum(e.split == "test" for e in entries)

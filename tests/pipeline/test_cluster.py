@@ -78,12 +78,34 @@ def start_two_nodes(root: Path, extra_env: dict | None = None) -> TwoNodes:
     private.mkdir(parents=True)
     shared.mkdir(parents=True)
     port, temp = free_port(), tempfile.mkdtemp(prefix="fsr-", dir="/tmp")
-    head = _start([RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "1",
-                   "--temp-dir", f"{temp}/h", "--include-dashboard", "false", "--disable-usage-stats",
-                   "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port())], env)
+    head = _start(
+        [
+            RAY,
+            "start",
+            "--head",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "1",
+            "--temp-dir",
+            f"{temp}/h",
+            "--include-dashboard",
+            "false",
+            "--disable-usage-stats",
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            "--ray-client-server-port",
+            str(free_port()),
+        ],
+        env,
+    )
     address = f"127.0.0.1:{port}"
-    second = (f"mount -t tmpfs flowshard-private {private} && exec {RAY} start --address {address} --node-ip-address 127.0.0.1 "
-              f"--num-cpus 1 --temp-dir {temp}/w --disable-usage-stats --dashboard-agent-listen-port {free_port()}")
+    second = (
+        f"mount -t tmpfs flowshard-private {private} && exec {RAY} start --address {address} --node-ip-address 127.0.0.1 "
+        f"--num-cpus 1 --temp-dir {temp}/w --disable-usage-stats --dashboard-agent-listen-port {free_port()}"
+    )
     try:
         worker = _start(["unshare", "--mount", "--propagation", "private", "sh", "-c", second], env)
     except BaseException:
@@ -123,8 +145,9 @@ def csv_manifest(videos: Path, manifest: Path, cfg: SyntheticConfig) -> list:
 
 
 def preprocess(nodes: TwoNodes, manifest: Path | str, out: Path | str, *extra: str) -> subprocess.CompletedProcess:
-    return run_job("jobs.preprocess", "--manifest", str(manifest), "--out", str(out), "--address", nodes.address, *FAST, *extra,
-                   env=nodes.env)
+    return run_job(
+        "jobs.preprocess", "--manifest", str(manifest), "--out", str(out), "--address", nodes.address, *FAST, *extra, env=nodes.env
+    )
 
 
 def assert_one_sentence(result: subprocess.CompletedProcess, *phrases: str) -> None:
@@ -169,9 +192,29 @@ def test_a_run_to_s3_survives_losing_the_second_node(s3_server, bucket, tmp_path
         entries = csv_manifest(nodes.shared / "videos", manifest, LONGER)
         out = f"{bucket}/out"
         job = subprocess.Popen(
-            [sys.executable, "-m", "jobs.preprocess", "--manifest", str(manifest), "--out", out, "--address", nodes.address,
-             "--videos-per-shard", "2", "--progress-seconds", "1", "--modalities", "rgb,tvl1"],
-            cwd=REPO, env=nodes.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "jobs.preprocess",
+                "--manifest",
+                str(manifest),
+                "--out",
+                out,
+                "--address",
+                nodes.address,
+                "--videos-per-shard",
+                "2",
+                "--progress-seconds",
+                "1",
+                "--modalities",
+                "rgb,tvl1",
+            ],
+            cwd=REPO,
+            env=nodes.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
         )
         try:
             busy = wait_for(lambda: [p for p in session_pids(nodes.worker_sid) if "ray::_run_shard" in process_args(p)], timeout=180)

@@ -172,8 +172,11 @@ def test_kinetics_test_csv_without_labels(tmp_path):
 
 @pytest.mark.parametrize(
     "row, fragment",
-    [("abseiling,x,ten,20,val,0", "val.csv:2: time_start 'ten'"), ("abseiling,x,1,2,val", "val.csv:2: expected 6"),
-     ("abseiling,x,1,2,dev,0", "split 'dev'")],
+    [
+        ("abseiling,x,ten,20,val,0", "val.csv:2: time_start 'ten'"),
+        ("abseiling,x,1,2,val", "val.csv:2: expected 6"),
+        ("abseiling,x,1,2,dev,0", "split 'dev'"),
+    ],
 )
 def test_kinetics_malformed_rows(tmp_path, row, fragment):
     csv_path = tmp_path / "val.csv"

@@ -162,6 +162,9 @@ def test_stream_chunks_are_the_decoded_frames_and_errors_come_at_the_end(bad_fil
         assert video.fps == 10 and video.decoded_frames == 280
     assert [len(c) for c in chunks] == [16] * 6 + [4]
     np.testing.assert_array_equal(np.concatenate(chunks), decode_video(path, cfg).frames)
-    with VideoStream(str(bad_files / "cut_faststart.mp4"), DecodeConfig(short_side=32)) as video, pytest.raises(VideoError, match="cut off"):
+    with (
+        VideoStream(str(bad_files / "cut_faststart.mp4"), DecodeConfig(short_side=32)) as video,
+        pytest.raises(VideoError, match="cut off"),
+    ):
         for _ in video.chunks(4):
             pass

@@ -108,8 +108,9 @@ print(json.dumps({{"compiles": compiles, "compile_seconds": worker.stats()["comp
 def run_worker(tmp_path, compile: bool, videos, env: dict | None = None) -> tuple[dict, np.ndarray, str]:
     script = COMPILE_SCRIPT.format(repo=str(REPO), compile=compile, videos=videos)
     flows = tmp_path / f"flows-{compile}.npy"
-    result = subprocess.run([sys.executable, "-c", script, str(flows)], capture_output=True, text=True, timeout=900,
-                            cwd=REPO, env={**os.environ, **(env or {})})
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(flows)], capture_output=True, text=True, timeout=900, cwd=REPO, env={**os.environ, **(env or {})}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1]), np.load(flows), result.stderr
 
@@ -176,8 +177,9 @@ def test_a_video_twice_as_long_raises_peak_memory_by_less_than_a_quarter(tmp_pat
         path = tmp_path / f"long{frames}.mp4"
         write_long_video(path, frames)
         script = MEMORY_SCRIPT.format(repo=str(REPO))
-        result = subprocess.run([sys.executable, "-c", script, str(path), str(frames)], capture_output=True, text=True,
-                                timeout=600, cwd=REPO)
+        result = subprocess.run(
+            [sys.executable, "-c", script, str(path), str(frames)], capture_output=True, text=True, timeout=600, cwd=REPO
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         peaks[frames] = int(result.stdout.strip().splitlines()[-1]) / 1024  # MB
     # Holding every decoded frame (RGB and gray, as flowshard 0.1 did) would add 1000 * 480 * 360 * 4 bytes = 690 MB,
@@ -189,14 +191,38 @@ def test_a_video_twice_as_long_raises_peak_memory_by_less_than_a_quarter(tmp_pat
 
 
 def test_report_sums_stages_and_rates_per_node_and_worker():
-    videos = [VideoResult("a", "train", "s0", "ok", "", 2.0, 10, 100), VideoResult("b", "train", "s0", "failed", "cut off: decoded 3 of 9", 1.0)]
-    results = [ShardResult("s0", "train", "s0.tar", 1, 100, "", 3.0, videos, {"decode": 1.0, "encode": 0.5, "flow_wait": 4.0, "write": 0.1}, "n1"),
-               ShardResult("s1", "train", None, 0, 0, "", 1.0, [VideoResult("c", "train", "s1", "failed", "file not found", 0.0)], {}, "n2")]
-    worker = {"node": "n1", "device": "cpu", "pid": 1, "pairs": 12, "batches": 2, "batch_size": 8, "padded_pairs": 4,
-              "seconds": 10.0, "flow_seconds": 6.0, "compiles": 2, "compile_seconds": 1.0, "failed_batches": 0}
+    videos = [
+        VideoResult("a", "train", "s0", "ok", "", 2.0, 10, 100),
+        VideoResult("b", "train", "s0", "failed", "cut off: decoded 3 of 9", 1.0),
+    ]
+    results = [
+        ShardResult("s0", "train", "s0.tar", 1, 100, "", 3.0, videos, {"decode": 1.0, "encode": 0.5, "flow_wait": 4.0, "write": 0.1}, "n1"),
+        ShardResult("s1", "train", None, 0, 0, "", 1.0, [VideoResult("c", "train", "s1", "failed", "file not found", 0.0)], {}, "n2"),
+    ]
+    worker = {
+        "node": "n1",
+        "device": "cpu",
+        "pid": 1,
+        "pairs": 12,
+        "batches": 2,
+        "batch_size": 8,
+        "padded_pairs": 4,
+        "seconds": 10.0,
+        "flow_seconds": 6.0,
+        "compiles": 2,
+        "compile_seconds": 1.0,
+        "failed_batches": 0,
+    }
     report = build_report(results, [worker], seconds=4.0, node_names={"n1": "10.0.0.1", "n2": "10.0.0.2"})
-    assert report["time"] == {"decode": 1.0, "encode": 0.5, "write": 0.1, "flow": 5.0, "compile": 1.0, "waiting_for_flow": 4.0,
-                              "flow_workers_idle": 4.0}
+    assert report["time"] == {
+        "decode": 1.0,
+        "encode": 0.5,
+        "write": 0.1,
+        "flow": 5.0,
+        "compile": 1.0,
+        "waiting_for_flow": 4.0,
+        "flow_workers_idle": 4.0,
+    }
     assert report["nodes"]["10.0.0.1"]["videos"] == 2 and report["nodes"]["10.0.0.1"]["pairs_per_s"] == 3.0
     assert report["nodes"]["10.0.0.2"]["videos_per_s"] == 0.25 and report["pairs_per_s"] == 3.0
     assert report["flow_workers"][0]["busy"] == 0.6
@@ -237,8 +263,9 @@ def test_the_gpu_benchmark_runs_on_the_cpu_as_a_smoke_test(tmp_path):
     if not (SHARED_DATA / "videos").is_dir() or not (SHARED_DATA / "middlebury").is_dir():
         pytest.skip(f"reference clips or Middlebury absent under {SHARED_DATA}")
     figures = tmp_path / "figures.json"
-    result = subprocess.run([sys.executable, "bench/flow_service.py", "--smoke", "--json", str(figures)], cwd=REPO,
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "bench/flow_service.py", "--smoke", "--json", str(figures)], cwd=REPO, capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     figures = json.loads(figures.read_text())
     assert {(r["algorithm"], r["batch"]) for r in figures["solver"]} == {(a, b) for a in ALGORITHMS for b in (2, 4)}

@@ -92,8 +92,18 @@ def dataset(tmp_path_factory):
 def embedded_run(dataset):
     root, manifest, _ = dataset
     out = root / "out"
-    result = run_job("jobs.preprocess", "--manifest", str(manifest), "--out", str(out), "--videos-per-shard", "5",
-                     "--modalities", "rgb,tvl1,warp_tvl1", *FAST)
+    result = run_job(
+        "jobs.preprocess",
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(out),
+        "--videos-per-shard",
+        "5",
+        "--modalities",
+        "rgb,tvl1,warp_tvl1",
+        *FAST,
+    )
     return out, result
 
 
@@ -154,8 +164,19 @@ def test_rerun_does_no_work_and_strict_reports_failures(dataset, embedded_run):
     _, manifest, _ = dataset
     out, _ = embedded_run
     before = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in (out / "shards").iterdir()}
-    result = run_job("jobs.preprocess", "--manifest", str(manifest), "--out", str(out), "--videos-per-shard", "5",
-                     "--modalities", "rgb,tvl1,warp_tvl1", "--strict", *FAST)
+    result = run_job(
+        "jobs.preprocess",
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(out),
+        "--videos-per-shard",
+        "5",
+        "--modalities",
+        "rgb,tvl1,warp_tvl1",
+        "--strict",
+        *FAST,
+    )
     assert result.returncode == 1  # --strict with failed videos
     assert "0 to run" in result.stdout and "(0 written in this run)" in result.stdout
     assert {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in (out / "shards").iterdir()} == before
@@ -185,10 +206,33 @@ def test_bad_flags_and_manifest_are_one_sentence_errors(tmp_path):
 
 def test_help_documents_every_flag():
     result = run_job("jobs.preprocess", "--help")
-    for flag in ("--manifest", "--out", "--modalities", "--short-side", "--size", "--fps", "--max-frames", "--flow-preset",
-                 "--flow-bound", "--jpeg-quality", "--shard-size-mb", "--address", "--overwrite", "--strict", "--pixel-grid",
-                 "--video-timeout", "--flow-batch", "--device", "--videos-per-shard", "--cpus-per-task", "--flow-workers",
-                 "--max-retries", "--progress-seconds", "--flow-param", "--flow-encoding"):
+    for flag in (
+        "--manifest",
+        "--out",
+        "--modalities",
+        "--short-side",
+        "--size",
+        "--fps",
+        "--max-frames",
+        "--flow-preset",
+        "--flow-bound",
+        "--jpeg-quality",
+        "--shard-size-mb",
+        "--address",
+        "--overwrite",
+        "--strict",
+        "--pixel-grid",
+        "--video-timeout",
+        "--flow-batch",
+        "--device",
+        "--videos-per-shard",
+        "--cpus-per-task",
+        "--flow-workers",
+        "--max-retries",
+        "--progress-seconds",
+        "--flow-param",
+        "--flow-encoding",
+    ):
         assert flag in result.stdout
 
 
@@ -204,8 +248,12 @@ def ray_task_pids(name: str = "ray::_run_shard") -> list[int]:
 
 def start_job(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "jobs.preprocess", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
+        [sys.executable, "-m", "jobs.preprocess", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
 
 
@@ -292,9 +340,26 @@ def ray_head(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     start = subprocess.run(
-        [ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--dashboard-host", "127.0.0.1",
-         "--dashboard-port", str(dashboard), "--num-cpus", "2", "--disable-usage-stats"],
-        capture_output=True, text=True, env=env, timeout=180,
+        [
+            ray_bin,
+            "start",
+            "--head",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dashboard),
+            "--num-cpus",
+            "2",
+            "--disable-usage-stats",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
     )
     assert start.returncode == 0, start.stdout + start.stderr
     try:
@@ -308,9 +373,31 @@ def test_ray_job_submit_on_a_real_head(tmp_path, ray_head):
     manifest, entries = make_manifest(tmp_path, SMALL, bad=False)
     out = tmp_path / "out"
     submit = subprocess.run(
-        [ray_bin, "job", "submit", "--address", dashboard, "--working-dir", str(REPO), "--",
-         "python", "-m", "jobs.preprocess", "--manifest", str(manifest), "--out", str(out), "--videos-per-shard", "4", *FAST],
-        capture_output=True, text=True, env=env, timeout=600, cwd=REPO,
+        [
+            ray_bin,
+            "job",
+            "submit",
+            "--address",
+            dashboard,
+            "--working-dir",
+            str(REPO),
+            "--",
+            "python",
+            "-m",
+            "jobs.preprocess",
+            "--manifest",
+            str(manifest),
+            "--out",
+            str(out),
+            "--videos-per-shard",
+            "4",
+            *FAST,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=REPO,
     )
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
     assert f"{len(entries)} ok, 0 failed" in submit.stdout  # the job's output streams back, progress included
@@ -325,16 +412,44 @@ def test_real_clips_come_out_right(tmp_path):
     videos = SHARED_DATA / "videos"
     if not videos.is_dir():
         pytest.skip(f"reference clips absent ({videos})")
-    expected = {"demo": (280, 256, 340), "test": (164, 240, 320), "part_0": (32, 256, 340), "Kop0sDqOn-c": (300, 256, 340),
-                "flipping_a_pancake": (310, 240, 426), "S001C001P001R001A001_rgb": (103, 256, 455)}
-    rows = [f"{videos / name}{ext},clip,test" for name, ext in [("demo", ".mp4"), ("test", ".avi"), ("part_0", ".mp4"),
-            ("Kop0sDqOn-c", ".mp4"), ("flipping_a_pancake", ".mkv"), ("S001C001P001R001A001_rgb", ".avi")]]
+    expected = {
+        "demo": (280, 256, 340),
+        "test": (164, 240, 320),
+        "part_0": (32, 256, 340),
+        "Kop0sDqOn-c": (300, 256, 340),
+        "flipping_a_pancake": (310, 240, 426),
+        "S001C001P001R001A001_rgb": (103, 256, 455),
+    }
+    rows = [
+        f"{videos / name}{ext},clip,test"
+        for name, ext in [
+            ("demo", ".mp4"),
+            ("test", ".avi"),
+            ("part_0", ".mp4"),
+            ("Kop0sDqOn-c", ".mp4"),
+            ("flipping_a_pancake", ".mkv"),
+            ("S001C001P001R001A001_rgb", ".avi"),
+        ]
+    ]
     (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
-    made = run_job("jobs.manifest", "csv", "--annotations", str(tmp_path / "list.csv"), "--videos", str(videos), "--out", str(tmp_path / "m.parquet"))
+    made = run_job(
+        "jobs.manifest", "csv", "--annotations", str(tmp_path / "list.csv"), "--videos", str(videos), "--out", str(tmp_path / "m.parquet")
+    )
     assert made.returncode == 0, made.stderr
     out = tmp_path / "out"
-    result = run_job("jobs.preprocess", "--manifest", str(tmp_path / "m.parquet"), "--out", str(out), "--modalities", "rgb",
-                     "--videos-per-shard", "3", "--progress-seconds", "5")
+    result = run_job(
+        "jobs.preprocess",
+        "--manifest",
+        str(tmp_path / "m.parquet"),
+        "--out",
+        str(out),
+        "--modalities",
+        "rgb",
+        "--videos-per-shard",
+        "3",
+        "--progress-seconds",
+        "5",
+    )
     assert result.returncode == 0 and "6 ok, 0 failed" in result.stdout, result.stdout + result.stderr
     for members in read_shards(out):
         sample = decode_sample(members)

@@ -19,11 +19,11 @@ from pipeline.shards import (
     process_shard,
     process_video,
 )
-from storage import Location
 from pipeline.synthetic import SyntheticConfig, class_direction, generate_dataset
 from schemas.dataset import SHARDS_DIR
 from schemas.manifest import VideoRecord
 from schemas.sample import decode_sample
+from storage import Location
 
 SMALL = SyntheticConfig(classes=4, videos_per_class=2, width=64, height=48, frames=6, seed=1)
 FAST = ProcessConfig(modalities=("rgb", "tvl1"), flow_params=(("compile", False),))
@@ -34,8 +34,14 @@ def videos(tmp_path_factory):
     root = tmp_path_factory.mktemp("videos")
     entries = generate_dataset(SMALL, root)
     records = [
-        VideoRecord(video_id=e.relpath.split("/")[1][:-4], path=str(root / e.relpath), label=e.label,
-                    label_name=f"Move{e.label}", split=e.split, dataset="test")
+        VideoRecord(
+            video_id=e.relpath.split("/")[1][:-4],
+            path=str(root / e.relpath),
+            label=e.label,
+            label_name=f"Move{e.label}",
+            split=e.split,
+            dataset="test",
+        )
         for e in entries
     ]
     (root / "broken.mp4").write_text("not a video")

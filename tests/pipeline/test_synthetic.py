@@ -73,9 +73,7 @@ def test_single_frames_carry_no_class_signal():
         return video.frames[0].astype(np.float32).ravel()
 
     train = {c: np.mean([sample(c) for _ in range(30)], axis=0) for c in range(4)}
-    hits = sum(
-        int(np.argmin([np.linalg.norm(sample(c) - train[k]) for k in range(4)]) == c) for c in range(4) for _ in range(15)
-    )
+    hits = sum(int(np.argmin([np.linalg.norm(sample(c) - train[k]) for k in range(4)]) == c) for c in range(4) for _ in range(15))
     assert hits / 60 <= 0.45  # chance is 0.25
 
 

@@ -61,8 +61,18 @@ def make_sample(key="v_Move000_g01_c01", frames=3, encoding="jpeg") -> Sample:
     rgb = [encode_jpeg(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)) for _ in range(frames)]
     flows = [encode_flow(smooth_flow(24, 32, seed=i), encoding) for i in range(frames - 1)]
     meta = SampleMeta(
-        video_id=key, label=2, label_name="Move180", split="train", source="/x.mp4", fps=25.0, num_frames=frames,
-        height=24, width=32, modalities=("rgb", "tvl1"), flow_encoding=encoding, flow_params={"tvl1": {"preset": "opencv"}},
+        video_id=key,
+        label=2,
+        label_name="Move180",
+        split="train",
+        source="/x.mp4",
+        fps=25.0,
+        num_frames=frames,
+        height=24,
+        width=32,
+        modalities=("rgb", "tvl1"),
+        flow_encoding=encoding,
+        flow_params={"tvl1": {"preset": "opencv"}},
     )
     return Sample(meta=meta, rgb=rgb, flow={"tvl1": flows})
 

@@ -23,8 +23,18 @@ def synthetic_sample(key: str, label: int, frames: int = FRAMES) -> Sample:
     """Frame i is filled with the value 10 * i (so indices can be read back); flow i is constant (label, i/10)."""
     rgb = [encode_jpeg(np.full((H, W, 3), 10 * i, np.uint8), 100) for i in range(frames)]
     flows = [encode_flow(np.broadcast_to(np.float32([label, i / 10]), (H, W, 2)).copy(), quality=100) for i in range(frames - 1)]
-    meta = SampleMeta(video_id=key, label=label, label_name=f"c{label}", split="train", source="-", fps=25.0,
-                      num_frames=frames, height=H, width=W, modalities=("rgb", "tvl1"))
+    meta = SampleMeta(
+        video_id=key,
+        label=label,
+        label_name=f"c{label}",
+        split="train",
+        source="-",
+        fps=25.0,
+        num_frames=frames,
+        height=H,
+        width=W,
+        modalities=("rgb", "tvl1"),
+    )
     return Sample(meta=meta, rgb=rgb, flow={"tvl1": flows})
 
 
@@ -34,9 +44,13 @@ def write_dataset(root: Path, shards: dict[str, list[Sample]]) -> None:
         with wds.TarWriter(str(root / "shards" / name)) as sink:
             for s in samples:
                 sink.write(encode_sample(s))
-    info = DatasetInfo(classes=["c0", "c1", "c2"], modalities=["rgb", "tvl1"], parameters={},
-                       counts={"samples": {"train": sum(len(v) for v in shards.values())}},
-                       shards={"train": sorted(shards)})
+    info = DatasetInfo(
+        classes=["c0", "c1", "c2"],
+        modalities=["rgb", "tvl1"],
+        parameters={},
+        counts={"samples": {"train": sum(len(v) for v in shards.values())}},
+        shards={"train": sorted(shards)},
+    )
     (root / "dataset.json").write_text(info.to_json())
 
 
@@ -96,8 +110,9 @@ def test_training_epochs_have_a_fixed_length(tmp_path):
 
 
 def test_a_corrupt_shard_is_skipped_with_a_warning_and_a_count(tmp_path, caplog):
-    write_dataset(tmp_path, {"train-000000.tar": [synthetic_sample(f"v{i}", 0) for i in range(3)],
-                             "train-000001.tar": [synthetic_sample("w", 1)]})
+    write_dataset(
+        tmp_path, {"train-000000.tar": [synthetic_sample(f"v{i}", 0) for i in range(3)], "train-000001.tar": [synthetic_sample("w", 1)]}
+    )
     data = (tmp_path / "shards" / "train-000001.tar").read_bytes()
     (tmp_path / "shards" / "train-000001.tar").write_bytes(data[:700] + b"\xff" * 2000)  # a cut, overwritten tar
     cfg = ExampleConfig(arch="tsn", modality="rgb", segments=1, input_size=16)
@@ -130,9 +145,14 @@ def _rank_loop(rank: int, world: int, root: str, port: int, results) -> None:
 
 def test_uneven_shards_across_ranks_do_not_hang(tmp_path):
     """3 shards of 1, 2 and 6 videos on 2 ranks: resampling plus fixed epochs give both ranks the same steps."""
-    write_dataset(tmp_path, {"train-000000.tar": [synthetic_sample("a", 0)],
-                             "train-000001.tar": [synthetic_sample(f"b{i}", 1) for i in range(2)],
-                             "train-000002.tar": [synthetic_sample(f"c{i}", 2) for i in range(6)]})
+    write_dataset(
+        tmp_path,
+        {
+            "train-000000.tar": [synthetic_sample("a", 0)],
+            "train-000001.tar": [synthetic_sample(f"b{i}", 1) for i in range(2)],
+            "train-000002.tar": [synthetic_sample(f"c{i}", 2) for i in range(6)],
+        },
+    )
     import socket
 
     with socket.socket() as s:

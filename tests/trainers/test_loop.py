@@ -17,7 +17,7 @@ import torch
 from tests.conftest import REPO, run_job
 from tests.trainers.test_data import synthetic_sample, write_dataset
 from trainers.loop import CHECKPOINT, TrainConfig, get_lr, load_checkpoint, run_training
-from trainers.metrics import confusion_matrix, fuse, mean_class_accuracy, topk_accuracy, video_metrics, confusion_png
+from trainers.metrics import confusion_matrix, confusion_png, fuse, mean_class_accuracy, topk_accuracy, video_metrics
 
 
 def test_lr_warmup_then_cosine_or_steps():
@@ -58,8 +58,19 @@ def tiny_dataset(tmp_path):
 
 
 def tiny_config(data, out, epochs) -> TrainConfig:
-    return TrainConfig(data=str(data), model="tsn_flow", out=str(out), epochs=epochs, batch_size=3, input_size=32,
-                       new_length=2, segments=2, loader_workers=0, print_freq=0, lr=0.01)
+    return TrainConfig(
+        data=str(data),
+        model="tsn_flow",
+        out=str(out),
+        epochs=epochs,
+        batch_size=3,
+        input_size=32,
+        new_length=2,
+        segments=2,
+        loader_workers=0,
+        print_freq=0,
+        lr=0.01,
+    )
 
 
 def test_training_writes_checkpoints_metrics_and_resumes(tiny_dataset, tmp_path, capsys):
@@ -88,9 +99,31 @@ def test_resume_refuses_a_different_model(tiny_dataset, tmp_path):
 @pytest.mark.slow
 def test_a_killed_training_run_resumes_from_its_last_checkpoint(tiny_dataset, tmp_path):
     out = tmp_path / "run"
-    args = ["--data", str(tiny_dataset), "--model", "tsn_flow", "--out", str(out), "--epochs", "40", "--batch-size", "3",
-            "--input-size", "32", "--new-length", "2", "--segments", "2", "--loader-workers", "0", "--print-freq", "0"]
-    job = subprocess.Popen([sys.executable, "-m", "jobs.train", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = [
+        "--data",
+        str(tiny_dataset),
+        "--model",
+        "tsn_flow",
+        "--out",
+        str(out),
+        "--epochs",
+        "40",
+        "--batch-size",
+        "3",
+        "--input-size",
+        "32",
+        "--new-length",
+        "2",
+        "--segments",
+        "2",
+        "--loader-workers",
+        "0",
+        "--print-freq",
+        "0",
+    ]
+    job = subprocess.Popen(
+        [sys.executable, "-m", "jobs.train", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.monotonic() + 180
     while not (out / CHECKPOINT).is_file() and time.monotonic() < deadline and job.poll() is None:
         time.sleep(0.2)

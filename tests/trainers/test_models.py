@@ -99,7 +99,9 @@ def test_load_pretrained_adapts_the_stem_and_drops_a_foreign_classifier(tmp_path
     assert torch.allclose(stem[:, 4], imagenet["conv1.weight"].mean(1))
     assert torch.equal(model.backbone.layer1[0].conv1.weight, imagenet["layer1.0.conv1.weight"])
     assert model.fc.out_features == 7
-    i3d = build_model("i3d_rgb", num_classes=7, pretrained=torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True).state_dict())
+    i3d = build_model(
+        "i3d_rgb", num_classes=7, pretrained=torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True).state_dict()
+    )
     assert i3d.backbone.conv1.conv.conv.weight.shape == (64, 3, 7, 7, 7)
     with pytest.raises(ValueError, match="has shape"):
         load_pretrained(nn.Linear(3, 4), {"weight": torch.zeros(5, 3)}, in_chans=3, num_classes=4, classifier="head")

@@ -18,7 +18,15 @@ from .surgery import adapt_input_conv, inflate_conv_weight, load_pretrained
 
 # (temporal kernel, temporal stride) of the stem layers, from the I3D paper; inception convs keep their
 # spatial kernel size in time (1x1 -> 1x1x1, 3x3 -> 3x3x3) with stride 1.
-STEM_TIME = {"conv1": (7, 2), "maxpool1": (1, 1), "conv2": (1, 1), "conv3": (3, 1), "maxpool2": (1, 1), "maxpool3": (3, 2), "maxpool4": (2, 2)}
+STEM_TIME = {
+    "conv1": (7, 2),
+    "maxpool1": (1, 1),
+    "conv2": (1, 1),
+    "conv3": (3, 1),
+    "maxpool2": (1, 1),
+    "maxpool3": (3, 2),
+    "maxpool4": (2, 2),
+}
 
 
 class InflatedConv3d(nn.Module):
@@ -28,8 +36,12 @@ class InflatedConv3d(nn.Module):
         super().__init__()
         self.time_pad = (time - 1) // 2
         self.conv = nn.Conv3d(
-            conv2d.in_channels, conv2d.out_channels, (time, *conv2d.kernel_size), (time_stride, *conv2d.stride),
-            (0, *conv2d.padding), bias=conv2d.bias is not None,
+            conv2d.in_channels,
+            conv2d.out_channels,
+            (time, *conv2d.kernel_size),
+            (time_stride, *conv2d.stride),
+            (0, *conv2d.padding),
+            bias=conv2d.bias is not None,
         )
         with torch.no_grad():
             self.conv.weight.copy_(inflate_conv_weight(conv2d.weight, time))
@@ -49,9 +61,11 @@ def _bn3d(bn: nn.BatchNorm2d) -> nn.BatchNorm3d:
 
 
 def _pool3d(pool: nn.MaxPool2d, time: int, time_stride: int) -> nn.MaxPool3d:
-    k, s, p = (pool.kernel_size if isinstance(pool.kernel_size, int) else pool.kernel_size[0],
-               pool.stride if isinstance(pool.stride, int) else pool.stride[0],
-               pool.padding if isinstance(pool.padding, int) else pool.padding[0])
+    k, s, p = (
+        pool.kernel_size if isinstance(pool.kernel_size, int) else pool.kernel_size[0],
+        pool.stride if isinstance(pool.stride, int) else pool.stride[0],
+        pool.padding if isinstance(pool.padding, int) else pool.padding[0],
+    )
     return nn.MaxPool3d((time, k, k), (time_stride, s, s), ((time - 1) // 2 if p else 0, p, p), ceil_mode=pool.ceil_mode)
 
 
@@ -102,7 +116,9 @@ class I3D(nn.Module):
         if pretrained is None:
             kaiming_init(net)
         else:
-            load_pretrained(net, {k: v for k, v in pretrained.items() if not k.startswith(("fc.", "aux"))}, in_chans=3, num_classes=num_classes)
+            load_pretrained(
+                net, {k: v for k, v in pretrained.items() if not k.startswith(("fc.", "aux"))}, in_chans=3, num_classes=num_classes
+            )
         if in_chans != 3:
             old = net.conv1.conv
             net.conv1.conv = nn.Conv2d(in_chans, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)

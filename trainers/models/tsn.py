@@ -47,8 +47,15 @@ class TSN(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def tsn(*, backbone: str = "resnet18", modality: str, num_classes: int, new_length: int = 5, pretrained: dict | None = None,
-        dropout: float = 0.5) -> TSN:
+def tsn(
+    *,
+    backbone: str = "resnet18",
+    modality: str,
+    num_classes: int,
+    new_length: int = 5,
+    pretrained: dict | None = None,
+    dropout: float = 0.5,
+) -> TSN:
     """A TSN for `modality` "rgb" (3 channels) or a flow modality (2 * new_length stacked channels).
 
     `pretrained`: a 2D ImageNet state dict (torchvision key names); the flow stem gets cross-modality init.
