@@ -8,6 +8,7 @@ Videos are written as real H.264 files in the UCF101 layout, so the real adapter
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+
+from storage import Location
 
 TEST_GROUP_FRACTION = 0.3  # like UCF101, whose groups 1-7 of 25 are the test split
 
@@ -127,10 +130,10 @@ def render_video(cfg: SyntheticConfig, label: int, background_seed: int, video_s
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int) -> None:
-    """Encode RGB frames (T, H, W, 3) as H.264 (yuv420p, CRF 17) in an MP4 container with PyAV."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with av.open(str(tmp), mode="w", format="mp4") as container:
+    """Encode RGB frames (T, H, W, 3) as H.264 (yuv420p, CRF 17) in an MP4 container with PyAV, written
+    atomically (the MP4 muxer seeks back to finish its index, so it is encoded in memory first)."""
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -139,7 +142,7 @@ def write_video(path: Path, frames: np.ndarray, fps: int) -> None:
         for rgb in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
         container.mux(stream.encode())
-    tmp.replace(path)
+    Location(str(path)).write_bytes(buffer.getvalue())
 
 
 @dataclass(frozen=True)
