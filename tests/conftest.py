@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import touch
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FLOWSHARD_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -133,3 +135,25 @@ def incomplete_uploads(bucket_uri: str) -> list[str]:
 
     listing = boto3.client("s3").list_multipart_uploads(Bucket=bucket_uri.removeprefix("s3://"))
     return [u["Key"] for u in listing.get("Uploads", [])]
+
+
+@pytest.fixture
+def ucf(tmp_path):
+    """A small UCF101 tree: classInd, split 1 lists and placeholder videos (one test video missing)."""
+    ann, videos = tmp_path / "splits", tmp_path / "UCF-101"
+    ann.mkdir()
+    (ann / "classInd.txt").write_bytes(b"1 ApplyEyeMakeup\r\n2 HandstandPushups\r\n3 YoYo\r\n")
+    (ann / "trainlist01.txt").write_bytes(
+        b"ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\r\n"
+        b"HandstandPushups/v_HandStandPushups_g08_c01.avi 2\r\n"
+        b"YoYo/v_YoYo_g09_c01.avi 3\r\n"
+    )
+    (ann / "testlist01.txt").write_bytes(b"ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\r\nYoYo/v_YoYo_g01_c01.avi\r\n")
+    for rel in [
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi",
+        "HandstandPushups/v_HandStandPushups_g08_c01.avi",
+        "YoYo/v_YoYo_g09_c01.avi",
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi",
+    ]:
+        touch(videos / rel)
+    return ann, videos

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from schemas.manifest import read_manifest
 from tests.conftest import run_job
-from tests.pipeline.test_datasets import ucf  # noqa: F401  (fixture)
 
 
 def test_help_documents_every_flag():

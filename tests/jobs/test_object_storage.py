@@ -22,7 +22,7 @@ from schemas.manifest import read_manifest
 from schemas.sample import decode_sample
 from storage import TMP_MARK, Location, join
 from tests.conftest import REPO, incomplete_uploads, run_job
-from tests.pipeline.test_preprocess_ray import BAD_REASONS, write_bad_inputs
+from tests.helpers import BAD_REASONS, write_bad_inputs
 from trainers.data import read_samples
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]

@@ -10,36 +10,9 @@ import pytest
 from pipeline.datasets import AnnotationError, load_dataset
 from schemas.manifest import manifest_table, read_manifest, write_manifest
 from tests.conftest import shared_path
-
-
-def touch(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"not decoded by the manifest step")
-    return path
-
+from tests.helpers import touch
 
 # --- UCF101 ----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def ucf(tmp_path):
-    ann, videos = tmp_path / "splits", tmp_path / "UCF-101"
-    ann.mkdir()
-    (ann / "classInd.txt").write_bytes(b"1 ApplyEyeMakeup\r\n2 HandstandPushups\r\n3 YoYo\r\n")
-    (ann / "trainlist01.txt").write_bytes(
-        b"ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\r\n"
-        b"HandstandPushups/v_HandStandPushups_g08_c01.avi 2\r\n"
-        b"YoYo/v_YoYo_g09_c01.avi 3\r\n"
-    )
-    (ann / "testlist01.txt").write_bytes(b"ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\r\nYoYo/v_YoYo_g01_c01.avi\r\n")
-    for rel in [
-        "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi",
-        "HandstandPushups/v_HandStandPushups_g08_c01.avi",
-        "YoYo/v_YoYo_g09_c01.avi",
-        "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi",
-    ]:
-        touch(videos / rel)
-    return ann, videos
 
 
 def test_ucf101_labels_splits_and_missing(ucf):

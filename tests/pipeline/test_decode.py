@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-import av
 import numpy as np
 import pytest
 
 from pipeline.decode import DecodeConfig, VideoError, VideoStream, decode_video, nearest_in_time, output_size, resample_indices
 from tests.conftest import shared_path
+from tests.helpers import noise_frames, write_audio_only, write_mp4
 
 # name: (decoded frames, stored size, output size at short side 256 stored grid, sample aspect)
 REAL_CLIPS = {
@@ -20,31 +20,6 @@ REAL_CLIPS = {
     "flipping_a_pancake.mkv": (310, (426, 240), (426, 240), Fraction(1)),  # no frame count in the header
     "S001C001P001R001A001_rgb.avi": (103, (1920, 1080), (455, 256), Fraction(1)),  # 1080p
 }
-
-
-def write_mp4(path, frames: np.ndarray, fps: int = 25, faststart: bool = False) -> None:
-    options = {"movflags": "faststart"} if faststart else {}
-    with av.open(str(path), "w", options=options) as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for f in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
-        container.mux(stream.encode())
-
-
-def write_audio_only(path) -> None:
-    """An AAC file with no video stream."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("aac", rate=16000)
-        for _ in range(10):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate = 16000
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-
-
-def noise_frames(n: int, h: int = 48, w: int = 64) -> np.ndarray:
-    return np.random.default_rng(n).integers(0, 255, (n, h, w, 3), dtype=np.uint8)
 
 
 @pytest.mark.parametrize("name", list(REAL_CLIPS))

@@ -18,17 +18,9 @@ from pipeline.report import build_report, format_report
 from pipeline.shards import ShardResult, VideoResult
 from schemas.sample import quantize_flow
 from tests.conftest import REPO
+from tests.helpers import moving_video
 
 ALGORITHMS = ("tvl1", "warp_tvl1")
-
-
-def moving_video(frames: int, h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
-    """(frames, h, w) uint8 gray: a smooth random texture that drifts by a different step each video."""
-    rng = np.random.default_rng(seed)
-    big = rng.integers(0, 255, (h + 2 * frames + 8, w + 2 * frames + 8), dtype=np.uint8)
-    big = (np.cumsum(np.cumsum(big.astype(np.float32), 0), 1) % 255).astype(np.uint8)  # texture with structure
-    dx, dy = 1 + seed % 2, seed % 3
-    return np.stack([big[4 + t * dy : 4 + t * dy + h, 4 + t * dx : 4 + t * dx + w] for t in range(frames)])
 
 
 def per_video(frames: np.ndarray, spec: FlowSpec) -> dict[str, np.ndarray]:
@@ -92,7 +84,7 @@ import json, logging, sys
 import numpy as np
 sys.path.insert(0, {repo!r})
 from pipeline.flow_service import FlowSpec, FlowWorker
-from tests.pipeline.test_flow_service import moving_video
+from tests.helpers import moving_video
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 params = (("compile", {compile}), ("opencv_cpu_ops", False))  # iteration, median and warp all compiled
 worker = FlowWorker(FlowSpec(("tvl1",), params=params, encoding="float16"), batch_size=4, device="cpu", threads=1)

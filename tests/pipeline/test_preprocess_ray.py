@@ -22,34 +22,12 @@ from schemas.dataset import read_dataset_info
 from schemas.manifest import read_manifest
 from schemas.sample import decode_sample
 from tests.conftest import REPO, SHARED_DATA, free_port, run_job, wait_for
-from tests.pipeline.test_decode import noise_frames, write_audio_only, write_mp4
+from tests.helpers import BAD_REASONS, write_bad_inputs
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 SMALL = SyntheticConfig(classes=4, videos_per_class=4, width=64, height=48, frames=8, seed=2)
 FAST = ["--progress-seconds", "2", "--size", "64x48"]
-BAD_REASONS = {
-    "missing": "file not found",
-    "zero_bytes": "empty file (0 bytes)",
-    "truncated": "cut off: decoded",
-    "not_a_video": "not a readable video file",
-    "audio_only": "no video stream",
-    "one_frame": "too short: 1 frame(s)",
-}
-
-
-def write_bad_inputs(root: Path) -> dict[str, Path]:
-    root.mkdir(parents=True, exist_ok=True)
-    paths = {name: root / f"{name}.mp4" for name in BAD_REASONS}
-    paths["audio_only"] = root / "audio_only.m4a"
-    paths["zero_bytes"].write_bytes(b"")
-    paths["not_a_video"].write_text("not a video\n")
-    write_mp4(paths["one_frame"], noise_frames(1))
-    write_mp4(root / "whole.mp4", noise_frames(30), faststart=True)
-    data = (root / "whole.mp4").read_bytes()
-    paths["truncated"].write_bytes(data[: len(data) // 2])
-    write_audio_only(paths["audio_only"])
-    return paths
 
 
 def make_manifest(root: Path, cfg: SyntheticConfig, bad: bool) -> tuple[Path, list]:

@@ -14,7 +14,7 @@ import pytest
 from pipeline.decode import DecodeConfig, VideoError, decode_video
 from storage import TMP_MARK, Location, StorageError, basename, join, parent
 from tests.conftest import REPO, free_port, incomplete_uploads, run_job, s3_env, start_moto, stop_process
-from tests.pipeline.test_decode import noise_frames, write_mp4
+from tests.helpers import noise_frames, write_mp4
 
 
 def test_join_parent_basename_keep_uris_intact(s3_server):

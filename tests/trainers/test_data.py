@@ -4,54 +4,15 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import webdataset as wds
 
-from schemas.dataset import DatasetInfo
-from schemas.sample import Sample, SampleMeta, encode_flow, encode_jpeg, encode_sample
+from tests.helpers import synthetic_sample, write_dataset
 from trainers.data import ExampleConfig, example_pipeline, make_example, make_loader, shard_urls
 
-H, W, FRAMES = 40, 56, 9
 STEP = 2 * 20.0 / 255  # one 8-bit level of flow at bound 20; JPEG may move a value by one more
-
-
-def synthetic_sample(key: str, label: int, frames: int = FRAMES) -> Sample:
-    """Frame i is filled with the value 10 * i (so indices can be read back); flow i is constant (label, i/10)."""
-    rgb = [encode_jpeg(np.full((H, W, 3), 10 * i, np.uint8), 100) for i in range(frames)]
-    flows = [encode_flow(np.broadcast_to(np.float32([label, i / 10]), (H, W, 2)).copy(), quality=100) for i in range(frames - 1)]
-    meta = SampleMeta(
-        video_id=key,
-        label=label,
-        label_name=f"c{label}",
-        split="train",
-        source="-",
-        fps=25.0,
-        num_frames=frames,
-        height=H,
-        width=W,
-        modalities=("rgb", "tvl1"),
-    )
-    return Sample(meta=meta, rgb=rgb, flow={"tvl1": flows})
-
-
-def write_dataset(root: Path, shards: dict[str, list[Sample]]) -> None:
-    (root / "shards").mkdir(parents=True)
-    for name, samples in shards.items():
-        with wds.TarWriter(str(root / "shards" / name)) as sink:
-            for s in samples:
-                sink.write(encode_sample(s))
-    info = DatasetInfo(
-        classes=["c0", "c1", "c2"],
-        modalities=["rgb", "tvl1"],
-        parameters={},
-        counts={"samples": {"train": sum(len(v) for v in shards.values())}},
-        shards={"train": sorted(shards)},
-    )
-    (root / "dataset.json").write_text(info.to_json())
 
 
 def test_tsn_examples_take_the_sampled_frames_and_stack_flows():

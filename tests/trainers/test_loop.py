@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, run_job
-from tests.trainers.test_data import synthetic_sample, write_dataset
+from tests.helpers import synthetic_sample, write_dataset
 from trainers.loop import CHECKPOINT, TrainConfig, get_lr, load_checkpoint, run_training
 from trainers.metrics import confusion_matrix, confusion_png, fuse, mean_class_accuracy, topk_accuracy, video_metrics
 
