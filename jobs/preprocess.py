@@ -24,6 +24,8 @@ EXIT_FAILURES = 1  # --strict and some videos failed
 
 @dataclass(frozen=True)
 class PreprocessJobConfig:
+    """The command line: a run, and how the command exits when some videos failed."""
+
     run: PreprocessConfig
     strict: bool = False
 

@@ -35,6 +35,8 @@ MAX_OBJECT_SHARD_MB = 4096  # shards are copied into place on object stores, and
 
 @dataclass(frozen=True)
 class PreprocessConfig:
+    """One preprocessing run: which manifest, where to, what each video becomes (`process`) and where the work runs."""
+
     manifest: str
     out: str
     process: ProcessConfig = ProcessConfig()
