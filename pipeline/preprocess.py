@@ -23,10 +23,11 @@ from schemas.manifest import VideoRecord, read_manifest
 from storage import Location
 
 from . import __version__
+from .plan import estimate_video_mb, plan_shards
 from .progress import Progress, format_duration
 from .ray_tasks import ClusterConfig, check_visible, node_names, ray_session, run_shards
 from .report import REPORT_FILE, build_report, format_report
-from .shards import PROGRESS_DIR, ProcessConfig, ShardResult, VideoResult, completed_shards, estimate_video_mb, plan_shards
+from .shards import PROGRESS_DIR, ProcessConfig, ShardResult, VideoResult, completed_shards
 
 RUN_FILE = "run.json"  # under _progress/: the parameters the existing shards were built with
 FINGERPRINT_VERSION = 2  # 1 (flowshard 0.1.0) also held runtime settings

@@ -27,7 +27,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from storage import Location, is_uri
 
 from .flow_service import CPU_BATCH, GPU_BATCH, FlowWorker
-from .shards import ProcessConfig, ShardResult, ShardSpec, VideoResult, process_shard
+from .plan import ShardSpec
+from .shards import ProcessConfig, ShardResult, VideoResult, process_shard
 
 
 @dataclass(frozen=True)

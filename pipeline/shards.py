@@ -1,4 +1,4 @@
-"""Shards: the deterministic plan (videos -> shards) and the work of one shard (decode, flow, write a tar).
+"""Shards: the work of one shard (decode, flow, write a tar); `pipeline.plan` decides which videos it holds.
 
 `process_shard` is plain Python, testable without Ray; `pipeline.ray_tasks` runs it as a Ray task. A shard
 is written whole or not at all: the tar is written under a temporary name and moved into place, then its
@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
-import hashlib
 import json
 import threading
 import time
@@ -23,7 +22,7 @@ import numpy as np
 import webdataset as wds
 
 from schemas.dataset import SHARDS_DIR
-from schemas.manifest import SPLITS, VideoRecord
+from schemas.manifest import VideoRecord
 from schemas.sample import (
     DEFAULT_FLOW_BOUND,
     DEFAULT_JPEG_QUALITY,
@@ -42,6 +41,7 @@ from storage import HashingWriter, Location
 from .decode import DecodeConfig, VideoError, VideoStream
 from .flow import resolve_params
 from .flow_service import FlowSpec, FlowWorker, LocalFlow
+from .plan import ShardSpec
 from .time_limit import TimeLimitExceeded, call_with_time_limit
 
 PROGRESS_DIR = "_progress"  # one completion record per finished shard
@@ -116,15 +116,6 @@ class ProcessConfig:
         }
 
 
-@dataclass(frozen=True)
-class ShardSpec:
-    """One unit of work: the videos of one shard, in manifest order."""
-
-    name: str  # "<split>-<NNNNNN>", also the tar's file name without ".tar"
-    split: str
-    records: tuple[VideoRecord, ...]
-
-
 @dataclass
 class VideoResult:
     """One row of results.parquet: what happened to one manifest video."""
@@ -162,37 +153,6 @@ class ShardResult:
         raw = json.loads(text)
         raw["videos"] = [VideoResult(**v) for v in raw["videos"]]
         return cls(**raw)
-
-
-def plan_shards(records: list[VideoRecord], videos_per_shard: int) -> list[ShardSpec]:
-    """Assign videos to shards deterministically: per split, `videos_per_shard` each, in an order that mixes
-    classes (sorted by a hash of the video id), so that every shard holds many classes.
-
-    Annotation files list videos class by class; shards cut in that order would each hold one class and a
-    streaming trainer's shuffle buffer could not mix them. The plan depends only on the manifest and this
-    number, so a re-run finds the same shards.
-    """
-    if videos_per_shard < 1:
-        raise ValueError(f"videos per shard must be at least 1, got {videos_per_shard}")
-    specs = []
-    for split in SPLITS:
-        rows = sorted((r for r in records if r.split == split), key=lambda r: hashlib.sha1(r.video_id.encode()).hexdigest())
-        for i in range(0, len(rows), videos_per_shard):
-            specs.append(ShardSpec(f"{split}-{i // videos_per_shard:06d}", split, tuple(rows[i : i + videos_per_shard])))
-    return specs
-
-
-def estimate_video_mb(cfg: ProcessConfig, frames: int = 300) -> float:
-    """Rough size of one stored video (default: 10 s at 30 fps), for choosing videos per shard."""
-    w, h = cfg.decode.size or (340, cfg.decode.short_side or 256)
-    pixels = w * h / (340 * 256)
-    per_frame = 0.0
-    if RGB in cfg.modalities:
-        per_frame += 0.030 * pixels * cfg.jpeg_quality / 95  # an RGB JPEG at q95 is ~30 KB at 340x256
-    per_flow = {"jpeg": 0.012, "png16": 0.2, "float16": 0.35}[cfg.flow_encoding] * pixels
-    per_frame += per_flow * len(cfg.flow_modalities)
-    frames = min(frames, cfg.decode.max_frames or frames)
-    return max(per_frame * frames, 1e-3)
 
 
 class Timings:

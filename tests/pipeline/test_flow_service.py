@@ -225,7 +225,8 @@ def test_report_sums_stages_and_rates_per_node_and_worker():
 
 def test_a_failed_flow_launch_fails_only_the_videos_in_it(tmp_path, monkeypatch):
     from pipeline.decode import DecodeConfig
-    from pipeline.shards import ProcessConfig, ShardSpec, process_shard
+    from pipeline.plan import ShardSpec
+    from pipeline.shards import ProcessConfig, process_shard
     from pipeline.synthetic import SyntheticConfig, generate_dataset
     from schemas.manifest import VideoRecord
     from storage import Location

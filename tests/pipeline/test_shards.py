@@ -9,13 +9,12 @@ import pytest
 import webdataset as wds
 
 from pipeline.decode import DecodeConfig
+from pipeline.plan import estimate_video_mb, plan_shards
 from pipeline.shards import (
     DONE_SUFFIX,
     PROGRESS_DIR,
     ProcessConfig,
     completed_shards,
-    estimate_video_mb,
-    plan_shards,
     process_shard,
     process_video,
 )

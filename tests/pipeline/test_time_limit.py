@@ -8,7 +8,8 @@ import time
 import pytest
 import webdataset as wds
 
-from pipeline.shards import ProcessConfig, ShardSpec, process_shard
+from pipeline.plan import ShardSpec
+from pipeline.shards import ProcessConfig, process_shard
 from pipeline.synthetic import SyntheticConfig, generate_dataset
 from pipeline.time_limit import TimeLimitExceeded, call_with_time_limit
 from schemas.dataset import SHARDS_DIR
