@@ -25,6 +25,8 @@ from trainers.metrics import confusion_matrix, confusion_png, fuse, softmax, vid
 
 @dataclass(frozen=True)
 class EvaluateConfig:
+    """What `jobs.evaluate` scores: trained runs on a dataset split, the test sampling, and late fusion."""
+
     data: str
     runs: tuple[tuple[str, str], ...]  # (stream name, run folder)
     split: str = "test"

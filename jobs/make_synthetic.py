@@ -17,6 +17,8 @@ from pipeline.synthetic import SyntheticConfig, class_names, generate_dataset
 
 @dataclass(frozen=True)
 class MakeSyntheticConfig:
+    """Where `jobs.make_synthetic` writes, and the dataset it generates."""
+
     out: str
     dataset: SyntheticConfig
 

@@ -16,6 +16,8 @@ from storage import basename
 
 @dataclass(frozen=True)
 class ManifestConfig:
+    """Which dataset's annotation files and videos `jobs.manifest` lists, and where the manifest goes."""
+
     dataset: str
     videos: str
     out: str

@@ -18,6 +18,8 @@ from trainers.models.tsn import BACKBONES
 
 @dataclass(frozen=True)
 class TrainJobConfig:
+    """The command line of `jobs.train`: a training run, and how many Ray Train workers run it."""
+
     train: TrainConfig
     workers: int = 1  # Ray Train workers (DDP ranks); 1 = this process, no Ray
     address: str | None = None

@@ -20,6 +20,8 @@ from trainers.data import read_samples, shard_urls
 
 @dataclass(frozen=True)
 class VisualizeConfig:
+    """Which sample and frame `jobs.visualize` draws, and where the picture goes."""
+
     data: str
     out: str
     split: str = "test"

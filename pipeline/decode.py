@@ -56,6 +56,8 @@ class DecodeConfig:
 
 @dataclass
 class DecodedVideo:
+    """A whole decoded video (see `VideoStream` for one that streams)."""
+
     frames: np.ndarray  # (T, H, W, 3) uint8 RGB
     fps: float  # frame rate of `frames`
     source_size: tuple[int, int]  # stored (width, height)

@@ -50,6 +50,7 @@ class FlowChunk:
 
 
 def default_batch(device: torch.device) -> int:
+    """Pairs per launch when none is configured: CPU_BATCH on the CPU, GPU_BATCH on a GPU."""
     return CPU_BATCH if device.type == "cpu" else GPU_BATCH
 
 

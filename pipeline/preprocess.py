@@ -50,6 +50,8 @@ class PreprocessConfig:
 
 @dataclass
 class RunSummary:
+    """What a preprocessing run did, for its closing lines."""
+
     videos: int
     ok: int
     failed: int
@@ -230,6 +232,7 @@ def _write_parquet(out: Location, name: str, table: pa.Table) -> None:
 
 
 def format_summary(summary: RunSummary, out: str, show_failures: int = 10) -> str:
+    """The end-of-run lines: counts, failures by reason (a few named), and where the outputs are."""
     lines = [
         f"{summary.ok} ok, {summary.failed} failed of {summary.videos} videos; {summary.shards} shards "
         f"({summary.shards_run} written in this run), {summary.bytes / 2**20:.1f} MB, {format_duration(summary.seconds)}",

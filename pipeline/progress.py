@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 
 def format_duration(seconds: float) -> str:
+    """Seconds as 1h02m05s, 3m07s or 42s."""
     seconds = max(0, int(round(seconds)))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)

@@ -133,6 +133,8 @@ class VideoResult:
 
 @dataclass
 class ShardResult:
+    """What happened to one shard: its tar (or none), size and digest, and every video's result; the completion record."""
+
     name: str
     split: str
     tar: str | None  # file name under shards/, None when no video of the shard could be used

@@ -68,6 +68,7 @@ def class_names(num_classes: int) -> list[str]:
 
 
 def class_direction(label: int, num_classes: int) -> tuple[float, float]:
+    """Unit (x, y) direction of motion of a class: the classes split the circle evenly."""
     angle = 2 * math.pi * label / num_classes
     return math.cos(angle), math.sin(angle)
 
@@ -147,6 +148,8 @@ def write_video(path: Path, frames: np.ndarray, fps: int) -> None:
 
 @dataclass(frozen=True)
 class SyntheticEntry:
+    """One generated video: where it is, its class, UCF101-style group and clip, and its split."""
+
     relpath: str  # `Class/v_Class_gXX_cYY.mp4`
     label: int
     group: int

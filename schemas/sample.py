@@ -36,6 +36,7 @@ DEFAULT_JPEG_QUALITY = 95
 
 
 def rgb_member(index: int) -> str:
+    """Member name of RGB frame `index` in a sample."""
     return f"{RGB}.{index:06d}.jpg"
 
 

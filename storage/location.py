@@ -163,6 +163,7 @@ class Location:
         return join(self.uri, *parts) if is_uri(self.uri) else self.path(*parts)
 
     def child(self, *parts: str) -> Location:
+        """A Location for a path below this one."""
         return Location(self.uri_of(*parts))
 
     def _call(self, fn: Callable[[], T], *parts: str) -> T:
@@ -174,15 +175,19 @@ class Location:
     # --- reading ----------------------------------------------------------------------------------------
 
     def info(self, *parts: str) -> pafs.FileInfo:
+        """pyarrow's FileInfo (type, size) of the path; FileType.NotFound when it does not exist."""
         return self._call(lambda: self.fs.get_file_info(self.path(*parts)), *parts)
 
     def exists(self, *parts: str) -> bool:
+        """Whether the path exists (file or folder)."""
         return self.info(*parts).type != pafs.FileType.NotFound
 
     def is_file(self, *parts: str) -> bool:
+        """Whether the path is a file (an object)."""
         return self.info(*parts).type == pafs.FileType.File
 
     def is_dir(self, *parts: str) -> bool:
+        """Whether the path is a folder (a prefix with objects below it, on object stores)."""
         return self.info(*parts).type == pafs.FileType.Directory
 
     def check(self) -> None:
@@ -197,10 +202,12 @@ class Location:
             raise StorageError(f"bucket {bucket!r} of {self.uri} does not exist; create it or fix the URI")
 
     def read_bytes(self, *parts: str) -> bytes:
+        """The whole file."""
         with self.open_input_stream(*parts) as stream:
             return self._call(stream.read, *parts)
 
     def read_text(self, *parts: str, encoding: str = "utf-8") -> str:
+        """The whole file, decoded."""
         return self.read_bytes(*parts).decode(encoding)
 
     def open_input_file(self, *parts: str) -> pa.NativeFile:
@@ -262,17 +269,21 @@ class Location:
             raise
 
     def write_bytes(self, data: bytes, *parts: str) -> None:
+        """Write a whole file atomically (see `atomic_write`)."""
         with self.atomic_write(*parts) as stream:
             stream.write(data)
 
     def write_text(self, text: str, *parts: str) -> None:
+        """Write a whole text file atomically, UTF-8."""
         self.write_bytes(text.encode(), *parts)
 
     def delete_file(self, *parts: str) -> None:
+        """Delete the file if it exists."""
         if self.exists(*parts):
             self._call(lambda: self.fs.delete_file(self.path(*parts)), *parts)
 
     def delete_dir(self, *parts: str) -> None:
+        """Delete the folder and everything below it, if it exists."""
         if self.exists(*parts):
             self._call(lambda: self.fs.delete_dir(self.path(*parts)), *parts)
 

@@ -116,6 +116,7 @@ def get_lr(
 
 
 def build(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """The model of a configuration, with its pretrained weights (a local path or URI) loaded when given."""
     pretrained = None
     if cfg.pretrained:
         weights = Location(cfg.pretrained)
@@ -128,6 +129,7 @@ def build(cfg: TrainConfig, num_classes: int) -> nn.Module:
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW or SGD with momentum, as configured, over every parameter."""
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -361,6 +363,7 @@ def _tensorboard(out: Location):
 
 
 def config_from_checkpoint(state: dict) -> TrainConfig:
+    """The TrainConfig a checkpoint was trained with (fields of older versions ignored, new ones defaulted)."""
     raw = dict(state["config"])
     raw["step_epochs"] = tuple(raw.get("step_epochs", ()))
     known = {f.name for f in dataclasses.fields(TrainConfig)}

@@ -7,6 +7,7 @@ import numpy as np
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, C) logits, numerically stable."""
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
@@ -47,6 +48,7 @@ def fuse(scores: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C, C) counts: row = true class, column = predicted class."""
     cm = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(cm, (labels, predicted), 1)
     return cm

@@ -46,6 +46,7 @@ def multi_scale_crop_box(
 
 
 def center_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the largest centred square crop of at most `size` pixels."""
     s = min(size, height, width)
     return (height - s) // 2, (width - s) // 2, s, s
 

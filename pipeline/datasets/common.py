@@ -60,6 +60,7 @@ def stem(path: str) -> str:
 
 
 def is_video(name: str) -> bool:
+    """Whether a file name has one of the video extensions the adapters list."""
     return name.lower().endswith(VIDEO_EXTENSIONS)
 
 
