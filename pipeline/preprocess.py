@@ -6,7 +6,6 @@ a run interrupted at any point (worker or driver killed) finishes on re-run with
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -23,7 +22,7 @@ from schemas.manifest import VideoRecord, read_manifest
 from storage import Location
 
 from . import __version__
-from .plan import estimate_video_mb, plan_shards
+from .plan import ShardSpec, estimate_video_mb, plan_shards
 from .progress import Progress, format_duration
 from .ray_tasks import ClusterConfig, check_visible, node_names, ray_session, run_shards
 from .report import REPORT_FILE, build_report, format_report
@@ -123,20 +122,13 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
     if not records:
         raise ValueError(f"manifest {cfg.manifest} lists no videos")
     out = Location(cfg.out)
-    out.check()
-    if not out.is_local and not cfg.videos_per_shard and cfg.shard_size_mb > MAX_OBJECT_SHARD_MB:
-        raise ValueError(
-            f"--shard-size-mb {cfg.shard_size_mb:g} is too large for object storage (shards are copied into "
-            f"place, at most 5 GB on S3); use {MAX_OBJECT_SHARD_MB} or less"
-        )
+    _check_output(cfg, out)
     videos_per_shard = cfg.videos_per_shard or max(1, math.floor(cfg.shard_size_mb / estimate_video_mb(cfg.process)))
     params = run_parameters(cfg, records, videos_per_shard)
     if not cfg.overwrite:
         _refuse_other_parameters(out, params)
-
     specs = plan_shards(records, videos_per_shard)
-    planned = {s.name for s in specs}
-    done = {} if cfg.overwrite else {name: r for name, r in completed_shards(out).items() if name in planned}
+    done = _finished_shards(out, specs, cfg.overwrite)
     todo = [s for s in specs if s.name not in done]
     print_fn(
         f"{len(records)} videos in {len(specs)} shards of up to {videos_per_shard} videos; "
@@ -149,25 +141,54 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
     def on_progress(videos: int, frames: int, failed: int) -> None:
         progress.update(done_videos + videos, frames, done_failed + failed)
 
-    new: list[ShardResult] = []
-    with ray_session(cfg.cluster.address) if todo else contextlib.nullcontext():
-        if todo:
-            check_visible(out, [r.path for r in records if r.exists])
-        _prepare(out, params, cfg.overwrite)
-        if todo:
-            run_start = time.monotonic()
-            new, flow_stats = run_shards(todo, cfg.process, cfg.out, cfg.cluster, on_progress)
-            report = build_report(new, flow_stats, time.monotonic() - run_start, node_names())
+    new, report = _run_todo(cfg, out, records, todo, params, on_progress)
     for folder in (SHARDS_DIR, PROGRESS_DIR):  # leftovers of attempts whose worker or node died (Ray retried them)
         out.remove_temporaries(folder)
     results = sorted([*done.values(), *new], key=lambda r: r.name)
     videos = [v for r in results for v in r.videos]
     progress.update(len(videos), sum(v.frames for r in new for v in r.videos), sum(v.status != "ok" for v in videos), force=True)
     _write_outputs(out, cfg, classes, params, results)
-    if new:
+    if report:
         out.write_bytes(json.dumps(report, indent=2).encode(), REPORT_FILE)
         for line in format_report(report):
             print_fn(line)
+    return _summary(results, new, time.monotonic() - start)
+
+
+def _check_output(cfg: PreprocessConfig, out: Location) -> None:
+    """Raise (StorageError, ValueError) now if the output's store is unusable or shards would be too big for it."""
+    out.check()
+    if not out.is_local and not cfg.videos_per_shard and cfg.shard_size_mb > MAX_OBJECT_SHARD_MB:
+        raise ValueError(
+            f"--shard-size-mb {cfg.shard_size_mb:g} is too large for object storage (shards are copied into "
+            f"place, at most 5 GB on S3); use {MAX_OBJECT_SHARD_MB} or less"
+        )
+
+
+def _finished_shards(out: Location, specs: list[ShardSpec], overwrite: bool) -> dict[str, ShardResult]:
+    """The planned shards an earlier run finished (none with overwrite), by name."""
+    if overwrite:
+        return {}
+    planned = {s.name for s in specs}
+    return {name: r for name, r in completed_shards(out).items() if name in planned}
+
+
+def _run_todo(cfg: PreprocessConfig, out: Location, records: list[VideoRecord], todo: list[ShardSpec], params: dict, on_progress):
+    """Check the cluster, prepare the output, and run the shards still to do: (their results, the run report or None).
+    Without shards to run, Ray is not started; the output is still prepared (parameters recorded, leftovers removed)."""
+    if not todo:
+        _prepare(out, params, cfg.overwrite)
+        return [], None
+    with ray_session(cfg.cluster.address):
+        check_visible(out, [r.path for r in records if r.exists])
+        _prepare(out, params, cfg.overwrite)
+        start = time.monotonic()
+        new, flow_stats = run_shards(todo, cfg.process, cfg.out, cfg.cluster, on_progress)
+        return new, build_report(new, flow_stats, time.monotonic() - start, node_names())
+
+
+def _summary(results: list[ShardResult], new: list[ShardResult], seconds: float) -> RunSummary:
+    videos = [v for r in results for v in r.videos]
     failures = [v for v in videos if v.status != "ok"]
     return RunSummary(
         videos=len(videos),
@@ -176,7 +197,7 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
         shards=sum(r.tar is not None for r in results),
         shards_run=len(new),
         bytes=sum(r.bytes for r in results),
-        seconds=time.monotonic() - start,
+        seconds=seconds,
         failures=failures,
     )
 

@@ -33,7 +33,7 @@ class Progress:
         """`frames` counts this run's frames only."""
         elapsed = max(self.clock() - self.start, 1e-9)
         rate = (videos - self.already_done) / elapsed
-        eta = (self.total - videos) / rate if rate > 0 else float("nan")
+        eta = 0.0 if videos >= self.total else (self.total - videos) / rate if rate > 0 else float("nan")
         pct = 100.0 * videos / self.total if self.total else 100.0
         eta_text = format_duration(eta) if eta == eta else "?"
         return (

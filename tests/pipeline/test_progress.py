@@ -31,6 +31,8 @@ def test_a_resumed_run_counts_earlier_videos_toward_the_total_but_not_the_rate()
     clock.now += 10
     # 10 videos in 10 s this run: 40 left at 1/s
     assert "60/100 videos (60%)" in progress.line(60, 100, 0) and "ETA 40s" in progress.line(60, 100, 0)
+    resumed_whole = Progress(total=100, print_fn=lambda _: None, clock=clock, already_done=100)
+    assert "ETA 0s" in resumed_whole.line(100, 0, 0)  # nothing left to do: no "?"
 
 
 def test_update_prints_at_most_once_per_interval_unless_forced():
