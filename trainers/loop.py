@@ -252,17 +252,17 @@ def evaluate(model, loader, device) -> tuple[list[str], np.ndarray, np.ndarray]:
     return keys, torch.cat(labels).numpy(), torch.cat(logits).numpy()
 
 
-def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None) -> dict:
-    """Train (or resume) the run `cfg.out`; returns the last epoch's stats. Works in one process or as a DDP rank."""
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    rank = torch.distributed.get_rank() if distributed else 0
-    world = torch.distributed.get_world_size() if distributed else 1
-    device = (
-        torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cfg.use_gpu and torch.cuda.is_available() else torch.device("cpu")
-    )
-    if cfg.use_gpu and device.type != "cuda":
+def _device(cfg: TrainConfig) -> torch.device:
+    """This rank's GPU when asked for (LOCAL_RANK picks it under DDP), else the CPU."""
+    if cfg.use_gpu and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if cfg.use_gpu:
         raise ValueError("--use-gpu was given but no GPU is visible")
-    torch.manual_seed(cfg.seed)
+    return torch.device("cpu")
+
+
+def _dataset(cfg: TrainConfig):
+    """The dataset's description and its number of samples in the training split; ValueError when unusable."""
     info = read_dataset_info(cfg.data)
     if cfg.modality not in info.modalities:
         raise ValueError(
@@ -271,20 +271,35 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
     epoch_samples = info.counts.get("samples", {}).get(cfg.split, 0)
     if not epoch_samples:
         raise ValueError(f"{cfg.data} has no {cfg.split} samples")
+    return info, epoch_samples
 
+
+def _resume(cfg: TrainConfig, out: Location, model: nn.Module, optimizer, num_classes: int, verbose: bool) -> tuple[int, int]:
+    """Load the run's checkpoint into the model and optimizer when there is one: (first epoch to run, step)."""
+    if not out.is_file(CHECKPOINT):
+        return 0, 0
+    state = load_checkpoint(out.uri_of(CHECKPOINT))
+    if state["config"]["model"] != cfg.model or state["num_classes"] != num_classes:
+        raise ValueError(f"{cfg.out} holds a {state['config']['model']} run for {state['num_classes']} classes; choose another --out")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if verbose:
+        print(f"resuming {cfg.out} after epoch {state['epoch']} (step {state['step']})", flush=True)
+    return state["epoch"] + 1, state["step"]
+
+
+def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None) -> dict:
+    """Train (or resume) the run `cfg.out`; returns the last epoch's stats. Works in one process or as a DDP rank."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if distributed else 0
+    world = torch.distributed.get_world_size() if distributed else 1
+    device = _device(cfg)
+    torch.manual_seed(cfg.seed)
+    info, epoch_samples = _dataset(cfg)
     out = Location(cfg.out)
     model = build(cfg, len(info.classes)).to(device)
     optimizer = make_optimizer(cfg, model)
-    start_epoch, step = 0, 0
-    if out.is_file(CHECKPOINT):
-        state = load_checkpoint(out.uri_of(CHECKPOINT))
-        if state["config"]["model"] != cfg.model or state["num_classes"] != len(info.classes):
-            raise ValueError(f"{cfg.out} holds a {state['config']['model']} run for {state['num_classes']} classes; choose another --out")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, step = state["epoch"] + 1, state["step"]
-        if rank == 0:
-            print(f"resuming {cfg.out} after epoch {state['epoch']} (step {step})", flush=True)
+    start_epoch, step = _resume(cfg, out, model, optimizer, len(info.classes), verbose=rank == 0)
     if distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
