@@ -143,33 +143,47 @@ def main(cfg: EvaluateConfig) -> int:
     check_locations(cfg.data, cfg.json, cfg.out, *(run for _, run in cfg.runs))
     device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
     info = read_dataset_info(cfg.data)
-    scores, labels, keys = {}, None, None
-    for name, run in cfg.runs:
-        k, y, scores[name], sampling = score_stream(cfg, run, len(info.classes), device)
-        if keys is not None and k != keys:
-            raise ValueError(f"stream {name} saw other videos than the first stream")
-        keys, labels = k, y
-        print(f"{name}: {len(k)} videos evaluated ({sampling})", flush=True)
-
-    metrics = {name: video_metrics(s, labels) for name, s in scores.items()}
+    keys, labels, scores = score_streams(cfg, len(info.classes), device)
     weights = dict(cfg.fusion) or {name: 1.0 for name in scores}
     fused = fuse(scores, weights)
+    metrics = {name: video_metrics(s, labels) for name, s in scores.items()}
     if len(scores) > 1:
         metrics["fused"] = video_metrics(fused, labels)
     metrics["videos"] = len(labels)
     metrics["fusion_weights"] = weights
-
     out = Location(cfg.out or (parent(cfg.json) if cfg.json else cfg.runs[0][1]))
+    write_results(cfg, out, info.classes, keys, labels, scores, fused, metrics)
+    print_results(cfg, out, len(info.classes), labels, scores, metrics, weights)
+    return 0
+
+
+def score_streams(cfg: EvaluateConfig, num_classes: int, device) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
+    """Every run's softmax scores on the same videos: (keys, labels, {stream: scores})."""
+    scores, labels, keys = {}, None, None
+    for name, run in cfg.runs:
+        k, y, scores[name], sampling = score_stream(cfg, run, num_classes, device)
+        if keys is not None and k != keys:
+            raise ValueError(f"stream {name} saw other videos than the first stream")
+        keys, labels = k, y
+        print(f"{name}: {len(k)} videos evaluated ({sampling})", flush=True)
+    return keys, labels, scores
+
+
+def write_results(cfg: EvaluateConfig, out: Location, classes, keys, labels, scores, fused, metrics: dict) -> None:
+    """scores.npz, confusion.png (of the fused scores), the --json metrics and the configuration."""
     npz = io.BytesIO()
-    np.savez(npz, keys=np.array(keys), labels=labels, classes=np.array(info.classes), **{f"scores_{n}": s for n, s in scores.items()})
+    np.savez(npz, keys=np.array(keys), labels=labels, classes=np.array(classes), **{f"scores_{n}": s for n, s in scores.items()})
     out.write_bytes(npz.getvalue(), "scores.npz")
-    cm = confusion_matrix(labels, fused.argmax(1), len(info.classes))
-    out.write_bytes(confusion_png(cm, info.classes), "confusion.png")
+    cm = confusion_matrix(labels, fused.argmax(1), len(classes))
+    out.write_bytes(confusion_png(cm, classes), "confusion.png")
     if cfg.json:
         Location(cfg.json).write_text(json.dumps(metrics, indent=2) + "\n")
     write_config(cfg, out.uri_of("evaluate.config.json"))
 
-    print(f"\n{cfg.split}: {len(labels)} videos, {len(info.classes)} classes")
+
+def print_results(cfg: EvaluateConfig, out: Location, num_classes: int, labels, scores, metrics: dict, weights: dict) -> None:
+    """The metrics table (per stream, and fused) and where the files went."""
+    print(f"\n{cfg.split}: {len(labels)} videos, {num_classes} classes")
     print("| stream | top-1 | top-5 | mean class |")
     print("|---|---|---|---|")
     for name in [*scores, *(["fused"] if "fused" in metrics else [])]:
@@ -181,7 +195,6 @@ def main(cfg: EvaluateConfig) -> int:
         f"per-video scores {out.uri_of('scores.npz')}, confusion matrix {out.uri_of('confusion.png')}"
         + (f", metrics {cfg.json}" if cfg.json else "")
     )
-    return 0
 
 
 if __name__ == "__main__":
