@@ -55,5 +55,5 @@ def test_a_slow_video_fails_as_timed_out_and_the_shard_goes_on(tmp_path):
     assert by_id["short"].status == "ok"
     keys = [m["__key__"] for m in wds.WebDataset(str(tmp_path / "out" / SHARDS_DIR / "train-000000.tar"), shardshuffle=False)]
     assert keys == ["short"]
-    # the abandoned video saw its stop flag at the next flow batch and ended (it does not run on in the background)
+    # the abandoned video saw its stop flag at the next chunk and ended (it does not run on in the background)
     assert wait_for(lambda: not [t for t in set(threading.enumerate()) - before if t.name == "flowshard-time-limited"], 30)
