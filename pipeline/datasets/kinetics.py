@@ -45,6 +45,19 @@ def load(annotations: str, videos: str, split: int | None = None, label_map: str
     Raises:
         AnnotationError: missing columns, a malformed row, or a label absent from the label map.
     """
+    header, rows = _read_rows(annotations)
+    col = {name: i for i, name in enumerate(header)}
+    has_labels = "label" in col
+    row_labels = {row[col["label"]].strip() for _, row in rows} if has_labels else set()
+    classes = read_label_map(label_map) if label_map is not None else sorted(row_labels - {""})
+    class_ids = {name: i for i, name in enumerate(classes)}
+    index = VideoIndex(videos)
+    records = [_record(annotations, lineno, row, col, class_ids, label_map, index) for lineno, row in rows]
+    return DatasetManifest(records, classes, "kinetics", sources=[annotations])
+
+
+def _read_rows(annotations: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The CSV's header and its non-blank rows with their line numbers; AnnotationError on missing columns or a bad row."""
     text = read_annotation(annotations, "Kinetics CSV")
     with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
@@ -54,7 +67,6 @@ def load(annotations: str, videos: str, split: int | None = None, label_map: str
             raise AnnotationError(
                 f"{annotations}:1: header lacks {', '.join(missing)}; expected 'label,youtube_id,time_start,time_end,split'"
             )
-        col = {name: i for i, name in enumerate(header)}
         rows = []
         for row in reader:
             if not row or not "".join(row).strip():
@@ -65,46 +77,35 @@ def load(annotations: str, videos: str, split: int | None = None, label_map: str
                     "quote labels that contain commas"
                 )
             rows.append((reader.line_num, row))
+    return header, rows
 
-    has_labels = "label" in col
-    row_labels = {row[col["label"]].strip() for _, row in rows} if has_labels else set()
-    if label_map is not None:
-        classes = read_label_map(label_map)
-    else:
-        classes = sorted(row_labels - {""})
-    class_ids = {name: i for i, name in enumerate(classes)}
 
-    index = VideoIndex(videos)
-    records = []
-    for lineno, row in rows:
-        youtube_id = row[col["youtube_id"]].strip()
-        split_name = row[col["split"]].strip()
-        if not youtube_id:
-            raise AnnotationError(f"{annotations}:{lineno}: empty youtube_id; fix the line")
-        if split_name not in SPLITS:
-            raise AnnotationError(f"{annotations}:{lineno}: split {split_name!r} is not one of {', '.join(SPLITS)}; fix the line")
-        start = _seconds(row[col["time_start"]], annotations, lineno, "time_start")
-        end = _seconds(row[col["time_end"]], annotations, lineno, "time_end")
-        label_name = row[col["label"]].strip() if has_labels else ""
-        if label_name and label_name not in class_ids:
-            raise AnnotationError(f"{annotations}:{lineno}: label {label_name!r} is not in the label map {label_map}; fix one of them")
-        label = class_ids[label_name] if label_name else -1
-        stem = _clip_stem(youtube_id, start, end)
-        path, start_sec, end_sec = _find_clip(index, youtube_id, stem, start, end, label_name)
-        records.append(
-            VideoRecord(
-                video_id=stem,
-                path=path if path is not None else index.expected(f"{stem}.{EXTENSIONS[0]}"),
-                label=label,
-                label_name=label_name,
-                split=split_name,
-                dataset="kinetics",
-                start_sec=start_sec,
-                end_sec=end_sec,
-                exists=path is not None,
-            )
-        )
-    return DatasetManifest(records, classes, "kinetics", sources=[annotations])
+def _record(annotations: str, lineno: int, row: list[str], col: dict, class_ids: dict, label_map, index: VideoIndex) -> VideoRecord:
+    """One CSV row as a manifest record (the clip found under the videos root, or listed as missing)."""
+    youtube_id = row[col["youtube_id"]].strip()
+    split_name = row[col["split"]].strip()
+    if not youtube_id:
+        raise AnnotationError(f"{annotations}:{lineno}: empty youtube_id; fix the line")
+    if split_name not in SPLITS:
+        raise AnnotationError(f"{annotations}:{lineno}: split {split_name!r} is not one of {', '.join(SPLITS)}; fix the line")
+    start = _seconds(row[col["time_start"]], annotations, lineno, "time_start")
+    end = _seconds(row[col["time_end"]], annotations, lineno, "time_end")
+    label_name = row[col["label"]].strip() if "label" in col else ""
+    if label_name and label_name not in class_ids:
+        raise AnnotationError(f"{annotations}:{lineno}: label {label_name!r} is not in the label map {label_map}; fix one of them")
+    stem = _clip_stem(youtube_id, start, end)
+    path, start_sec, end_sec = _find_clip(index, youtube_id, stem, start, end, label_name)
+    return VideoRecord(
+        video_id=stem,
+        path=path if path is not None else index.expected(f"{stem}.{EXTENSIONS[0]}"),
+        label=class_ids[label_name] if label_name else -1,
+        label_name=label_name,
+        split=split_name,
+        dataset="kinetics",
+        start_sec=start_sec,
+        end_sec=end_sec,
+        exists=path is not None,
+    )
 
 
 def _find_clip(index: VideoIndex, youtube_id: str, stem: str, start, end, label_name: str):
