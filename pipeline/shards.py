@@ -90,6 +90,10 @@ class ProcessConfig:
         """What the flow workers compute for these samples."""
         return FlowSpec(self.flow_modalities, self.flow_preset, self.flow_params, self.flow_encoding, self.flow_bound)
 
+    def flow_worker(self) -> FlowWorker:
+        """A flow worker for this process (when no flow service computes the flow)."""
+        return FlowWorker(self.flow_spec(), self.flow_batch, self.device)
+
     def output_parameters(self) -> dict:
         """What the stored samples depend on, as JSON values: the resume fingerprint and dataset.json's record.
         Runtime settings (device, flow batch, compile, time limit) are left out."""
@@ -195,7 +199,7 @@ def process_video(
         raise VideoError("file not found (listed as missing in the manifest)")
     timings = timings or Timings()
     if cfg.flow_modalities and flow is None:
-        flow = LocalFlow(FlowWorker(cfg.flow_spec(), cfg.flow_batch, cfg.device))
+        flow = LocalFlow(cfg.flow_worker())
     rgb: list[bytes] = []
     flows: dict[str, list[tuple[bytes, ...]]] = {m: [] for m in cfg.flow_modalities}
     homographies: list[dict] = []
@@ -276,7 +280,7 @@ def process_shard(
     start = time.monotonic()
     local = None  # this task's own flow worker, when no flow service is given
     if cfg.flow_modalities and flow is None:
-        local = FlowWorker(cfg.flow_spec(), cfg.flow_batch, cfg.device)
+        local = cfg.flow_worker()
         flow, at_start = LocalFlow(local), local.stats()
     timings = Timings()
     results: list[VideoResult] = []
