@@ -9,7 +9,7 @@
    path (OpenCV's remap and median), their difference, and OpenCV's own DualTVL1 (ratio bound 1.05).
 3. End to end: `python -m jobs.preprocess` as a user runs it (cold: embedded Ray, start-up and compiles
    included) on the real clips, flow pairs/s for rgb+tvl1 and rgb+warp_tvl1 with the flow service and with
-   flow computed inside the shard tasks (`--flow-workers 0`), each against warm `compute_flows` on the same
+   flow computed inside the shard tasks (`--flow-workers 0`), each against warm `compute_flow` on the same
    frames in this process with all cores (the ratio the issue asks >= 0.75 for on the CPU).
 """
 
@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.decode import DecodeConfig, decode_video  # noqa: E402
-from pipeline.flow import compute_flows, default_device  # noqa: E402
+from pipeline.flow import compute_flow, default_device  # noqa: E402
 from pipeline.flow.flo import MIDDLEBURY_PAIRS, end_point_error, read_flo  # noqa: E402
 from pipeline.flow_service import FlowSpec, FlowWorker  # noqa: E402
 from schemas.manifest import VideoRecord, manifest_table, write_manifest  # noqa: E402
@@ -90,8 +90,8 @@ def accuracy_rows(root: Path, device: torch.device, sequences: list[str]) -> lis
         prev, nxt = (cv2.imread(str(root / name / x), cv2.IMREAD_GRAYSCALE) for x in (a, b))
         truth = read_flo(root / name / f)
         # the device path: tensor ops (the GPU code, also on the CPU), compiled where the device allows
-        on_device = compute_flows(prev, nxt, ("tvl1",), device=str(device), opencv_cpu_ops=False)[0]["tvl1"]
-        cpu = compute_flows(prev, nxt, ("tvl1",), device="cpu")[0]["tvl1"]
+        on_device = compute_flow(prev, nxt, device=str(device), opencv_cpu_ops=False)
+        cpu = compute_flow(prev, nxt, device="cpu")
         opencv = cv2.optflow.DualTVL1OpticalFlow_create().calc(prev, nxt, None)
         row = {
             "sequence": name,
@@ -111,15 +111,15 @@ def accuracy_rows(root: Path, device: torch.device, sequences: list[str]) -> lis
 
 
 def warm_compute(paths: list[Path], decode: DecodeConfig, algorithms: tuple[str, ...], device: torch.device) -> tuple[int, float]:
-    """(pairs, seconds) of compute_flows on every clip's frames, in batches of 32, after a warm-up."""
+    """(pairs, seconds) of compute_flow on every clip's frames, in batches of 32, after a warm-up."""
     grays = [np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in decode_video(str(p), decode).frames]) for p in paths]
     for g in grays:  # every resolution compiled before timing
-        compute_flows(g[:3], g[1:4], algorithms, device=str(device))
+        compute_flow(g[:3], g[1:4], algorithms, device=str(device))
     pairs, start = 0, time.perf_counter()
     for g in grays:
         for i in range(0, len(g) - 1, 32):
             j = min(i + 32, len(g) - 1)
-            compute_flows(g[i:j], g[i + 1 : j + 1], algorithms, device=str(device))
+            compute_flow(g[i:j], g[i + 1 : j + 1], algorithms, device=str(device))
             pairs += j - i
     return pairs, time.perf_counter() - start
 
@@ -191,9 +191,9 @@ def main() -> int:
 
     print(
         f"\nEnd to end, `jobs.preprocess` cold on {len(clips)} real clips at short side {short_side} "
-        f"({'first 6 frames' if args.smoke else 'all frames'}), vs warm compute_flows on the same frames:\n"
+        f"({'first 6 frames' if args.smoke else 'all frames'}), vs warm compute_flow on the same frames:\n"
     )
-    print("| modalities | layout | pairs | seconds | pairs/s | warm compute_flows pairs/s | ratio |\n|---|---|---|---|---|---|---|")
+    print("| modalities | layout | pairs | seconds | pairs/s | warm compute_flow pairs/s | ratio |\n|---|---|---|---|---|---|---|")
     decode = DecodeConfig(short_side=short_side, max_frames=6 if args.smoke else None)
     figures["end_to_end"] = []
     layouts = [("flow service", [])] + ([] if not cpu or args.smoke else [("flow in shard tasks", ["--flow-workers", "0"])])

@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.decode import DecodeConfig, decode_video  # noqa: E402
-from pipeline.flow import compute_flows  # noqa: E402
+from pipeline.flow import compute_flow  # noqa: E402
 from pipeline.preprocess import PreprocessConfig, run_preprocess  # noqa: E402
 from pipeline.ray_tasks import ClusterConfig  # noqa: E402
 from pipeline.shards import ProcessConfig  # noqa: E402
@@ -67,7 +67,7 @@ def standalone(records: list[VideoRecord], cfg: ProcessConfig, rawframes: Path |
             gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in video.frames])
             for i in range(0, len(gray) - 1, cfg.flow_batch or 32):
                 j = min(i + (cfg.flow_batch or 32), len(gray) - 1)
-                flows, _ = compute_flows(gray[i:j], gray[i + 1 : j + 1], cfg.flow_modalities, cfg.flow_preset)
+                flows = compute_flow(gray[i:j], gray[i + 1 : j + 1], cfg.flow_modalities, cfg.flow_preset)
                 flow_jpegs += [encode_flow(f, quality=cfg.jpeg_quality) for f in flows["tvl1"]]
             t["flow"] += time.perf_counter() - start
             t["pairs"] += len(gray) - 1
@@ -116,8 +116,8 @@ def main() -> int:
         # Warm up: compile the flow kernels in this process so the standalone time is steady-state.
         warm = decode_video(str(paths[0]), flow_cfg.decode).frames[:3]
         gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in warm])
-        compute_flows(gray[:2], gray[1:], ("tvl1",))
-        compute_flows(gray[:1], gray[1:2], ("tvl1",))
+        compute_flow(gray[:2], gray[1:])
+        compute_flow(gray[:1], gray[1:2])
 
         startup, _ = pipeline(
             records[:1], ProcessConfig(modalities=("rgb",), decode=DecodeConfig(max_frames=2)), work, args.cpus_per_task, "startup"

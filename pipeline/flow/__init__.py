@@ -6,7 +6,7 @@ flow = compute_flow(prev_u8, next_u8, algorithm="tvl1", preset="opencv")  # (H, 
 
 from schemas.sample import dequantize, quantize
 
-from .compute import ALGORITHMS, compute_flow, compute_flows, default_device, resolve_params
+from .compute import ALGORITHMS, compute_flow, default_device, resolve_params
 from .tvl1 import PRESETS, TVL1Config, tvl1_flow
 from .visualize import flow_to_color, write_flow_png
 from .warped import HomographyConfig, HomographyResult
@@ -18,7 +18,6 @@ __all__ = [
     "HomographyResult",
     "TVL1Config",
     "compute_flow",
-    "compute_flows",
     "default_device",
     "dequantize",
     "flow_to_color",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -65,7 +66,7 @@ def _check_pair(prev, nxt) -> None:
 def compute_flow(
     prev,
     nxt,
-    algorithm: str = "tvl1",
+    algorithm: str | Sequence[str] = "tvl1",
     preset: str = "opencv",
     device: str | torch.device | None = None,
     *,
@@ -77,7 +78,9 @@ def compute_flow(
     Args:
         prev, nxt: uint8 grayscale numpy arrays (H, W) or (N, H, W); torch tensors (uint8, or float in
             0..255) may be passed instead, and the result is then a tensor on their device.
-        algorithm: "tvl1", or "warp_tvl1" (camera motion removed by a homography, TSN's warped flow).
+        algorithm: "tvl1", or "warp_tvl1" (camera motion removed by a homography, TSN's warped flow); or a
+            sequence of them, computed together (warped TV-L1 starts from plain TV-L1, so both cost one more
+            solve, not two) and returned as {algorithm: flow}.
         preset: "opencv" (OpenCV's DualTVL1 defaults) or "accurate" (see `pipeline.flow.tvl1.PRESETS`).
         device: where to compute; default `cuda` when available, else the CPU (ignored for tensors,
             which are computed where they are).
@@ -85,31 +88,18 @@ def compute_flow(
         **params: any TVL1Config field (`lambda` may be spelled without the underscore) or, for warp_tvl1,
             any HomographyConfig field.
     Returns:
-        float32 (H, W, 2) or (N, H, W, 2) flow in pixels, [..., 0] = x, [..., 1] = y (Middlebury convention);
-        with return_homographies, a tuple (flow, list of HomographyResult).
+        float32 (H, W, 2) or (N, H, W, 2) flow in pixels, [..., 0] = x, [..., 1] = y (Middlebury convention),
+        or {algorithm: flow} for a sequence of algorithms; with return_homographies, a tuple
+        (that, list of HomographyResult).
     Raises:
         ValueError: wrong shapes or dtypes, sizes that differ, empty input, NaN, unknown names.
     """
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown flow algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-    if return_homographies and algorithm != "warp_tvl1":
-        raise ValueError("return_homographies needs algorithm='warp_tvl1'")
-    flows, homographies = compute_flows(prev, nxt, (algorithm,), preset, device, **params)
-    return (flows[algorithm], homographies) if return_homographies else flows[algorithm]
-
-
-def compute_flows(prev, nxt, algorithms=("tvl1",), preset: str = "opencv", device=None, **params):
-    """Several flow algorithms for the same pairs, sharing work: warped TV-L1 starts from plain TV-L1.
-
-    Arguments as `compute_flow`; `algorithms` is any non-empty subset of ALGORITHMS.
-
-    Returns:
-        ({algorithm: flow}, homographies): flows shaped as in `compute_flow`; one HomographyResult per pair
-        when warp_tvl1 is among the algorithms, else [].
-    """
+    algorithms = (algorithm,) if isinstance(algorithm, str) else tuple(algorithm)
     unknown = [a for a in algorithms if a not in ALGORITHMS]
     if unknown or not algorithms:
-        raise ValueError(f"unknown flow algorithm(s) {unknown or algorithms}; choose from {', '.join(ALGORITHMS)}")
+        raise ValueError(f"unknown flow algorithm(s) {', '.join(map(repr, unknown)) or 'none given'}; choose from {', '.join(ALGORITHMS)}")
+    if return_homographies and "warp_tvl1" not in algorithms:
+        raise ValueError("return_homographies needs algorithm='warp_tvl1'")
     _check_pair(prev, nxt)
     tvl1_cfg, homography_cfg = resolve_params(preset, params)
     as_tensor = isinstance(prev, torch.Tensor)
@@ -130,7 +120,8 @@ def compute_flows(prev, nxt, algorithms=("tvl1",), preset: str = "opencv", devic
             flow = flows[name].permute(0, 2, 3, 1).contiguous()  # (N, H, W, 2)
             flow = flow[0] if single else flow
             out[name] = flow if as_tensor else flow.cpu().numpy()
-    return out, homographies
+    result = out[algorithm] if isinstance(algorithm, str) else out
+    return (result, homographies) if return_homographies else result
 
 
 def flows_on_device(I0, I1, algorithms, tvl1_cfg: TVL1Config, homography_cfg: HomographyConfig, real: int | None = None):

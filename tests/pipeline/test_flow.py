@@ -222,6 +222,10 @@ def test_bad_names_raise_value_error():
     a = np.zeros((8, 8), np.uint8)
     with pytest.raises(ValueError, match="unknown flow algorithm"):
         compute_flow(a, a, algorithm="farneback")
+    with pytest.raises(ValueError, match="unknown flow algorithm.*none given"):
+        compute_flow(a, a, algorithm=())
+    with pytest.raises(ValueError, match="return_homographies needs algorithm='warp_tvl1'"):
+        compute_flow(a, a, return_homographies=True)
     with pytest.raises(ValueError, match="unknown flow preset"):
         compute_flow(a, a, preset="fast")
     with pytest.raises(ValueError, match="unknown flow parameter\\(s\\) lamda"):
@@ -324,6 +328,15 @@ def test_warped_flow_removes_camera_pan_and_keeps_object_motion(panning_video):
         own = np.median(warped[i][objects], axis=0)
         true = np.array(video.object_velocity)
         assert np.linalg.norm(own - true) <= 0.2 * np.linalg.norm(true)
+
+
+def test_several_algorithms_at_once_equal_each_alone(panning_video):
+    _, gray = panning_video
+    both, homographies = compute_flow(gray[:-1], gray[1:], ("tvl1", "warp_tvl1"), return_homographies=True, **EAGER)
+    assert sorted(both) == ["tvl1", "warp_tvl1"] and len(homographies) == len(gray) - 1
+    assert np.array_equal(both["tvl1"], compute_flow(gray[:-1], gray[1:], "tvl1", **EAGER))
+    assert np.array_equal(both["warp_tvl1"], compute_flow(gray[:-1], gray[1:], "warp_tvl1", **EAGER))
+    assert list(compute_flow(gray[:-1], gray[1:], ["warp_tvl1"], **EAGER)) == ["warp_tvl1"]
 
 
 def test_featureless_frames_fall_back_to_identity():

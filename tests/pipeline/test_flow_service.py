@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.flow import compute_flows
+from pipeline.flow import compute_flow
 from pipeline.flow_service import FlowSpec, FlowWorker, LocalFlow
 from pipeline.report import build_report, format_report
 from pipeline.shards import ShardResult, VideoResult
@@ -24,7 +24,7 @@ ALGORITHMS = ("tvl1", "warp_tvl1")
 
 
 def per_video(frames: np.ndarray, spec: FlowSpec) -> dict[str, np.ndarray]:
-    flows, _ = compute_flows(frames[:-1], frames[1:], spec.algorithms, spec.preset, "cpu", **dict(spec.params))
+    flows = compute_flow(frames[:-1], frames[1:], spec.algorithms, spec.preset, "cpu", **dict(spec.params))
     return {name: quantize_flow(f, spec.encoding, spec.bound) for name, f in flows.items()}
 
 
