@@ -28,11 +28,11 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
-def run_job(module: str, *args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m <module> args...` from the repository root, capturing its output."""
+def run_job(module: str, *args: str, timeout: float = 600, env: dict | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """Run `python -m <module> args...` from the repository root (or another checkout), capturing its output."""
     return subprocess.run(
         [sys.executable, "-m", module, *args],
-        cwd=REPO,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
