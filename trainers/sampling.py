@@ -28,7 +28,7 @@ def tsn_offsets(length: int, num_segments: int, snippet: int, train: bool, rng: 
         interval = room // num_segments
         if interval > 0:
             return np.arange(num_segments) * interval + rng.integers(0, interval, num_segments)
-        if room > num_segments:  # fewer positions than segments * interval: sorted random starts
+        if length > max(num_segments, snippet):  # fewer start positions than segments: sorted random starts
             return np.sort(rng.integers(0, room, num_segments))
         return np.zeros(num_segments, np.int64) if room <= 0 else np.minimum(np.arange(num_segments), room - 1)
     if room <= 0:

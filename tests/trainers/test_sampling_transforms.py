@@ -36,6 +36,16 @@ def test_tsn_train_offsets_fall_inside_their_segments():
     assert len(draws) > 1  # random, not fixed
 
 
+def test_tsn_train_offsets_with_fewer_positions_than_segments_are_sorted_random_starts():
+    # 5 frames, snippets of 3: 3 start positions for 4 segments (mmaction2's SampleFrames draws sorted starts)
+    rng = np.random.default_rng(0)
+    draws = [tsn_offsets(5, 4, 3, train=True, rng=rng) for _ in range(50)]
+    assert all(list(d) == sorted(d) and d.min() >= 0 and d.max() <= 2 for d in draws)
+    assert len({tuple(d) for d in draws}) > 1
+    # no more frames than segments: the first positions in order, the last repeated
+    assert list(tsn_offsets(4, 4, 2, train=True, rng=rng)) == [0, 1, 2, 2]
+
+
 @pytest.mark.parametrize("length", [1, 2, 3, 4, 7])
 @pytest.mark.parametrize("train", [True, False])
 def test_short_videos_never_crash_and_stay_in_range(length, train):
