@@ -4,7 +4,7 @@ Frames are resized as they are decoded (FFmpeg's swscale, area averaging), so me
 output-size frames. The pixel grid is a choice (`DecodeConfig.pixel_grid`):
   - "stored" (default): the pixels as stored, ignoring the sample aspect ratio, as OpenCV-based tools
     (denseflow, mmaction2) do. A 340x256 Kinetics clip with sample aspect 64/51 stays 340x256.
-  - "square": sample-aspect corrected, so pixels are square: that clip becomes 426x256 before resizing.
+  - "square": sample-aspect corrected, so pixels are square: that clip becomes 427x256 before resizing.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class DecodedVideo:
     fps: float  # frame rate of `frames`
     source_size: tuple[int, int]  # stored (width, height)
     sample_aspect: Fraction  # of the source; 1 where unknown
-    decoded_frames: int  # frames decoded from the source (before fps resampling and max_frames)
+    decoded_frames: int  # frames decoded inside the trim window (before fps resampling; decoding stops once max_frames are out)
 
 
 def output_size(width: int, height: int, sample_aspect: Fraction, cfg: DecodeConfig) -> tuple[int, int]:
@@ -74,24 +74,6 @@ def output_size(width: int, height: int, sample_aspect: Fraction, cfg: DecodeCon
         return max(2, round(display_width)), height
     scale = min(1.0, cfg.short_side / min(display_width, height))  # never upscale
     return max(2, round(display_width * scale)), max(2, round(height * scale))
-
-
-def resample_indices(times: np.ndarray, fps: float, start: float) -> np.ndarray:
-    """Indices of the frames nearest in time to start, start + 1/fps, ... up to the end of the last frame.
-
-    Args:
-        times: (T,) increasing frame timestamps in seconds.
-    """
-    if len(times) == 0:
-        return np.zeros(0, int)
-    step = np.median(np.diff(times)) if len(times) > 1 else 1.0 / fps
-    duration = times[-1] + step - start
-    count = max(1, int(math.floor(duration * fps + 1e-6)))
-    targets = start + np.arange(count) / fps
-    right = np.clip(np.searchsorted(times, targets), 1, len(times) - 1) if len(times) > 1 else np.zeros(count, int)
-    left = np.maximum(right - 1, 0)
-    nearer_left = np.abs(times[left] - targets) <= np.abs(times[right] - targets)
-    return np.where(nearer_left, left, right)
 
 
 def open_container(path: str, files: contextlib.ExitStack) -> av.container.InputContainer:
@@ -121,9 +103,11 @@ def open_container(path: str, files: contextlib.ExitStack) -> av.container.Input
 
 
 def nearest_in_time(timed_frames: Iterable[tuple[object, float]], fps: float, start: float | None = None) -> Iterator[object]:
-    """The frames `resample_indices` picks, as the frames stream in: the same choice, holding at most a few.
+    """Resample to `fps` as the frames stream in: for each target time start, start + 1/fps, ... up to the end of
+    the last frame (its timestamp plus the median frame step), the frame nearest in time (ties to the earlier).
 
-    A pick is let out once it is certainly below the final count (which depends on the last timestamp).
+    Holds at most a few frames: a pick is let out once it is certainly below the final count (which depends on
+    the last timestamp).
 
     Args:
         timed_frames: (frame, timestamp in seconds) in increasing time.
