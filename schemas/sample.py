@@ -69,7 +69,7 @@ def quantize(flow: np.ndarray, bound: float = DEFAULT_FLOW_BOUND) -> tuple[np.nd
 
 
 def dequantize(x: np.ndarray, y: np.ndarray, bound: float = DEFAULT_FLOW_BOUND) -> np.ndarray:
-    """(x, y) uint8 images -> flow (..., 2) float32 in pixels; the inverse of `quantize` within 2B/255."""
+    """(x, y) uint8 images -> flow (..., 2) float32 in pixels; the inverse of `quantize` within half a step, B/255, for |v| <= B (beyond, ±B)."""
     p = np.stack([np.asarray(x), np.asarray(y)], axis=-1).astype(np.float32)
     return p * (2.0 * bound / 255.0) - bound
 
@@ -153,7 +153,7 @@ def decode_flow(parts: tuple[bytes, ...], encoding: str = "jpeg", bound: float =
 
 
 def decode_flow_u8(parts: tuple[bytes, bytes]) -> np.ndarray:
-    """JPEG flow members -> (H, W, 2) uint8 as stored, for loaders that normalise (p - 128) / 128 themselves."""
+    """JPEG flow members -> (H, W, 2) uint8 as stored, for loaders that normalise (p - 127.5) / 127.5 themselves."""
     return np.stack([decode_image(p, color=False) for p in parts], axis=-1)
 
 
@@ -170,7 +170,7 @@ class SampleMeta:
     split: str
     source: str  # the video file it came from
     fps: float  # frame rate of the stored frames
-    num_frames: int  # RGB frames stored (or decoded, when RGB is not stored); flows: num_frames - 1
+    num_frames: int  # frames after resampling and max_frames (stored as RGB when rgb is a modality); flows: num_frames - 1
     height: int
     width: int
     modalities: tuple[str, ...]
@@ -178,7 +178,7 @@ class SampleMeta:
     flow_bound: float = DEFAULT_FLOW_BOUND
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
     flow_params: dict = field(default_factory=dict)
-    homographies: list = field(default_factory=list)  # warp_tvl1: per flow {"found": bool, "inliers": int}
+    homographies: list = field(default_factory=list)  # warp_tvl1: per flow {"found": bool, "inliers": int, "matches": int}
     start_sec: float | None = None
     end_sec: float | None = None
     format_version: int = FORMAT_VERSION
@@ -213,7 +213,8 @@ def encode_sample(sample: Sample) -> dict[str, bytes]:
     """Sample -> {"__key__": key, member suffix: bytes}, ready for `webdataset.TarWriter.write`.
 
     Raises:
-        ValueError: the key is not a valid WebDataset key, or frame/flow counts disagree with the metadata.
+        ValueError: the key is not a valid WebDataset key, a flow modality is unknown, or frame/flow counts disagree
+            with the metadata.
     """
     meta = sample.meta
     if not meta.video_id or "." in meta.video_id or "/" in meta.video_id:

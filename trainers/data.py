@@ -86,16 +86,18 @@ class SkipCounter:
 
 
 def _frames_u8(sample: Sample, cfg: ExampleConfig, indices: np.ndarray) -> np.ndarray:
-    """The frames (RGB, (N, H, W, 3)) or flows (quantised 0..255, (N, H, W, 2)) at `indices`, each decoded once."""
+    """The frames (RGB, (N, H, W, 3)) or flows (on the 0..255 scale of 8-bit flow images, (N, H, W, 2)) at
+    `indices`, each decoded once."""
     decoded: dict[int, np.ndarray] = {}
     for i in np.unique(indices):
         if not cfg.is_flow:
             decoded[int(i)] = sample.rgb_frame(int(i))
         elif sample.meta.flow_encoding == "jpeg":
             decoded[int(i)] = decode_flow_u8(sample.flow[cfg.modality][int(i)])
-        else:  # lossless flow: bring it to the 0..255 scale of the 8-bit images (no rounding)
-            flow = decode_flow(sample.flow[cfg.modality][int(i)], sample.meta.flow_encoding, sample.meta.flow_bound)
-            decoded[int(i)] = 255.0 * (flow + sample.meta.flow_bound) / (2 * sample.meta.flow_bound)
+        else:  # lossless flow: brought to the 0..255 scale of the 8-bit images, clipped at the bound as they are
+            bound = sample.meta.flow_bound
+            flow = decode_flow(sample.flow[cfg.modality][int(i)], sample.meta.flow_encoding, bound)
+            decoded[int(i)] = np.clip(255.0 * (flow + bound) / (2 * bound), 0.0, 255.0)
     return np.stack([decoded[int(i)] for i in indices.ravel()])
 
 

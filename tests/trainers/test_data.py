@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from tests.helpers import synthetic_sample, write_dataset
+from schemas.sample import encode_flow
+from tests.helpers import H, W, synthetic_sample, write_dataset
 from trainers.data import ExampleConfig, example_pipeline, make_example, make_loader, shard_urls
 
 STEP = 2 * 20.0 / 255  # one 8-bit level of flow at bound 20; JPEG may move a value by one more
@@ -39,6 +41,20 @@ def test_i3d_examples():
     assert train_x.shape == (2, 4, 32, 32) and test_x.shape == (3, 2, 4, 32, 32)
     y = test_x[0, 1].mean((1, 2)) * 20
     assert np.allclose(y.numpy(), [0.2, 0.4, 0.6, 0.8], atol=2 * STEP)  # flows 2, 4, 6, 8 of the first clip
+
+
+@pytest.mark.parametrize("encoding", ["png16", "float16"])
+def test_lossless_flow_gives_the_input_of_8bit_flow_clipped_at_the_bound(encoding):
+    """A flow beyond the bound saturates at +-1 whatever the encoding, as the 8-bit images do."""
+    field = np.broadcast_to(np.float32([35.0, -3.0]), (H, W, 2)).copy()  # x beyond the bound of 20
+    cfg = ExampleConfig(arch="tsn", modality="tvl1", segments=1, new_length=1, input_size=32, crops=1)
+    inputs = {}
+    for enc in ("jpeg", encoding):
+        sample = synthetic_sample("v", 0, frames=2)
+        sample = replace(sample, meta=replace(sample.meta, flow_encoding=enc), flow={"tvl1": [encode_flow(field, enc, quality=100)]})
+        inputs[enc] = make_example(sample, cfg, train=False, rng=np.random.default_rng(0))[0][0]
+    assert float(inputs[encoding][0].min()) == 1.0 and float(inputs[encoding][0].max()) == 1.0  # x: 35 px -> bound
+    assert torch.allclose(inputs[encoding], inputs["jpeg"], atol=1 / 127.5)  # y: within one 8-bit level
 
 
 def test_flip_negates_flow_x_in_training_examples():
