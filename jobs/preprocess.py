@@ -139,8 +139,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     run.add_argument(
         "--flow-workers",
         type=int,
-        help="flow workers: default one per GPU (each owns it), or on a cluster without "
-        "GPUs one single-threaded worker per CPU core of each node; 0 = each shard task computes its own flow",
+        help="flow workers: default one per GPU (each owns it), or on a cluster without GPUs one single-threaded "
+        "worker per CPU core of each node; N = N in all on GPUs, N per node without; 0 = each shard task computes its own flow",
     )
     run.add_argument("--max-retries", type=int, default=3, help="retries of a shard task whose worker died (default 3)")
     run.add_argument("--progress-seconds", type=float, default=10.0, help="seconds between progress lines (default 10)")

@@ -37,8 +37,8 @@ class ClusterConfig:
 
     address: str | None = None  # None and no RAY_ADDRESS: start an embedded local Ray
     cpus_per_task: float = 1.0
-    flow_workers: int | None = None  # None: one per GPU, or one per CPU core on a cluster without GPUs;
-    # 0: no flow service, each shard task computes its own flow
+    flow_workers: int | None = None  # None: one per GPU, or one per CPU core on a cluster without GPUs; N: N in all
+    # on a GPU cluster (one GPU each), N per node without GPUs; 0: no flow service, each shard task computes its own
     max_retries: int = 3  # re-runs of a task whose worker died
     max_in_flight: int | None = None  # default: twice the tasks the cluster can run at once
     poll_seconds: float = 2.0
@@ -287,8 +287,8 @@ def run_shards(
     the flow service started for the run and stopped after it.
 
     A task whose worker or node is lost is re-run by Ray (up to `max_retries` times), on any node.
-    `on_progress(videos, frames, failed)` is called every `poll_seconds` with totals over running and
-    finished shards.
+    `on_progress(videos, frames, failed)` is called after each finished shard and at least every
+    `poll_seconds`, with totals over running and finished shards.
 
     Returns:
         (shard results in completion order, the flow workers' stats).

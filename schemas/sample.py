@@ -69,7 +69,7 @@ def quantize(flow: np.ndarray, bound: float = DEFAULT_FLOW_BOUND) -> tuple[np.nd
 
 
 def dequantize(x: np.ndarray, y: np.ndarray, bound: float = DEFAULT_FLOW_BOUND) -> np.ndarray:
-    """(x, y) uint8 images -> flow (..., 2) float32 in pixels; the inverse of `quantize` within half a step, B/255, for |v| <= B (beyond, ±B)."""
+    """(x, y) uint8 images -> flow (..., 2) float32 in pixels; the inverse of `quantize` within B/255 for |v| <= B."""
     p = np.stack([np.asarray(x), np.asarray(y)], axis=-1).astype(np.float32)
     return p * (2.0 * bound / 255.0) - bound
 

@@ -1,7 +1,8 @@
 """Streaming examples from the shards with webdataset: nothing is unpacked to disk.
 
-The pipeline is one visible list of stages (`example_pipeline`): shard list (resampled for training, so
-ranks with uneven shard counts never wait on each other) -> split by node and worker -> shards opened
+The pipeline is one visible list of stages (`example_pipeline`): shard list (for training resampled by every
+rank and loader worker, so ranks with uneven shard counts never wait on each other; for evaluation split by
+node and worker, each shard read once) -> shards opened
 through `storage` (a local disk or object storage, read in large buffered blocks) -> tar members ->
 shuffle buffer -> `schemas.sample.decode_sample` -> `make_example`, which decodes only the frames the
 example uses. Members of other modalities are skipped while reading the tar (`member_filter`). A corrupt

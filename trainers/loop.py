@@ -3,7 +3,7 @@
 `run_training` is what one process (or one DDP rank) does: build the model and loader, resume from the
 run's last checkpoint if there is one, train epoch by epoch, checkpoint after each. Distributed training
 (Ray Train in `jobs.train`) only differs in that torch.distributed is initialised: the model is wrapped
-in DDP, each rank streams its own shards, and rank 0 writes checkpoints and logs.
+in DDP, each rank draws its own stream of shards, and rank 0 writes checkpoints and logs.
 """
 
 from __future__ import annotations

@@ -36,11 +36,14 @@ def divergence(px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
 
 
 def threshold_step(u: torch.Tensor, grad_i: torch.Tensor, rho_c: torch.Tensor, l_t: float) -> torch.Tensor:
-    """The pointwise TV-L1 data step: v = u + TH(rho(u)), OpenCV `estimateV` with gamma = 0.
+    """The pointwise TV-L1 data step: v = u + TH(rho(u)), OpenCV `estimateV`.
+
+    With gamma > 0 (an illumination term) the flow carries a third channel w and grad_i a constant third
+    channel gamma, so the same step updates (u1, u2, w).
 
     Args:
-        u: (N, 2, H, W) current flow.
-        grad_i: (N, 2, H, W) gradient of the warped second image.
+        u: (N, 2, H, W) current flow, or (N, 3, H, W) with the illumination channel.
+        grad_i: (N, 2, H, W) gradient of the warped second image, or (N, 3, H, W) with gamma appended.
         rho_c: (N, 1, H, W) constant part of the linearised residual, I1w - grad_i . u0 - I0.
         l_t: lambda * theta.
     """

@@ -54,7 +54,8 @@ class TVL1Config:
     gamma: float = 0.0  # weight of an illumination-change term (0 = off)
     median_filtering: int = 5  # median filter size applied to the flow (1 = off, or 5)
     min_size: int = 16  # a pyramid level narrower or lower than this is not used (OpenCV: 16)
-    # How the solver runs; none of these changes the result.
+    # How the solver runs; these change the flow by float rounding at most (compile ~1e-3 px, the OpenCV ops ~0.01 px
+    # mean; check_every not at all).
     compile: bool | None = None  # fuse each iteration into one kernel with torch.compile; None = when it pays
     # (on a GPU, or frames of at least AUTO_COMPILE_PIXELS); compiling costs ~10-60 s once per process
     check_every: int | None = None  # iterations between convergence checks; None = 1 on CPU, 10 on GPU
