@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import subprocess
 import sys
 from collections import Counter
@@ -24,6 +25,7 @@ from storage import TMP_MARK, Location, join
 from tests.conftest import REPO, incomplete_uploads, run_job
 from tests.helpers import BAD_REASONS, write_bad_inputs
 from trainers.data import read_samples
+from trainers.metrics import video_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -159,9 +161,10 @@ def test_train_evaluate_visualize_from_s3(s3_dataset):
     runs = Location(run)
     assert runs.is_file("checkpoint.pt") and runs.is_file("config.json")
     state = torch.load(io.BytesIO(runs.read_bytes("checkpoint.pt")), weights_only=False)
-    assert state["epoch"] == 0 and state["num_classes"] == SMALL.classes
+    steps = math.ceil(sum(e.split == "train" for e in entries) / 4)  # one epoch in batches of 4
+    assert state["epoch"] == 0 and state["step"] == steps and state["num_classes"] == SMALL.classes
     rows = runs.read_text("metrics.csv").splitlines()
-    assert rows[0] == "epoch,step,loss,lr,samples_per_s" and len(rows) > 1
+    assert rows[0] == "epoch,step,loss,lr,samples_per_s" and len(rows) == 1 + steps  # a row per step
 
     metrics_uri = join(bucket, "eval", "metrics.json")
     evaluated = run_job(
@@ -170,7 +173,8 @@ def test_train_evaluate_visualize_from_s3(s3_dataset):
     assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
     metrics = json.loads(Location(metrics_uri).read_text())
     tests = sum(e.split == "test" for e in entries)
-    assert metrics["videos"] == tests and 0 <= metrics["flow"]["top1"] <= 1
+    saved = np.load(io.BytesIO(Location(join(bucket, "eval", "scores.npz")).read_bytes()))
+    assert metrics["videos"] == tests and metrics["flow"] == video_metrics(saved["scores_flow"], saved["labels"])
     assert Location(join(bucket, "eval")).list() == ["confusion.png", "evaluate.config.json", "metrics.json", "scores.npz"]
 
     picture = join(bucket, "flow.png")

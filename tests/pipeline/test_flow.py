@@ -176,7 +176,7 @@ def test_convergence_check_interval_does_not_change_the_result():
     prev, nxt = u8(a), u8(shift(a, 2.0, 1.0))
     every = compute_flow(prev, nxt, check_every=1, **EAGER)
     sparse = compute_flow(prev, nxt, check_every=7, **EAGER)
-    assert np.abs(every - sparse).max() < 1e-5
+    assert np.array_equal(every, sparse)  # a converged pair is frozen at the iteration it converged
 
 
 def test_gpu_code_path_on_the_cpu_matches_the_opencv_ops():
@@ -237,9 +237,9 @@ def test_bad_names_raise_value_error():
 def test_lambda_spelled_without_underscore_is_accepted():
     a = textured(48, 64)
     prev, nxt = u8(a), u8(shift(a, 1.0, 0.0))
-    strong = compute_flow(prev, nxt, **{"lambda": 0.5}, **EAGER)
-    weak = compute_flow(prev, nxt, lambda_=0.02, **EAGER)
-    assert not np.allclose(strong, weak)
+    spelled = compute_flow(prev, nxt, **{"lambda": 0.5}, **EAGER)
+    assert np.array_equal(spelled, compute_flow(prev, nxt, lambda_=0.5, **EAGER))
+    assert not np.allclose(spelled, compute_flow(prev, nxt, lambda_=0.02, **EAGER))  # and lambda takes effect
 
 
 def test_tensors_in_tensors_out():
@@ -279,7 +279,7 @@ def test_quantize_round_trip_and_convention():
     assert x.dtype == np.uint8 and x.shape == (32, 32)
     back = dequantize(x, y, bound)
     inside = np.abs(flow) <= bound
-    assert np.abs(back - flow)[inside].max() <= 2 * bound / 255
+    assert np.abs(back - flow)[inside].max() <= bound / 255 + 1e-5  # half a quantization step
     assert np.all(back[~inside] == np.sign(flow[~inside]) * bound)  # saturates at +-B
     zx, zy = quantize(np.zeros((1, 1, 2)), bound)
     assert zx[0, 0] == zy[0, 0] == 128  # round(127.5) with round-half-even, as OpenCV's saturate_cast

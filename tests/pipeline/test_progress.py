@@ -30,7 +30,7 @@ def test_a_resumed_run_counts_earlier_videos_toward_the_total_but_not_the_rate()
     progress = Progress(total=100, print_fn=lambda _: None, clock=clock, already_done=50)
     clock.now += 10
     # 10 videos in 10 s this run: 40 left at 1/s
-    assert "60/100 videos (60%)" in progress.line(60, 100, 0) and "ETA 40s" in progress.line(60, 100, 0)
+    assert progress.line(60, 100, 0) == "[10s] 60/100 videos (60%), 10.0 frames/s, ETA 40s, 0 failed"
     resumed_whole = Progress(total=100, print_fn=lambda _: None, clock=clock, already_done=100)
     assert "ETA 0s" in resumed_whole.line(100, 0, 0)  # nothing left to do: no "?"
 

@@ -21,7 +21,7 @@ from tests.conftest import wait_for
 def test_results_and_errors_pass_through():
     assert call_with_time_limit(lambda stop: 42, 5) == 42
     assert call_with_time_limit(lambda stop: "inline", None) == "inline"
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="missing"):
         call_with_time_limit(lambda stop: {}["missing"], 5)
 
 

@@ -31,7 +31,7 @@ def smooth_flow(h=48, w=64, seed=0, scale=8.0) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "encoding, tolerance",
-    [("jpeg", 2 * 20 / 255 * 2.5), ("png16", 2 * 20 / 65535), ("float16", 0.01)],
+    [("jpeg", 2 * 20 / 255 * 2.5), ("png16", 20 / 65535 + 1e-5), ("float16", 0.01)],  # png16: half a step
 )
 def test_flow_encodings_round_trip(encoding, tolerance):
     flow = smooth_flow()
@@ -53,7 +53,8 @@ def test_decode_flow_u8_gives_stored_values():
     x = np.full((8, 8), 200, np.uint8)
     y = np.full((8, 8), 50, np.uint8)
     stored = decode_flow_u8((encode_jpeg(x), encode_jpeg(y)))
-    assert stored.shape == (8, 8, 2) and abs(int(stored[4, 4, 0]) - 200) <= 1 and abs(int(stored[4, 4, 1]) - 50) <= 1
+    assert stored.shape == (8, 8, 2) and stored.dtype == np.uint8
+    assert np.abs(stored.astype(int) - np.stack([x, y], -1)).max() <= 1  # every pixel, within JPEG's rounding
 
 
 def make_sample(key="v_Move000_g01_c01", frames=3, encoding="jpeg") -> Sample:
@@ -93,7 +94,7 @@ def test_sample_round_trip_through_a_tar_read_by_plain_webdataset(tmp_path, enco
         assert int(members["cls"]) == 2
         assert back.rgb_frame(1).shape == (24, 32, 3)
         assert back.flow_frame("tvl1", 0).shape == (24, 32, 2)
-        assert back.meta.num_flows == back.meta.num_frames - 1
+        assert len(back.rgb) == original.meta.num_frames and len(back.flow["tvl1"]) == original.meta.num_frames - 1
 
 
 def test_plain_webdataset_decoders_read_the_images(tmp_path):
@@ -112,7 +113,8 @@ def test_member_filter_reads_one_modality(tmp_path):
     with wds.TarWriter(path) as sink:
         sink.write(encode_sample(make_sample()))
     (members,) = list(wds.WebDataset(path, shardshuffle=False, select_files=member_filter(("tvl1",))))
-    assert not any(k.startswith("rgb.") for k in members) and "json" in members and "cls" in members
+    tvl1 = {name for i in range(2) for name in flow_members("tvl1", i)}
+    assert {k for k in members if not k.startswith("__")} == {"json", "cls", *tvl1}  # no RGB member read
     sample = decode_sample(members, modalities=("tvl1",))
     assert sample.rgb == [] and len(sample.flow["tvl1"]) == 2
     with pytest.raises(ValueError, match="lacks member"):

@@ -142,4 +142,4 @@ def test_train_job_errors_are_one_sentence(tmp_path):
     result = run_job("jobs.train", "--data", str(tmp_path), "--model", "tsn_flow", "--out", str(tmp_path / "r"))
     assert result.returncode == 2 and "not a finished flowshard dataset" in result.stderr and "Traceback" not in result.stderr
     result = run_job("jobs.evaluate", "--data", str(tmp_path), "--run", "flow=" + str(tmp_path / "none"))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "not a finished flowshard dataset" in result.stderr and "Traceback" not in result.stderr

@@ -19,9 +19,9 @@ def test_adapt_input_conv_averages_rgb_and_replicates():
     for c in range(10):
         assert torch.allclose(out[:, c], w.mean(1))
     assert adapt_input_conv(3, w) is w
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(NotImplementedError, match="3 RGB input channels, got 2"):
         adapt_input_conv(4, torch.randn(8, 2, 3, 3))
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(NotImplementedError, match="cannot adapt a 2D conv weight"):
         adapt_input_conv(4, torch.randn(8, 3))
 
 
