@@ -64,9 +64,11 @@ class ProgressTracker:
         self.shards: dict[str, tuple[int, int, int]] = {}
 
     def report(self, shard: str, videos: int, frames: int, failed: int) -> None:
+        """A shard task's latest counts."""
         self.shards[shard] = (videos, frames, failed)
 
     def snapshot(self) -> dict[str, tuple[int, int, int]]:
+        """The latest counts of every shard that reported."""
         return dict(self.shards)
 
 
@@ -74,9 +76,11 @@ class _FlowActor(FlowWorker):
     """A flow worker as a Ray actor: its stats say which node it runs on."""
 
     def node(self) -> str:
+        """The Ray node this worker runs on."""
         return ray.get_runtime_context().get_node_id()
 
     def stats(self) -> dict:
+        """`FlowWorker.stats()` and the node."""
         return {**super().stats(), "node": self.node()}
 
 
@@ -96,6 +100,7 @@ class ServiceFlow:
         self._next = 0
 
     def submit(self, frames):
+        """Send frames to the next flow worker (round robin); returns a callable that waits for the chunk."""
         handle = self.handles[self._next % len(self.handles)]
         self._next += 1
         ref = handle.compute.remote(frames)
@@ -139,6 +144,7 @@ class FlowService:
         return out
 
     def stop(self) -> None:
+        """End every flow worker (not restarted)."""
         for _, handle in self.workers:
             ray.kill(handle, no_restart=True)
 

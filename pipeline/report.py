@@ -31,38 +31,8 @@ def build_report(results: list[ShardResult], flow_stats: list[dict], seconds: fl
     wall = max(seconds, 1e-9)
     videos = [v for r in results for v in r.videos]
     stages = {stage: sum(r.stages.get(stage, 0.0) for r in results) for stage in Timings.STAGES}
-    per_node: dict[str, dict] = defaultdict(lambda: {"videos": 0, "ok": 0, "frames": 0, "pairs": 0, "task_seconds": 0.0})
-    for r in results:
-        node = per_node[name(r.node)]
-        node["videos"] += len(r.videos)
-        node["ok"] += sum(v.status == "ok" for v in r.videos)
-        node["frames"] += sum(v.frames for v in r.videos)
-        node["task_seconds"] += r.seconds
-        node["pairs"] += r.flow_pairs
-    workers = []
-    for s in flow_stats:
-        where = name(s.get("node", ""))
-        per_node[where]["pairs"] += s["pairs"]
-        workers.append(
-            {
-                "node": where,
-                "device": s["device"],
-                "pid": s["pid"],
-                "pairs": s["pairs"],
-                "pairs_per_s": s["pairs"] / wall,
-                "batches": s["batches"],
-                "batch_size": s["batch_size"],
-                "padded_pairs": s["padded_pairs"],
-                "busy": s["flow_seconds"] / max(s["seconds"], 1e-9),
-                "flow_seconds": s["flow_seconds"],
-                "compiles": s["compiles"],
-                "compile_seconds": s["compile_seconds"],
-                "failed_batches": s["failed_batches"],
-            }
-        )
-    for node in per_node.values():
-        node["videos_per_s"] = node["videos"] / wall
-        node["pairs_per_s"] = node["pairs"] / wall
+    per_node = _per_node(results, flow_stats, name, wall)
+    workers = [_flow_worker_row(st, name(st.get("node", "")), wall) for st in flow_stats]
     # flow computed by the flow workers (whose flow seconds include compiling), or inside the shard tasks
     compile_seconds = sum(s["compile_seconds"] for s in flow_stats) + sum(r.stages.get("compile", 0.0) for r in results)
     flow_seconds = sum(s["flow_seconds"] - s["compile_seconds"] for s in flow_stats) + sum(r.stages.get("flow", 0.0) for r in results)
@@ -84,9 +54,46 @@ def build_report(results: list[ShardResult], flow_stats: list[dict], seconds: fl
             "waiting_for_flow": stages["flow_wait"],
             "flow_workers_idle": sum(max(s["seconds"] - s["flow_seconds"], 0.0) for s in flow_stats),
         },
-        "nodes": dict(per_node),
+        "nodes": per_node,
         "flow_workers": workers,
         "failures": dict(Counter(failure_reason(v.reason) for v in videos if v.status != "ok").most_common()),
+    }
+
+
+def _per_node(results: list[ShardResult], flow_stats: list[dict], name, wall: float) -> dict[str, dict]:
+    """Videos, frames, flow pairs and task seconds per node, with rates over the run's wall time."""
+    per_node: dict[str, dict] = defaultdict(lambda: {"videos": 0, "ok": 0, "frames": 0, "pairs": 0, "task_seconds": 0.0})
+    for r in results:
+        node = per_node[name(r.node)]
+        node["videos"] += len(r.videos)
+        node["ok"] += sum(v.status == "ok" for v in r.videos)
+        node["frames"] += sum(v.frames for v in r.videos)
+        node["task_seconds"] += r.seconds
+        node["pairs"] += r.flow_pairs
+    for s in flow_stats:
+        per_node[name(s.get("node", ""))]["pairs"] += s["pairs"]
+    for node in per_node.values():
+        node["videos_per_s"] = node["videos"] / wall
+        node["pairs_per_s"] = node["pairs"] / wall
+    return dict(per_node)
+
+
+def _flow_worker_row(s: dict, node: str, wall: float) -> dict:
+    """One flow worker's line of the report, from its `FlowWorker.stats()`."""
+    return {
+        "node": node,
+        "device": s["device"],
+        "pid": s["pid"],
+        "pairs": s["pairs"],
+        "pairs_per_s": s["pairs"] / wall,
+        "batches": s["batches"],
+        "batch_size": s["batch_size"],
+        "padded_pairs": s["padded_pairs"],
+        "busy": s["flow_seconds"] / max(s["seconds"], 1e-9),
+        "flow_seconds": s["flow_seconds"],
+        "compiles": s["compiles"],
+        "compile_seconds": s["compile_seconds"],
+        "failed_batches": s["failed_batches"],
     }
 
 

@@ -85,6 +85,7 @@ class ProcessConfig:
 
     @property
     def flow_modalities(self) -> tuple[str, ...]:
+        """The flow modalities asked for, in order."""
         return tuple(m for m in self.modalities if m in FLOW_MODALITIES)
 
     def flow_spec(self) -> FlowSpec:
@@ -153,10 +154,12 @@ class ShardResult:
     flow_pairs: int = 0  # pairs whose flow this task computed itself (without a flow service)
 
     def to_json(self) -> str:
+        """The completion record's text."""
         return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> ShardResult:
+        """A completion record read back."""
         raw = json.loads(text)
         raw["videos"] = [VideoResult(**v) for v in raw["videos"]]
         return cls(**raw)
@@ -172,6 +175,7 @@ class Timings:
 
     @contextlib.contextmanager
     def stage(self, name: str):
+        """Add the time spent inside the block to stage `name`."""
         start = time.perf_counter()
         try:
             yield
@@ -208,12 +212,7 @@ def process_video(
     last_gray = None  # the previous chunk's last frame: the first pair of the next chunk starts there
 
     def collect() -> None:
-        with timings.stage("flow_wait"):
-            try:
-                chunk = waiting.popleft()()
-            except Exception as exc:  # noqa: BLE001 - a failed launch (out of memory, a lost device) fails this video only
-                lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-                raise VideoError(f"flow failed: {(lines[-1] if lines else type(exc).__name__)[:300]}") from None
+        chunk = _flow_result(waiting.popleft(), timings)
         with timings.stage("encode"):
             for modality, values in chunk.flows.items():
                 flows[modality] += [encode_quantized_flow(q, cfg.flow_encoding, cfg.jpeg_quality) for q in values]
@@ -241,18 +240,32 @@ def process_video(
                     collect()
         while waiting:
             collect()
-        num_frames, fps = video.emitted, video.fps
-        height, width = video.size[1], video.size[0]
-    meta = SampleMeta(
+        meta = _sample_meta(record, cfg, video, homographies)
+    return Sample(meta=meta, rgb=rgb, flow=flows)
+
+
+def _flow_result(request, timings: Timings):
+    """Wait for a flow request's chunk; a failed launch (out of memory, a lost device) fails this video only."""
+    with timings.stage("flow_wait"):
+        try:
+            return request()
+        except Exception as exc:  # noqa: BLE001 - any failure of the launch becomes this video's reason
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            raise VideoError(f"flow failed: {(lines[-1] if lines else type(exc).__name__)[:300]}") from None
+
+
+def _sample_meta(record: VideoRecord, cfg: ProcessConfig, video: VideoStream, homographies: list[dict]) -> SampleMeta:
+    """The `json` member of a video that streamed to its end: what it is, how it was made."""
+    return SampleMeta(
         video_id=record.video_id,
         label=record.label,
         label_name=record.label_name,
         split=record.split,
         source=record.path,
-        fps=float(fps),
-        num_frames=num_frames,
-        height=height,
-        width=width,
+        fps=float(video.fps),
+        num_frames=video.emitted,
+        height=video.size[1],
+        width=video.size[0],
         modalities=tuple(cfg.modalities),
         flow_encoding=cfg.flow_encoding,
         flow_bound=cfg.flow_bound,
@@ -262,7 +275,6 @@ def process_video(
         start_sec=record.start_sec,
         end_sec=record.end_sec,
     )
-    return Sample(meta=meta, rgb=rgb, flow=flows)
 
 
 def process_shard(
@@ -290,22 +302,8 @@ def process_shard(
         writer = HashingWriter(stream)
         with wds.TarWriter(writer, mtime=TAR_MTIME) as sink:
             for record in spec.records:
-                t0 = time.monotonic()
-                try:
-                    sample = call_with_time_limit(functools.partial(process_video, record, cfg, flow, timings=timings), cfg.video_timeout)
-                except (VideoError, TimeLimitExceeded) as exc:
-                    result = VideoResult(
-                        record.video_id, spec.split, spec.name, "failed", str(exc), time.monotonic() - t0, label=record.label
-                    )
-                else:
-                    with timings.stage("write"):
-                        before = writer.bytes
-                        sink.write(encode_sample(sample))
-                    frames = sample.meta.num_frames
-                    result = VideoResult(
-                        record.video_id, spec.split, spec.name, "ok", "", time.monotonic() - t0, frames, writer.bytes - before, record.label
-                    )
-                    samples += 1
+                result = _add_video(record, spec, cfg, flow, timings, sink, writer)
+                samples += result.status == "ok"
                 results.append(result)
                 if on_video is not None:
                     on_video(result)
@@ -324,6 +322,20 @@ def process_shard(
     )
     out.write_bytes(result.to_json().encode(), PROGRESS_DIR, spec.name + DONE_SUFFIX)
     return result
+
+
+def _add_video(record: VideoRecord, spec: ShardSpec, cfg: ProcessConfig, flow, timings: Timings, sink, writer) -> VideoResult:
+    """Process one video within its time limit and write its sample to the shard; a failure is a result too."""
+    start = time.monotonic()
+    try:
+        sample = call_with_time_limit(functools.partial(process_video, record, cfg, flow, timings=timings), cfg.video_timeout)
+    except (VideoError, TimeLimitExceeded) as exc:
+        return VideoResult(record.video_id, spec.split, spec.name, "failed", str(exc), time.monotonic() - start, label=record.label)
+    with timings.stage("write"):
+        before = writer.bytes
+        sink.write(encode_sample(sample))
+    seconds, written = time.monotonic() - start, writer.bytes - before
+    return VideoResult(record.video_id, spec.split, spec.name, "ok", "", seconds, sample.meta.num_frames, written, record.label)
 
 
 def completed_shards(out: Location) -> dict[str, ShardResult]:

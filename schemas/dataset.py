@@ -61,10 +61,12 @@ class DatasetInfo:
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
+        """The text of dataset.json."""
         return json.dumps(asdict(self), indent=2) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> DatasetInfo:
+        """dataset.json read back."""
         return cls(**json.loads(text))
 
 

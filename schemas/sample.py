@@ -185,6 +185,7 @@ class SampleMeta:
 
     @property
     def num_flows(self) -> int:
+        """Flows per modality: one per consecutive frame pair."""
         return max(self.num_frames - 1, 0)
 
 
@@ -198,6 +199,7 @@ class Sample:
 
     @property
     def key(self) -> str:
+        """The WebDataset key: the video id."""
         return self.meta.video_id
 
     def rgb_frame(self, index: int) -> np.ndarray:

@@ -110,16 +110,19 @@ class HashingWriter:
         self._stream, self._hash, self.bytes = stream, hashlib.sha256(), 0
 
     def write(self, data) -> int:
+        """Pass the bytes on, hashing and counting them."""
         self._hash.update(data)
         self.bytes += len(data)
         self._stream.write(data)
         return len(data)
 
     def flush(self) -> None:
+        """Nothing to flush: the stream underneath flushes on close."""
         pass
 
     @property
     def sha256(self) -> str:
+        """Hex digest of everything written so far."""
         return self._hash.hexdigest()
 
 

@@ -112,3 +112,18 @@ def write_dataset(root: Path, shards: dict[str, list[Sample]]) -> None:
         shards={"train": sorted(shards)},
     )
     (root / "dataset.json").write_text(info.to_json())
+
+
+def flags(**options) -> list[str]:
+    """Command-line flags from keywords: flags(videos_per_class=12, no_flip=True) -> ["--videos-per-class", "12", "--no-flip"].
+
+    True gives the bare flag; None and False leave it out.
+    """
+    out: list[str] = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            out.append(flag)
+        elif value is not None and value is not False:
+            out += [flag, str(value)]
+    return out

@@ -71,6 +71,7 @@ class ExampleConfig:
 
     @property
     def is_flow(self) -> bool:
+        """Whether the examples are stacked flow (else RGB frames)."""
         return self.modality != RGB
 
 

@@ -82,13 +82,16 @@ class TrainConfig:
 
     @property
     def arch(self) -> str:
+        """tsn or i3d, from the model name."""
         return self.model.split("_")[0]
 
     @property
     def modality(self) -> str:
+        """rgb, or the flow modality the *_flow models read."""
         return "rgb" if self.model.endswith("_rgb") else self.flow_modality
 
     def example_config(self, crops: int = 1, segments: int | None = None, clips: int = 1) -> ExampleConfig:
+        """How this run's model turns a video into an input (test-time crops, segments, clips as given)."""
         return ExampleConfig(
             arch=self.arch,
             modality=self.modality,
@@ -199,19 +202,7 @@ def train_one_epoch(
         with torch.autocast(device.type, enabled=scaler is not None):
             logits = model(x)
             loss = criterion(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if clip_grad:
-            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        _optimizer_step(loss, model, optimizer, scaler, clip_grad)
         n = len(y)
         seen += n
         loss_value = loss.item()
@@ -232,6 +223,23 @@ def train_one_epoch(
         "seconds": time.monotonic() - start,
     }
     return stats, step
+
+
+def _optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer, scaler, clip_grad: float | None) -> None:
+    """Backward and step, through the AMP gradient scaler when there is one; gradients clipped to `clip_grad`."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    else:
+        loss.backward()
+    if clip_grad:
+        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
 
 
 @torch.no_grad()
@@ -333,7 +341,7 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
                 train=True,
                 batch_size=cfg.batch_size,
                 workers=cfg.loader_workers,
-                seed=cfg.seed * 1000 + epoch,
+                seed=cfg.seed * 1000 + epoch,  # a different draw of shards and crops each epoch, the same on a resume
                 epoch_samples=epoch_samples,
                 world_size=world,
             )
@@ -341,19 +349,8 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
                 model, criterion, optimizer, lr_at, loader, device, epoch, step, cfg.print_freq, scaler, cfg.clip_grad, on_step
             )
             if rank == 0:
-                state = {
-                    "model": (model.module if distributed else model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "lr_scheduler": {"step": step, "total": total, "warmup": warmup},
-                    "epoch": epoch,
-                    "step": step,
-                    "config": asdict(cfg),
-                    "num_classes": len(info.classes),
-                    "classes": info.classes,
-                    "format_version": FORMAT_VERSION,
-                }
-                write_metrics(out, metrics)  # before the checkpoint: a resume drops rows past it
-                save_checkpoint(out, state)
+                schedule = {"step": step, "total": total, "warmup": warmup}
+                _save_epoch(out, cfg, model.module if distributed else model, optimizer, schedule, epoch, info.classes, metrics)
                 print(
                     f"epoch {epoch}: loss {stats['loss']:.4f}, train top-1 {stats['train_top1']:.3f}, "
                     f"{stats['samples'] / stats['seconds']:.1f} samples/s; checkpoint {out.uri_of(CHECKPOINT)}",
@@ -365,6 +362,23 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
         if tensorboard:
             tensorboard.close()
     return stats
+
+
+def _save_epoch(out: Location, cfg, model: nn.Module, optimizer, schedule: dict, epoch: int, classes: list, metrics: list) -> None:
+    """metrics.csv, then the checkpoint (a resume drops metric rows past the checkpoint, never the reverse)."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "lr_scheduler": schedule,
+        "epoch": epoch,
+        "step": schedule["step"],
+        "config": asdict(cfg),
+        "num_classes": len(classes),
+        "classes": classes,
+        "format_version": FORMAT_VERSION,
+    }
+    write_metrics(out, metrics)
+    save_checkpoint(out, state)
 
 
 def _tensorboard(out: Location):

@@ -26,6 +26,7 @@ class DatasetManifest:
 
     @property
     def missing(self) -> list[VideoRecord]:
+        """The listed videos whose file was not found."""
         return [r for r in self.records if not r.exists]
 
 

@@ -190,9 +190,11 @@ class Kernels:
         return self.call("same", u, *args) if u_grad is u else self.call("after_filter", u_grad, u, *args)
 
     def median(self, u):
+        """The median filter of the flow (compiled where it pays)."""
         return self.call("median", u)
 
     def warp(self, img, flow):
+        """`img` sampled at x + flow (compiled where it pays)."""
         return self.call("warp", img, flow)
 
 

@@ -48,6 +48,7 @@ class HomographyResult:
     matches: int  # correspondences RANSAC was given
 
     def as_dict(self) -> dict:
+        """What a sample's metadata keeps of it."""
         return {"found": self.found, "inliers": self.inliers, "matches": self.matches}
 
 

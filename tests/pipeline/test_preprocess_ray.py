@@ -22,12 +22,13 @@ from schemas.dataset import read_dataset_info
 from schemas.manifest import read_manifest
 from schemas.sample import decode_sample
 from tests.conftest import REPO, SHARED_DATA, free_port, run_job, wait_for
-from tests.helpers import BAD_REASONS, write_bad_inputs
+from tests.helpers import BAD_REASONS, flags, write_bad_inputs
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 SMALL = SyntheticConfig(classes=4, videos_per_class=4, width=64, height=48, frames=8, seed=2)
 FAST = ["--progress-seconds", "2", "--size", "64x48"]
+EMBEDDED = dict(videos_per_shard=5, modalities="rgb,tvl1,warp_tvl1")  # the module's embedded run
 
 
 def make_manifest(root: Path, cfg: SyntheticConfig, bad: bool) -> tuple[Path, list]:
@@ -70,19 +71,7 @@ def dataset(tmp_path_factory):
 def embedded_run(dataset):
     root, manifest, _ = dataset
     out = root / "out"
-    result = run_job(
-        "jobs.preprocess",
-        "--manifest",
-        str(manifest),
-        "--out",
-        str(out),
-        "--videos-per-shard",
-        "5",
-        "--modalities",
-        "rgb,tvl1,warp_tvl1",
-        *FAST,
-    )
-    return out, result
+    return out, run_job("jobs.preprocess", *flags(manifest=manifest, out=out, **EMBEDDED), *FAST)
 
 
 def test_embedded_run_writes_readable_shards(dataset, embedded_run):
@@ -142,19 +131,7 @@ def test_rerun_does_no_work_and_strict_reports_failures(dataset, embedded_run):
     _, manifest, _ = dataset
     out, _ = embedded_run
     before = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in (out / "shards").iterdir()}
-    result = run_job(
-        "jobs.preprocess",
-        "--manifest",
-        str(manifest),
-        "--out",
-        str(out),
-        "--videos-per-shard",
-        "5",
-        "--modalities",
-        "rgb,tvl1,warp_tvl1",
-        "--strict",
-        *FAST,
-    )
+    result = run_job("jobs.preprocess", *flags(manifest=manifest, out=out, **EMBEDDED, strict=True), *FAST)
     assert result.returncode == 1  # --strict with failed videos
     assert "0 to run" in result.stdout and "(0 written in this run)" in result.stdout
     assert {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in (out / "shards").iterdir()} == before
@@ -332,27 +309,9 @@ def test_ray_job_submit_on_a_real_head(tmp_path, ray_head):
     ray_bin, dashboard, env = ray_head
     manifest, entries = make_manifest(tmp_path, SMALL, bad=False)
     out = tmp_path / "out"
+    submit_to_head = [ray_bin, "job", "submit", "--address", dashboard, "--working-dir", str(REPO), "--"]
     submit = subprocess.run(
-        [
-            ray_bin,
-            "job",
-            "submit",
-            "--address",
-            dashboard,
-            "--working-dir",
-            str(REPO),
-            "--",
-            "python",
-            "-m",
-            "jobs.preprocess",
-            "--manifest",
-            str(manifest),
-            "--out",
-            str(out),
-            "--videos-per-shard",
-            "4",
-            *FAST,
-        ],
+        [*submit_to_head, "python", "-m", "jobs.preprocess", *flags(manifest=manifest, out=out, videos_per_shard=4), *FAST],
         capture_output=True,
         text=True,
         env=env,
@@ -397,19 +356,8 @@ def test_real_clips_come_out_right(tmp_path):
     )
     assert made.returncode == 0, made.stderr
     out = tmp_path / "out"
-    result = run_job(
-        "jobs.preprocess",
-        "--manifest",
-        str(tmp_path / "m.parquet"),
-        "--out",
-        str(out),
-        "--modalities",
-        "rgb",
-        "--videos-per-shard",
-        "3",
-        "--progress-seconds",
-        "5",
-    )
+    settings = dict(modalities="rgb", videos_per_shard=3, progress_seconds=5)
+    result = run_job("jobs.preprocess", *flags(manifest=tmp_path / "m.parquet", out=out, **settings))
     assert result.returncode == 0 and "6 ok, 0 failed" in result.stdout, result.stdout + result.stderr
     for members in read_shards(out):
         sample = decode_sample(members)

@@ -15,25 +15,18 @@ import numpy as np
 import pytest
 
 from tests.conftest import SHARED_DATA, run_job
+from tests.helpers import flags
 from trainers.metrics import fuse, video_metrics
 
 pytestmark = [pytest.mark.slow]
 
-TRAIN = [
-    "--batch-size",
-    "8",
-    "--input-size",
-    "64",
-    "--no-flip",
-    "--loader-workers",
-    "1",
-    "--print-freq",
-    "0",
-    "--optimizer",
-    "adamw",
-    "--weight-decay",
-    "0.01",
-]
+TRAIN = dict(batch_size=8, input_size=64, no_flip=True, loader_workers=1, print_freq=0, optimizer="adamw", weight_decay=0.01)
+
+
+def train(root: Path, model: str, out: str, **options) -> str:
+    """`jobs.train` on root/data into root/out with TRAIN's settings (options override them); its output."""
+    result = ok(run_job("jobs.train", *flags(data=root / "data", model=model, out=root / out, **{**TRAIN, **options})))
+    return result.stdout + result.stderr
 
 
 def ok(result):
@@ -44,48 +37,11 @@ def ok(result):
 @pytest.fixture(scope="module")
 def synthetic_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("learn")
-    ok(
-        run_job(
-            "jobs.make_synthetic",
-            "--out",
-            str(root / "videos"),
-            "--classes",
-            "4",
-            "--videos-per-class",
-            "12",
-            "--size",
-            "96x72",
-            "--frames",
-            "12",
-        )
-    )
-    ok(
-        run_job(
-            "jobs.manifest",
-            "ucf101",
-            "--annotations",
-            str(root / "videos"),
-            "--videos",
-            str(root / "videos"),
-            "--out",
-            str(root / "manifest.parquet"),
-        )
-    )
-    ok(
-        run_job(
-            "jobs.preprocess",
-            "--manifest",
-            str(root / "manifest.parquet"),
-            "--out",
-            str(root / "data"),
-            "--modalities",
-            "rgb,tvl1",
-            "--videos-per-shard",
-            "8",
-            "--progress-seconds",
-            "30",
-        )
-    )
+    videos = root / "videos"
+    ok(run_job("jobs.make_synthetic", *flags(out=videos, classes=4, videos_per_class=12, size="96x72", frames=12)))
+    ok(run_job("jobs.manifest", "ucf101", *flags(annotations=videos, videos=videos, out=root / "manifest.parquet")))
+    settings = dict(modalities="rgb,tvl1", videos_per_shard=8, progress_seconds=30)
+    ok(run_job("jobs.preprocess", *flags(manifest=root / "manifest.parquet", out=root / "data", **settings)))
     return root
 
 
@@ -99,38 +55,8 @@ def evaluate(root: Path, *runs: str, extra: tuple = ()) -> dict:
 
 def test_flow_learns_rgb_does_not_and_fusion_keeps_flow(synthetic_data):
     root = synthetic_data
-    ok(
-        run_job(
-            "jobs.train",
-            "--data",
-            str(root / "data"),
-            "--model",
-            "tsn_flow",
-            "--out",
-            str(root / "flow"),
-            "--epochs",
-            "20",
-            "--lr",
-            "0.001",
-            *TRAIN,
-        )
-    )
-    ok(
-        run_job(
-            "jobs.train",
-            "--data",
-            str(root / "data"),
-            "--model",
-            "tsn_rgb",
-            "--out",
-            str(root / "rgb"),
-            "--epochs",
-            "4",
-            "--lr",
-            "0.001",
-            *TRAIN,
-        )
-    )
+    train(root, "tsn_flow", "flow", epochs=20, lr=0.001)
+    train(root, "tsn_rgb", "rgb", epochs=4, lr=0.001)
     metrics = evaluate(root, f"rgb={root / 'rgb'}", f"flow={root / 'flow'}", extra=("--segments", "25", "--fusion", "rgb=1,flow=1.5"))
     assert metrics["videos"] == 16
     assert metrics["flow"]["top1"] >= 0.9, metrics
@@ -142,26 +68,7 @@ def test_flow_learns_rgb_does_not_and_fusion_keeps_flow(synthetic_data):
 
 def test_i3d_flow_learns(synthetic_data):
     root = synthetic_data
-    ok(
-        run_job(
-            "jobs.train",
-            "--data",
-            str(root / "data"),
-            "--model",
-            "i3d_flow",
-            "--out",
-            str(root / "i3d"),
-            "--epochs",
-            "20",
-            "--lr",
-            "0.003",
-            "--clip-len",
-            "8",
-            "--interval",
-            "1",
-            *TRAIN,
-        )
-    )
+    train(root, "i3d_flow", "i3d", epochs=20, lr=0.003, clip_len=8, interval=1)
     metrics = evaluate(root, f"i3d={root / 'i3d'}", extra=("--clips", "3"))
     assert metrics["i3d"]["top1"] >= 0.8, metrics
 
@@ -170,29 +77,8 @@ def test_i3d_flow_learns(synthetic_data):
 def test_ddp_on_two_ray_train_workers(synthetic_data):
     root = synthetic_data
     # Half the per-rank batch keeps the global batch, and so the number of steps, of the single-process run.
-    result = ok(
-        run_job(
-            "jobs.train",
-            "--data",
-            str(root / "data"),
-            "--model",
-            "tsn_flow",
-            "--out",
-            str(root / "ddp"),
-            "--epochs",
-            "20",
-            "--lr",
-            "0.001",
-            "--workers",
-            "2",
-            *TRAIN,
-            "--batch-size",
-            "4",
-            "--loader-workers",
-            "0",
-        )
-    )
-    assert "world_rank=1" in result.stdout + result.stderr  # two ranks really ran
+    output = train(root, "tsn_flow", "ddp", epochs=20, lr=0.001, workers=2, batch_size=4, loader_workers=0)
+    assert "world_rank=1" in output  # two ranks really ran
     metrics = evaluate(root, f"flow={root / 'ddp'}", extra=("--segments", "25"))
     assert metrics["flow"]["top1"] >= 0.9, metrics
 
@@ -210,59 +96,15 @@ def test_real_clips_train_and_evaluate_end_to_end(tmp_path):
         "S001C001P001R001A001_rgb.avi,other,train",
     ]
     (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
-    ok(
-        run_job(
-            "jobs.manifest",
-            "csv",
-            "--annotations",
-            str(tmp_path / "list.csv"),
-            "--videos",
-            str(videos),
-            "--out",
-            str(tmp_path / "m.parquet"),
-        )
-    )
-    ok(
-        run_job(
-            "jobs.preprocess",
-            "--manifest",
-            str(tmp_path / "m.parquet"),
-            "--out",
-            str(tmp_path / "data"),
-            "--modalities",
-            "rgb,tvl1",
-            "--short-side",
-            "64",
-            "--max-frames",
-            "12",
-            "--videos-per-shard",
-            "2",
-            "--progress-seconds",
-            "30",
-        )
-    )
+    manifest, data = tmp_path / "m.parquet", tmp_path / "data"
+    ok(run_job("jobs.manifest", "csv", *flags(annotations=tmp_path / "list.csv", videos=videos, out=manifest)))
+    small = dict(modalities="rgb,tvl1", short_side=64, max_frames=12, videos_per_shard=2, progress_seconds=30)
+    ok(run_job("jobs.preprocess", *flags(manifest=manifest, out=data, **small)))
     for model in ("tsn_rgb", "tsn_flow"):
-        ok(
-            run_job(
-                "jobs.train",
-                "--data",
-                str(tmp_path / "data"),
-                "--model",
-                model,
-                "--out",
-                str(tmp_path / model),
-                "--epochs",
-                "1",
-                "--batch-size",
-                "2",
-                "--input-size",
-                "48",
-                "--loader-workers",
-                "0",
-                "--print-freq",
-                "0",
-            )
+        train_flags = flags(
+            data=data, model=model, out=tmp_path / model, epochs=1, batch_size=2, input_size=48, loader_workers=0, print_freq=0
         )
+        ok(run_job("jobs.train", *train_flags))
     metrics = evaluate(tmp_path, f"rgb={tmp_path / 'tsn_rgb'}", f"flow={tmp_path / 'tsn_flow'}", extra=("--segments", "3", "--crops", "10"))
     assert metrics["videos"] == 2 and metrics["fused"]["top5"] == 1.0  # 2 classes: both are in any top 5
     saved = np.load(tmp_path / "scores.npz")  # the per-video scores: fusion and metrics recomputed from them
