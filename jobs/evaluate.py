@@ -65,10 +65,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         description="Segment-sampled (TSN) evaluation of one or more trained streams, with late fusion.",
         add_help=add_help,
     )
+    d = EvaluateConfig(data="", runs=())  # the defaults, defined once there
     parser.add_argument(
         "--data", required=True, help="a dataset written by `python -m jobs.preprocess` (a local path or URI, as every path here)"
     )
-    parser.add_argument("--split", default="test", help="split to evaluate (default test)")
+    parser.add_argument("--split", default=d.split, help="split to evaluate (default %(default)s)")
     parser.add_argument(
         "--run",
         type=_named,
@@ -77,22 +78,22 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         metavar="NAME=RUN",
         help="a stream and its run folder, e.g. rgb=runs/rgb (repeat for each stream)",
     )
-    parser.add_argument("--segments", type=int, default=25, help="TSN: segments per video at test time (default 25)")
+    parser.add_argument("--segments", type=int, default=d.segments, help="TSN: segments per video at test time (default %(default)s)")
     parser.add_argument(
         "--crops",
         type=int,
         choices=CROPS,
-        default=1,
-        help="1 centre crop, 3 crops along the long side, or 10 (corners + centre, flipped) (default 1)",
+        default=d.crops,
+        help="1 centre crop, 3 crops along the long side, or 10 (corners + centre, flipped) (default %(default)s)",
     )
-    parser.add_argument("--clips", type=int, default=10, help="I3D: clips per video (default 10)")
+    parser.add_argument("--clips", type=int, default=d.clips, help="I3D: clips per video (default %(default)s)")
     parser.add_argument(
-        "--fusion", type=_weights, default=(), help="late-fusion weights on softmax scores, e.g. rgb=1,flow=1.5 (default: 1 each)"
+        "--fusion", type=_weights, default=d.fusion, help="late-fusion weights on softmax scores, e.g. rgb=1,flow=1.5 (default: 1 each)"
     )
     parser.add_argument("--json", help="write the metrics here as JSON")
     parser.add_argument("--out", help="folder for scores.npz (per-video scores, to recompute fusion) and confusion.png")
-    parser.add_argument("--batch-size", type=int, default=4, help="videos per batch (default 4)")
-    parser.add_argument("--loader-workers", type=int, default=2, help="data loader processes (default 2)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="videos per batch (default %(default)s)")
+    parser.add_argument("--loader-workers", type=int, default=d.loader_workers, help="data loader processes (default %(default)s)")
     parser.add_argument("--use-gpu", action="store_true", help="evaluate on the GPU")
     return parser
 

@@ -32,17 +32,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         add_help=add_help,
     )
     parser.add_argument("--out", required=True, help="output folder (UCF101 layout: Class/v_Class_gXX_cYY.mp4 + split files)")
-    parser.add_argument("--classes", type=int, default=d.classes, help=f"number of motion directions (default {d.classes})")
-    parser.add_argument("--videos-per-class", type=int, default=d.videos_per_class, help=f"videos per class (default {d.videos_per_class})")
+    parser.add_argument("--classes", type=int, default=d.classes, help="number of motion directions (default %(default)s)")
+    parser.add_argument("--videos-per-class", type=int, default=d.videos_per_class, help="videos per class (default %(default)s)")
     parser.add_argument(
         "--size", type=parse_size, default=(d.width, d.height), help=f"frame size WIDTHxHEIGHT, even (default {d.width}x{d.height})"
     )
-    parser.add_argument("--frames", type=int, default=d.frames, help=f"frames per video (default {d.frames})")
-    parser.add_argument("--fps", type=int, default=d.fps, help=f"frame rate (default {d.fps})")
+    parser.add_argument("--frames", type=int, default=d.frames, help="frames per video (default %(default)s)")
+    parser.add_argument("--fps", type=int, default=d.fps, help="frame rate (default %(default)s)")
     parser.add_argument(
         "--camera-pan", type=float, default=d.camera_pan, help="global horizontal camera motion in pixels per frame (default 0)"
     )
-    parser.add_argument("--seed", type=int, default=d.seed, help=f"random seed; the output is deterministic per seed (default {d.seed})")
+    parser.add_argument("--seed", type=int, default=d.seed, help="random seed; the output is deterministic per seed (default %(default)s)")
     return parser
 
 

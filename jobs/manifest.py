@@ -46,7 +46,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "A local path or a URI (s3://, gs://, hdfs://), as every path here",
     )
     parser.add_argument("--videos", required=True, help="root folder under which the video files are looked up (a local path or URI)")
-    parser.add_argument("--split", type=int, default=1, choices=(1, 2, 3), help="official split number for ucf101/hmdb51 (default 1)")
+    default_split = ManifestConfig(dataset="", videos="", out="").split
+    parser.add_argument(
+        "--split", type=int, default=default_split, choices=(1, 2, 3), help="official split number for ucf101/hmdb51 (default %(default)s)"
+    )
     parser.add_argument("--label-map", help="kinetics only: file with one label per line giving the class order (default: sorted labels)")
     parser.add_argument("--out", required=True, help="where to write the manifest (.parquet; a local path or URI)")
     parser.add_argument(

@@ -16,7 +16,7 @@ from pipeline.flow import PRESETS
 from pipeline.preprocess import PreprocessConfig, format_summary, run_preprocess
 from pipeline.ray_tasks import ClusterConfig
 from pipeline.shards import ProcessConfig
-from schemas.sample import DEFAULT_FLOW_BOUND, DEFAULT_JPEG_QUALITY, FLOW_ENCODINGS, MODALITIES
+from schemas.sample import FLOW_ENCODINGS, MODALITIES
 from storage import join
 
 EXIT_FAILURES = 1  # --strict and some videos failed
@@ -59,6 +59,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "Runs on an embedded local Ray unless --address or RAY_ADDRESS names a cluster. Re-running resumes.",
         add_help=add_help,
     )
+    # Every default comes from the configuration types (the help shows it with %(default)s), so none can drift.
+    process, decode, cluster, run_defaults = ProcessConfig(), DecodeConfig(), ClusterConfig(), PreprocessConfig(manifest="", out="")
     io = parser.add_argument_group("input and output")
     io.add_argument("--manifest", required=True, help="manifest written by `python -m jobs.manifest` (a local path or URI)")
     io.add_argument(
@@ -72,11 +74,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
     frames = parser.add_argument_group("frames")
     frames.add_argument(
-        "--modalities", type=_modalities, default=("rgb", "tvl1"), help="comma-separated subset of rgb,tvl1,warp_tvl1 (default rgb,tvl1)"
+        "--modalities",
+        type=_modalities,
+        default=process.modalities,
+        help=f"comma-separated subset of rgb,tvl1,warp_tvl1 (default {','.join(process.modalities)})",
     )
     size = frames.add_mutually_exclusive_group()
     size.add_argument(
-        "--short-side", type=int, default=256, help="resize so the shorter side is this many pixels, never upscaling (default 256)"
+        "--short-side",
+        type=int,
+        default=decode.short_side,
+        help="resize so the shorter side is this many pixels, never upscaling (default %(default)s)",
     )
     size.add_argument("--size", type=parse_size, help="resize to exactly WIDTHxHEIGHT (e.g. 340x256) instead")
     frames.add_argument("--fps", type=float, help="resample to this frame rate (default: keep every frame)")
@@ -84,22 +92,22 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     frames.add_argument(
         "--pixel-grid",
         choices=PIXEL_GRIDS,
-        default="stored",
-        help="stored: pixels as stored, like OpenCV-based tools (default); square: correct the sample aspect ratio",
+        default=decode.pixel_grid,
+        help="stored: pixels as stored, like OpenCV-based tools; square: correct the sample aspect ratio (default %(default)s)",
     )
     frames.add_argument(
         "--jpeg-quality",
         type=int,
-        default=DEFAULT_JPEG_QUALITY,
-        help=f"JPEG quality of RGB frames and flow images (default {DEFAULT_JPEG_QUALITY})",
+        default=process.jpeg_quality,
+        help="JPEG quality of RGB frames and flow images (default %(default)s)",
     )
 
     flow = parser.add_argument_group("optical flow")
     flow.add_argument(
         "--flow-preset",
         choices=list(PRESETS),
-        default="opencv",
-        help="TV-L1 preset: opencv (OpenCV's defaults) or accurate (default opencv)",
+        default=process.flow_preset,
+        help="TV-L1 preset: opencv (OpenCV's defaults) or accurate (default %(default)s)",
     )
     flow.add_argument(
         "--flow-param",
@@ -112,11 +120,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     flow.add_argument(
         "--flow-bound",
         type=float,
-        default=DEFAULT_FLOW_BOUND,
-        help=f"flow clipped to +-this many pixels before 8-bit quantisation (default {DEFAULT_FLOW_BOUND:g})",
+        default=process.flow_bound,
+        help="flow clipped to +-this many pixels before 8-bit quantisation (default %(default)g)",
     )
     flow.add_argument(
-        "--flow-encoding", choices=FLOW_ENCODINGS, default="jpeg", help="jpeg: 8-bit x/y JPEGs (default); png16 or float16: lossless"
+        "--flow-encoding",
+        choices=FLOW_ENCODINGS,
+        default=process.flow_encoding,
+        help="jpeg: 8-bit x/y JPEGs; png16 or float16: lossless (default %(default)s)",
     )
     flow.add_argument(
         "--flow-batch", type=int, help="frame pairs per flow launch, the same for every launch (default 8 on the CPU, 256 on a GPU)"
@@ -125,25 +136,32 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     flow.add_argument(
         "--video-timeout",
         type=float,
-        default=3600.0,
-        help="seconds one video may take before it is recorded as failed (timed out) and its shard goes on; 0 = no limit (default 3600)",
+        default=process.video_timeout,
+        help="seconds one video may take before it is recorded as failed (timed out) and its shard goes on; "
+        "0 = no limit (default %(default)g)",
     )
 
     run = parser.add_argument_group("sharding and cluster")
-    run.add_argument("--shard-size-mb", type=float, default=1024, help="approximate shard size in MB (default 1024)")
+    run.add_argument(
+        "--shard-size-mb", type=float, default=run_defaults.shard_size_mb, help="approximate shard size in MB (default %(default)g)"
+    )
     run.add_argument("--videos-per-shard", type=int, help="videos per shard, instead of estimating it from --shard-size-mb")
     run.add_argument(
         "--address", help="Ray cluster address (host:6379 or ray://host:10001); default: RAY_ADDRESS, else an embedded local Ray"
     )
-    run.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs per shard task (default 1)")
+    run.add_argument("--cpus-per-task", type=float, default=cluster.cpus_per_task, help="CPUs per shard task (default %(default)g)")
     run.add_argument(
         "--flow-workers",
         type=int,
         help="flow workers: default one per GPU (each owns it), or on a cluster without GPUs one single-threaded "
         "worker per CPU core of each node; N = N in all on GPUs, N per node without; 0 = each shard task computes its own flow",
     )
-    run.add_argument("--max-retries", type=int, default=3, help="retries of a shard task whose worker died (default 3)")
-    run.add_argument("--progress-seconds", type=float, default=10.0, help="seconds between progress lines (default 10)")
+    run.add_argument(
+        "--max-retries", type=int, default=cluster.max_retries, help="retries of a shard task whose worker died (default %(default)s)"
+    )
+    run.add_argument(
+        "--progress-seconds", type=float, default=run_defaults.progress_seconds, help="seconds between progress lines (default %(default)g)"
+    )
     return parser
 
 

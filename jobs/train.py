@@ -39,43 +39,40 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", required=True, help="run folder (a local path or URI): checkpoint.pt (resumed if present), metrics.csv, config.json"
     )
-    parser.add_argument("--backbone", choices=list(BACKBONES), default=d.backbone, help=f"TSN backbone (default {d.backbone})")
+    parser.add_argument("--backbone", choices=list(BACKBONES), default=d.backbone, help="TSN backbone (default %(default)s)")
     parser.add_argument(
         "--flow-modality", choices=("tvl1", "warp_tvl1"), default=d.flow_modality, help="flow the *_flow models read (default tvl1)"
     )
-    parser.add_argument("--epochs", type=int, default=d.epochs, help=f"(default {d.epochs})")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"videos per batch and rank (default {d.batch_size})")
-    parser.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    parser.add_argument("--epochs", type=int, default=d.epochs, help="(default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="videos per batch and rank (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default %(default)s)")
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=d.optimizer, help="(default sgd, momentum 0.9)")
-    parser.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"(default {d.weight_decay})")
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default %(default)s)")
     parser.add_argument(
         "--schedule", choices=("cosine", "step"), default=d.schedule, help="after warm-up: cosine decay or x0.1 steps (default cosine)"
     )
     parser.add_argument("--step-epochs", type=int, nargs="*", default=[], help="epochs where the step schedule divides the lr by 10")
-    parser.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help=f"linear warm-up (default {d.warmup_epochs:g})")
-    parser.add_argument("--clip-grad", type=float, default=d.clip_grad, help=f"max gradient norm, 0 = off (default {d.clip_grad:g})")
-    parser.add_argument("--dropout", type=float, default=d.dropout, help=f"before the classifier (default {d.dropout})")
-    parser.add_argument("--segments", type=int, default=d.segments, help=f"TSN segments K (default {d.segments})")
-    parser.add_argument(
-        "--new-length", type=int, default=d.new_length, help=f"TSN flow: stacked flows per snippet L (default {d.new_length})"
-    )
-    parser.add_argument("--clip-len", type=int, default=d.clip_len, help=f"I3D: frames per clip (default {d.clip_len})")
-    parser.add_argument("--interval", type=int, default=d.interval, help=f"I3D: frame step within a clip (default {d.interval})")
-    parser.add_argument("--input-size", type=int, default=d.input_size, help=f"crop side fed to the network (default {d.input_size})")
+    parser.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="linear warm-up (default %(default)g)")
+    parser.add_argument("--clip-grad", type=float, default=d.clip_grad, help="max gradient norm, 0 = off (default %(default)g)")
+    parser.add_argument("--dropout", type=float, default=d.dropout, help="before the classifier (default %(default)s)")
+    parser.add_argument("--segments", type=int, default=d.segments, help="TSN segments K (default %(default)s)")
+    parser.add_argument("--new-length", type=int, default=d.new_length, help="TSN flow: stacked flows per snippet L (default %(default)s)")
+    parser.add_argument("--clip-len", type=int, default=d.clip_len, help="I3D: frames per clip (default %(default)s)")
+    parser.add_argument("--interval", type=int, default=d.interval, help="I3D: frame step within a clip (default %(default)s)")
+    parser.add_argument("--input-size", type=int, default=d.input_size, help="crop side fed to the network (default %(default)s)")
     parser.add_argument(
         "--no-flip", action="store_true", help="no horizontal flips (needed when left/right is the class, as in jobs.make_synthetic)"
     )
     parser.add_argument(
         "--pretrained", help="2D ImageNet weights (.pth state dict, torchvision names; a path or URI); nothing is downloaded"
     )
-    parser.add_argument("--workers", type=int, default=1, help="DDP ranks on Ray Train (default 1: this process, no Ray)")
-    parser.add_argument(
-        "--loader-workers", type=int, default=d.loader_workers, help=f"data loader processes per rank (default {d.loader_workers})"
-    )
+    workers = TrainJobConfig(train=d).workers
+    parser.add_argument("--workers", type=int, default=workers, help="DDP ranks on Ray Train; 1: this process (default %(default)s)")
+    parser.add_argument("--loader-workers", type=int, default=d.loader_workers, help="data loader processes per rank (default %(default)s)")
     parser.add_argument("--use-gpu", action="store_true", help="train on GPUs (one per rank), with mixed precision")
     parser.add_argument("--address", help="Ray cluster address for --workers > 1 (default: RAY_ADDRESS, else embedded Ray)")
-    parser.add_argument("--seed", type=int, default=d.seed, help=f"(default {d.seed})")
-    parser.add_argument("--print-freq", type=int, default=d.print_freq, help=f"steps between progress lines (default {d.print_freq})")
+    parser.add_argument("--seed", type=int, default=d.seed, help="(default %(default)s)")
+    parser.add_argument("--print-freq", type=int, default=d.print_freq, help="steps between progress lines (default %(default)s)")
     return parser
 
 

@@ -37,7 +37,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument("--data", required=True, help="a dataset written by `python -m jobs.preprocess` (a local path or URI)")
     parser.add_argument("--out", required=True, help="PNG to write (a local path or URI)")
-    parser.add_argument("--split", default="test", help="split to take the sample from (default test)")
+    default_split = VisualizeConfig(data="", out="").split
+    parser.add_argument("--split", default=default_split, help="split to take the sample from (default %(default)s)")
     parser.add_argument("--key", help="video id of the sample (default: the first one)")
     parser.add_argument("--index", type=int, help="flow index i (frame i -> i+1); default: the middle of the video")
     return parser
