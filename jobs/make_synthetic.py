@@ -40,9 +40,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--frames", type=int, default=d.frames, help="frames per video (default %(default)s)")
     parser.add_argument("--fps", type=int, default=d.fps, help="frame rate (default %(default)s)")
     parser.add_argument(
-        "--camera-pan", type=float, default=d.camera_pan, help="global horizontal camera motion in pixels per frame (default 0)"
+        "--camera-pan", type=float, default=d.camera_pan, help="global horizontal camera motion in pixels per frame (default %(default)g)"
     )
-    parser.add_argument("--seed", type=int, default=d.seed, help="random seed; the output is deterministic per seed (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=d.seed, help="random seed; the frames are the same per seed (default %(default)s)")
     return parser
 
 

@@ -41,15 +41,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument("--backbone", choices=list(BACKBONES), default=d.backbone, help="TSN backbone (default %(default)s)")
     parser.add_argument(
-        "--flow-modality", choices=("tvl1", "warp_tvl1"), default=d.flow_modality, help="flow the *_flow models read (default tvl1)"
+        "--flow-modality", choices=("tvl1", "warp_tvl1"), default=d.flow_modality, help="flow the *_flow models read (default %(default)s)"
     )
-    parser.add_argument("--epochs", type=int, default=d.epochs, help="(default %(default)s)")
+    parser.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training split (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="videos per batch and rank (default %(default)s)")
     parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default %(default)s)")
-    parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=d.optimizer, help="(default sgd, momentum 0.9)")
-    parser.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default %(default)s)")
     parser.add_argument(
-        "--schedule", choices=("cosine", "step"), default=d.schedule, help="after warm-up: cosine decay or x0.1 steps (default cosine)"
+        "--optimizer", choices=("sgd", "adamw"), default=d.optimizer, help="SGD with momentum 0.9, or AdamW (default %(default)s)"
+    )
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 weight decay (default %(default)s)")
+    parser.add_argument(
+        "--schedule", choices=("cosine", "step"), default=d.schedule, help="after warm-up: cosine decay or x0.1 steps (default %(default)s)"
     )
     parser.add_argument("--step-epochs", type=int, nargs="*", default=[], help="epochs where the step schedule divides the lr by 10")
     parser.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="linear warm-up (default %(default)g)")
@@ -67,7 +69,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--pretrained", help="2D ImageNet weights (.pth state dict, torchvision names; a path or URI); nothing is downloaded"
     )
     workers = TrainJobConfig(train=d).workers
-    parser.add_argument("--workers", type=int, default=workers, help="DDP ranks on Ray Train; 1: this process (default %(default)s)")
+    parser.add_argument(
+        "--workers", type=int, default=workers, help="DDP ranks on Ray Train; 1 = this process, no Ray (default %(default)s)"
+    )
     parser.add_argument("--loader-workers", type=int, default=d.loader_workers, help="data loader processes per rank (default %(default)s)")
     parser.add_argument("--use-gpu", action="store_true", help="train on GPUs (one per rank), with mixed precision")
     parser.add_argument("--address", help="Ray cluster address for --workers > 1 (default: RAY_ADDRESS, else embedded Ray)")

@@ -61,8 +61,8 @@ class ProcessConfig:
     flow_bound: float = DEFAULT_FLOW_BOUND
     flow_encoding: str = "jpeg"
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
-    # How the work runs; these change the stored samples by float rounding at most (the device: CPU vs GPU flow),
-    # so a resumed run may change them.
+    # How the work runs, so a resumed run may change them: flow_batch and device change the stored flow by float
+    # rounding at most (CPU vs GPU); video_timeout only whether a slow video is stored or recorded as failed.
     flow_batch: int | None = None  # frame pairs per flow launch; None = 8 on the CPU, 256 on a GPU
     device: str | None = None  # None: cuda when the task sees a GPU, else cpu
     video_timeout: float | None = 3600.0  # seconds one video may take before it fails as timed out; None = no limit

@@ -138,7 +138,7 @@ def write_video(path: Path, frames: np.ndarray, fps: int) -> None:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        # One encoder thread keeps the output byte-identical between runs.
+        # One encoder thread: the files are almost always byte-identical between runs (see README, make_synthetic).
         stream.options = {"crf": "17", "preset": "medium", "threads": "1"}
         for rgb in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))

@@ -94,10 +94,10 @@ def compute_flow(
     Raises:
         ValueError: wrong shapes or dtypes, sizes that differ, empty input, NaN, unknown names.
     """
-    algorithms = (algorithm,) if isinstance(algorithm, str) else tuple(algorithm)
+    algorithms = (algorithm,) if isinstance(algorithm, str) else tuple(algorithm or ())
     unknown = [a for a in algorithms if a not in ALGORITHMS]
     if unknown or not algorithms:
-        raise ValueError(f"unknown flow algorithm(s) {', '.join(map(repr, unknown)) or 'none given'}; choose from {', '.join(ALGORITHMS)}")
+        raise ValueError(f"unknown flow algorithm {', '.join(map(repr, unknown)) or '(none given)'}; choose one of {', '.join(ALGORITHMS)}")
     if return_homographies and "warp_tvl1" not in algorithms:
         raise ValueError("return_homographies needs algorithm='warp_tvl1'")
     _check_pair(prev, nxt)
