@@ -49,9 +49,9 @@ class FlowChunk:
     homographies: list[dict] = field(default_factory=list)  # one per pair with warp_tvl1
 
 
-def default_batch(device: torch.device) -> int:
+def default_batch(device_type: str) -> int:
     """Pairs per launch when none is configured: CPU_BATCH on the CPU, GPU_BATCH on a GPU."""
-    return CPU_BATCH if device.type == "cpu" else GPU_BATCH
+    return CPU_BATCH if device_type == "cpu" else GPU_BATCH
 
 
 class _Request:
@@ -82,7 +82,7 @@ class FlowWorker:
     def __init__(self, spec: FlowSpec, batch_size: int | None = None, device: str | None = None, threads: int | None = None):
         self.spec = spec
         self.device = torch.device(device) if device else default_device()
-        self.batch_size = batch_size or default_batch(self.device)
+        self.batch_size = batch_size or default_batch(self.device.type)
         if threads:
             torch.set_num_threads(threads)
             cv2.setNumThreads(threads)

@@ -26,7 +26,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from storage import Location, is_uri
 
-from .flow_service import CPU_BATCH, GPU_BATCH, FlowWorker
+from .flow_service import FlowWorker, default_batch
 from .plan import ShardSpec
 from .shards import ProcessConfig, ShardResult, VideoResult, process_shard
 
@@ -160,19 +160,16 @@ def start_flow_service(cfg: ProcessConfig, cluster: ClusterConfig) -> FlowServic
         raise ValueError("--device cuda, but the Ray cluster has no GPUs; leave --device out to compute flow on the CPUs")
     options = {"max_concurrency": 256, "max_restarts": -1, "max_task_retries": -1}
     spec = cfg.flow_spec()
-    workers = []
     if gpus and cfg.device != "cpu":
+        batch = cfg.flow_batch or default_batch("cuda")
         count = cluster.flow_workers or gpus
-        batch = cfg.flow_batch or GPU_BATCH
-        for _ in range(count):
-            handle = FlowActor.options(num_gpus=1, num_cpus=1, **options).remote(spec, batch, "cuda")
-            workers.append((None, handle))
+        handles = [FlowActor.options(num_gpus=1, num_cpus=1, **options).remote(spec, batch, "cuda") for _ in range(count)]
         # where each landed, for the shard tasks' choice of a worker on their own node
-        nodes = ray.get([h.node.remote() for _, h in workers], timeout=600)
-        return FlowService([(n, h) for n, (_, h) in zip(nodes, workers)], batch, "cuda")
-    batch = cfg.flow_batch or CPU_BATCH
-    nodes = _worker_nodes()
-    for node in nodes:
+        nodes = ray.get([h.node.remote() for h in handles], timeout=600)
+        return FlowService(list(zip(nodes, handles)), batch, "cuda")
+    batch = cfg.flow_batch or default_batch("cpu")
+    workers = []
+    for node in _worker_nodes():
         per_node = cluster.flow_workers or max(1, int(node["Resources"].get("CPU", 1)))
         place = NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)
         for _ in range(per_node):
