@@ -115,7 +115,7 @@ class ProcessConfig:
     def flow_description(self) -> dict:
         """The flow parameters written into every sample's metadata."""
         tvl1, homography = resolve_params(self.flow_preset, dict(self.flow_params))
-        solver = {k: v for k, v in asdict(tvl1).items() if k not in ("compile", "check_every", "opencv_cpu_ops")}
+        solver = tvl1.solver_parameters()
         return {
             m: {"preset": self.flow_preset, "tvl1": solver, **({"homography": asdict(homography)} if m == "warp_tvl1" else {})}
             for m in self.flow_modalities

@@ -3,8 +3,13 @@
 The solver is OpenCV's, step for step (pyramid, warps, thresholding, dual updates, median filtering between
 warps, stopping on epsilon or the iteration caps), run on a batch of N frame pairs at once on any device.
 Each pair stops on its own: once its update falls below epsilon its state is frozen by a mask, so batching
-never changes a pair's result, and the loop checks for convergence only every `check_every` iterations
-(a GPU never waits on the host inside that window).
+never changes a pair's result.
+
+What the host pays for (what a GPU waits for) is kept per block of iterations, not per iteration: the
+`check_every` iterations between two convergence checks are one call of one compiled function (the median
+filter that starts an outer iteration included), each check is one read of a count from the device (on a
+GPU read one block late from pinned memory, so the device never waits for it), and pairs that converged
+are set aside by a gather with device-side indices (no boolean masks, no `nonzero`).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import dataclasses
 import functools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.fx.experimental._config as fx_config
@@ -38,6 +43,9 @@ log = logging.getLogger(__name__)
 AUTO_COMPILE_PIXELS = 160 * 120  # below this, eager is faster than a process's one-time compilation
 
 
+RUN_OPTIONS = ("compile", "check_every", "opencv_cpu_ops", "async_check")  # TVL1Config fields that change how, not what
+
+
 @dataclass(frozen=True)
 class TVL1Config:
     """TV-L1 parameters; the defaults are OpenCV's `DualTVL1OpticalFlow` defaults (the `opencv` preset)."""
@@ -58,8 +66,10 @@ class TVL1Config:
     # mean; check_every not at all).
     compile: bool | None = None  # fuse each iteration into one kernel with torch.compile; None = when it pays
     # (on a GPU, or frames of at least AUTO_COMPILE_PIXELS); compiling costs ~10-60 s once per process
-    check_every: int | None = None  # iterations between convergence checks; None = 1 on CPU, 10 on GPU
+    check_every: int | None = None  # iterations between convergence checks (one compiled call); None = 1 on CPU, 10 on GPU
     opencv_cpu_ops: bool = True  # on the CPU, OpenCV's own remap and median filter (False: the GPU code)
+    async_check: bool | None = None  # act on each convergence check one block late, so a GPU never waits for the
+    # host's read; None = on a GPU (on the CPU the read costs nothing)
 
     def __post_init__(self):
         for name in ("tau", "lambda_", "theta", "epsilon"):
@@ -78,6 +88,10 @@ class TVL1Config:
             raise ValueError(f"TV-L1 gamma must be >= 0, got {self.gamma}")
         if self.check_every is not None and self.check_every < 1:
             raise ValueError(f"TV-L1 check_every must be at least 1, got {self.check_every}")
+
+    def solver_parameters(self) -> dict:
+        """The parameters that define the flow (what a sample records), without how the solver runs."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUN_OPTIONS}
 
     def replace(self, **changes) -> TVL1Config:
         """A copy with some parameters changed; unknown names raise ValueError listing the valid ones."""
@@ -99,15 +113,12 @@ PRESETS: dict[str, TVL1Config] = {
 }
 
 
-def _update(u_grad, u, px, py, grad_i, rho_c, active, params):
-    """One TV-L1 iteration for a batch; pairs whose `active` is False keep their state.
-
-    The dual update pending from the previous iteration (on `u_grad`, before any median filtering) is done
-    first, so the whole iteration is one pass: OpenCV's order of operations, rotated by half a step.
+def _iteration(u, px, py, grad_i, rho_c, active, params):
+    """One TV-L1 iteration in OpenCV's order (data step, flow update, dual update); pairs whose `active` is False
+    keep their state.
 
     Args:
-        u_grad: (N, C, H, W) flow whose gradient updates the dual variables (zeros right after a new level).
-        u: (N, C, H, W) flow the data step starts from (after median filtering where one ran).
+        u: (N, C, H, W) flow (C = 3 with the illumination channel).
         px, py: (N, C, H, W) dual variables.
         grad_i: (N, C, H, W) gradient of the warped image (third channel gamma when gamma > 0).
         rho_c: (N, 1, H, W) constant part of the residual.
@@ -118,50 +129,55 @@ def _update(u_grad, u, px, py, grad_i, rho_c, active, params):
         (u, px, py, active) after the iteration; active drops pairs whose update fell below epsilon.
     """
     l_t, theta, taut, eps2 = params[0], params[1], params[2], params[3]
-    px_n, py_n = dual_step(px, py, u_grad, taut)
-    u_n = threshold_step(u, grad_i, rho_c, l_t) + theta * divergence(px_n, py_n)
+    u_n = threshold_step(u, grad_i, rho_c, l_t) + theta * divergence(px, py)
     err = ((u_n - u) ** 2).flatten(1).sum(1)  # (N,) squared update
+    px_n, py_n = dual_step(px, py, u_n, taut)
     still = err > eps2 * u.shape[-1] * u.shape[-2]
     m = active.view(-1, 1, 1, 1)
     return torch.where(m, u_n, u), torch.where(m, px_n, px), torch.where(m, py_n, py), active & still
 
 
-def _iteration(u, px, py, grad_i, rho_c, active, params):
-    """The common iteration: the pending dual update is on the same flow the data step starts from."""
-    return _update(u, u, px, py, grad_i, rho_c, active, params)
+def _median_of_active(u, active, median):
+    """u with the flow channels of the active pairs median filtered (OpenCV filters before each outer iteration)."""
+    filtered = median(u[:, :2])
+    if u.shape[1] == 3:
+        filtered = torch.cat([filtered, u[:, 2:]], 1)
+    return torch.where(active.view(-1, 1, 1, 1), filtered, u)
 
 
-def _iteration_after_filter(u_grad, u, px, py, grad_i, rho_c, active, params):
-    """The first iteration after a median filter or a new level, where the two flows differ.
+def _block(u, px, py, grad_i, rho_c, active, params, *, iterations: int):
+    """`iterations` iterations: what one compiled call runs. Also returns how many pairs are still active."""
+    for _ in range(iterations):
+        u, px, py, active = _iteration(u, px, py, grad_i, rho_c, active, params)
+    return u, px, py, active, active.sum()
 
-    A function of its own (not `_iteration` called with u twice) so torch.compile keeps one graph for each
-    case instead of recompiling whenever the two arguments are, or stop being, the same tensor.
-    """
-    return _update(u_grad, u, px, py, grad_i, rho_c, active, params)
+
+def _filtered_block(u, px, py, grad_i, rho_c, active, params, *, iterations: int, median):
+    """The median filter, then `_block` (a function of its own: one compiled graph cache each)."""
+    return _block(_median_of_active(u, active, median), px, py, grad_i, rho_c, active, params, iterations=iterations)
 
 
 class Kernels:
-    """The iteration, median filter and warp for one device, compiled once per process where that pays.
+    """The solver's blocks of iterations and its warp for one device, compiled once per process where that pays.
 
-    On the CPU the median filter and the warp are OpenCV's own functions (same results, faster) unless
-    `opencv_cpu_ops` is off; elsewhere they are the tensor versions, compiled with the iteration. Every
-    compiled function sits behind one fallback: the first failure (no C++ compiler, an unsupported GPU)
-    logs one warning and the eager versions of all of them are used from then on. Shapes are dynamic and
-    sizes of 1 are not special-cased, so pyramid levels, resolutions and batch sizes share one graph each.
+    A block is n iterations, after the median filter at the start of an outer iteration; each (n, filtered)
+    is one compiled graph (a solve uses one or two). On the CPU the median filter and the warp are OpenCV's
+    own functions (same results, faster) unless `opencv_cpu_ops` is off, and run between the compiled blocks;
+    elsewhere they are the tensor versions, compiled (the median inside the block's graph). Shapes are
+    dynamic and sizes of 1 are not special-cased, so pyramid levels, resolutions and batch sizes share one
+    graph each. Compiling has one fallback: the first failure to compile (no C++ compiler, an unsupported
+    GPU) logs one warning and everything runs eagerly from then on; errors while running (out of memory, a
+    lost device) are raised to the caller.
     """
 
     def __init__(self, device_type: str, compile: bool, opencv_cpu_ops: bool):
         opencv = device_type == "cpu" and opencv_cpu_ops
-        self._eager = {
-            "same": _iteration,
-            "after_filter": _iteration_after_filter,
-            "median": median_filter5_cv if opencv else median_filter5,
-            "warp": warp_bicubic_cv if opencv else warp_bicubic,
-        }
-        self._fns = dict(self._eager)
-        self.compiled = ("same", "after_filter") + (() if opencv else ("median", "warp")) if compile else ()
-        for name in self.compiled:
-            self._fns[name] = _size_oblivious(torch.compile(self._eager[name], dynamic=True))
+        self.compile = compile  # False after a compile failure
+        self._median = median_filter5_cv if opencv else median_filter5
+        self._warp = warp_bicubic_cv if opencv else warp_bicubic
+        self._median_in_block = compile and not opencv
+        self._compiled: dict[tuple, object] = {}
+        self._params: dict[tuple, torch.Tensor] = {}
         self.compile_seconds = 0.0  # time spent in calls that compiled a graph
 
     @property
@@ -169,38 +185,75 @@ class Kernels:
         """Graphs compiled so far in this process (by any compiled function)."""
         return counters["frames"]["ok"]
 
-    def call(self, name: str, *args):
-        """Run kernel `name`, compiled where possible; a compilation failure switches every kernel to eager."""
-        fn = self._fns[name]
-        if fn is self._eager[name]:
-            return fn(*args)
+    def params(self, cfg: TVL1Config, device: torch.device) -> torch.Tensor:
+        """The solver's constants on the device, made once per configuration (no host-to-device copy per solve)."""
+        key = (device, cfg.lambda_, cfg.theta, cfg.tau, cfg.epsilon)
+        if key not in self._params:
+            with torch.inference_mode(False):  # usable in and outside inference mode
+                values = [cfg.lambda_ * cfg.theta, cfg.theta, cfg.tau / cfg.theta, cfg.epsilon**2]
+                self._params[key] = torch.tensor(values, dtype=torch.float32, device=device)
+        return self._params[key]
+
+    def block(self, u, px, py, grad_i, rho_c, active, params, iterations: int, filtered: bool):
+        """`iterations` iterations (see `_iteration`), after the median filter when `filtered`: one host call.
+        Returns (u, px, py, active, the number of active pairs as a device scalar)."""
+        if filtered and not self._median_in_block:
+            u, filtered = _median_of_active(u, active, self._median), False
+        return self._call(("block", iterations, filtered), u, px, py, grad_i, rho_c, active, params)
+
+    def warp(self, img, flow):
+        """`img` sampled at x + flow (compiled where it pays)."""
+        return self._call(("warp",), img, flow)
+
+    def _eager(self, key: tuple):
+        if key[0] == "warp":
+            return self._warp
+        _, iterations, filtered = key
+        if filtered:
+            return functools.partial(_filtered_block, iterations=iterations, median=self._median)
+        return functools.partial(_block, iterations=iterations)
+
+    def _call(self, key: tuple, *args):
+        if not self.compile or (key == ("warp",) and self._warp is warp_bicubic_cv):
+            return self._eager(key)(*args)
+        fn = self._compiled.get(key)
+        if fn is None:
+            fn = self._compiled[key] = _size_oblivious(torch.compile(self._eager(key), dynamic=True))
         before, start = self.compiles, time.perf_counter()
         try:
             out = fn(*args)
-        except Exception as exc:  # compilation problems surface on the first call of each graph
+        except Exception as exc:
+            if not _is_compile_error(exc):
+                raise  # out of memory, a lost device, a bug: the caller decides
             log.warning("torch.compile failed (%s); TV-L1 continues without it (slower)", str(exc).splitlines()[0][:300])
-            self._fns = dict(self._eager)
-            return self._eager[name](*args)
+            self.compile, self._median_in_block = False, False
+            return self._eager(key)(*args)
         if self.compiles != before:
             self.compile_seconds += time.perf_counter() - start
         return out
 
-    def iterate(self, u_grad, u, *args):
-        """One iteration (see `_update` for the arguments)."""
-        return self.call("same", u, *args) if u_grad is u else self.call("after_filter", u_grad, u, *args)
 
-    def median(self, u):
-        """The median filter of the flow (compiled where it pays)."""
-        return self.call("median", u)
+def _is_compile_error(exc: BaseException) -> bool:
+    """Whether `exc` says that compiling failed (Dynamo and Inductor wrap such errors), not running: an
+    out-of-memory anywhere in its chain (autotuning allocates) is a running error."""
+    from torch._dynamo.exc import TorchDynamoException
+    from torch._inductor.exc import CppCompileError, InvalidCxxCompiler
 
-    def warp(self, img, flow):
-        """`img` sampled at x + flow (compiled where it pays)."""
-        return self.call("warp", img, flow)
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, torch.OutOfMemoryError):
+            return False
+        seen = seen.__cause__ or seen.__context__
+    return isinstance(exc, (TorchDynamoException, CppCompileError, InvalidCxxCompiler))
 
 
 def _size_oblivious(fn):
     """`fn` traced with dynamic batch and image sizes, without special-casing sizes of 0 and 1 (so a batch of
-    one pair gets no graph of its own), and with static channel counts (so a channel of 1 still broadcasts)."""
+    one pair gets no graph of its own), and with static channel counts (so a channel of 1 still broadcasts).
+
+    The setting is made by hand around each call rather than with `fx_config.patch`, whose context manager
+    costs the host more than the rest of this wrapper (it runs once per block of iterations).
+    """
 
     @functools.wraps(fn)
     def call(*args):
@@ -209,8 +262,12 @@ def _size_oblivious(fn):
                 torch._dynamo.mark_static(arg, 1)
             elif arg.dtype.is_floating_point:  # the solver parameters
                 torch._dynamo.mark_static(arg, 0)
-        with fx_config.patch(backed_size_oblivious=True):
+        before = fx_config.backed_size_oblivious
+        fx_config.backed_size_oblivious = True
+        try:
             return fn(*args)
+        finally:
+            fx_config.backed_size_oblivious = before
 
     return call
 
@@ -228,18 +285,49 @@ def kernels_for(device_type: str, compile: bool, opencv_cpu_ops: bool) -> Kernel
     return Kernels(device_type, compile, opencv_cpu_ops)
 
 
-def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor, cfg: TVL1Config = PRESETS["opencv"]) -> torch.Tensor:
+@dataclass
+class SolveTrace:
+    """What solves did, for benchmarks and the run report (pass one to `tvl1_flow` to fill it)."""
+
+    iterations: list[int] = field(default_factory=list)  # per warp (every level): iterations its slowest pair ran
+    blocks: int = 0  # host calls of a block of iterations
+    reads: int = 0  # blocking reads of a device value by the host: one per convergence check
+    compactions: int = 0  # times converged pairs were set aside
+
+
+@dataclass
+class _Solve:
+    """How one `tvl1_flow` call runs (shared by its levels and warps)."""
+
+    cfg: TVL1Config
+    kernels: Kernels
+    params: torch.Tensor
+    check_every: int
+    async_check: bool
+    trace: SolveTrace
+
+
+def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor, cfg: TVL1Config = PRESETS["opencv"], trace: SolveTrace | None = None) -> torch.Tensor:
     """TV-L1 optical flow from `prev` to `nxt` for a batch of grayscale pairs.
 
     Args:
         prev, nxt: (N, 1, H, W) float32 in [0, 1], on the device to compute on.
         cfg: solver parameters.
+        trace: filled with what the solve did (iterations per warp, host reads), when given.
     Returns:
         (N, 2, H, W) float32 forward flow in pixels, channel 0 = x (dx), channel 1 = y (dy).
     """
-    compile = use_compile(cfg, prev.device.type, *prev.shape[-2:])
-    kernels = kernels_for(prev.device.type, compile, cfg.opencv_cpu_ops)
-    check_every = cfg.check_every or (1 if prev.device.type == "cpu" else 10)
+    device = prev.device
+    kernels = kernels_for(device.type, use_compile(cfg, device.type, *prev.shape[-2:]), cfg.opencv_cpu_ops)
+    gpu = device.type != "cpu"
+    solve = _Solve(
+        cfg,
+        kernels,
+        kernels.params(cfg, device),
+        check_every=cfg.check_every or (10 if gpu else 1),
+        async_check=gpu if cfg.async_check is None else cfg.async_check,
+        trace=trace if trace is not None else SolveTrace(),
+    )
     # OpenCV works on 0..255 intensities; lambda is tuned for that range.
     levels = [(prev * 255.0, nxt * 255.0)]
     while cfg.nscales is None or len(levels) < cfg.nscales:
@@ -251,7 +339,7 @@ def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor, cfg: TVL1Config = PRESETS["
     channels = 3 if cfg.gamma > 0 else 2  # the third is the illumination term
     u = prev.new_zeros(prev.shape[0], channels, *levels[-1][0].shape[-2:])
     for level in range(len(levels) - 1, -1, -1):
-        u = _solve_level(*levels[level], u, cfg, kernels, check_every)
+        u = _solve_level(*levels[level], u, solve)
         if level > 0:
             finer = levels[level - 1][0].shape[-2:]
             flow = upsample_flow(u[:, :2], finer, cfg.scale_step)
@@ -259,55 +347,94 @@ def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor, cfg: TVL1Config = PRESETS["
     return u[:, :2]
 
 
-def _solve_level(I0, I1, u, cfg: TVL1Config, kernels: Kernels, check_every: int):
+def _solve_level(I0, I1, u, solve: _Solve):
     """All warps of one pyramid level (OpenCV `procOneScale`). I0, I1: (N, 1, H, W) in 0..255."""
     N, _, H, W = I0.shape
-    params = torch.tensor([cfg.lambda_ * cfg.theta, cfg.theta, cfg.tau / cfg.theta, cfg.epsilon**2], device=u.device)
     I1x, I1y = image_gradients(I1)
     stack = torch.cat([I1, I1x, I1y], 1)  # (N, 3, H, W), warped together
     px, py = torch.zeros_like(u), torch.zeros_like(u)
-    for warp in range(cfg.warps):
-        warped = kernels.warp(stack, u[:, :2])  # (N, 3, H, W): I1(x + u), its x and y gradients
+    for _ in range(solve.cfg.warps):
+        warped = solve.kernels.warp(stack, u[:, :2])  # (N, 3, H, W): I1(x + u), its x and y gradients
         grad_xy = warped[:, 1:].contiguous()  # one memory layout for the compiled iteration, before and after compaction
         rho_c = warped[:, :1] - (grad_xy * u[:, :2]).sum(1, keepdim=True) - I0
-        grad_i = grad_xy if u.shape[1] == 2 else torch.cat([grad_xy, grad_xy.new_full((N, 1, H, W), cfg.gamma)], 1)
-        # At a new level p = 0 and no dual update is pending; grad(0) = 0 makes the pending update a no-op.
-        pending = torch.zeros_like(u) if warp == 0 else u
-        u, px, py = _iterate_warp(pending, u, px, py, grad_i, rho_c, params, cfg, kernels, check_every)
+        grad_i = grad_xy if u.shape[1] == 2 else torch.cat([grad_xy, grad_xy.new_full((N, 1, H, W), solve.cfg.gamma)], 1)
+        u, px, py = _iterate_warp(u, px, py, grad_i, rho_c, solve)
     return u
 
 
-def _iterate_warp(pending, u, px, py, grad_i, rho_c, params, cfg: TVL1Config, kernels: Kernels, check_every: int):
+def _blocks(cfg: TVL1Config, check_every: int):
+    """(starts with the median filter, iterations) of each block of a warp: a check after every block, blocks of
+    `check_every` iterations, and a new block where an outer iteration starts with its median filter."""
+    filtering = cfg.median_filtering > 1
+    span = cfg.inner_iterations if filtering else cfg.inner_iterations * cfg.outer_iterations
+    sizes = [check_every] * (span // check_every) + ([span % check_every] if span % check_every else [])
+    for _ in range(cfg.outer_iterations if filtering else 1):
+        for i, n in enumerate(sizes):
+            yield filtering and i == 0, n
+
+
+class _ActiveCount:
+    """How many pairs are still active after a block: on a GPU copied into pinned memory behind an event (read
+    later without stalling the device), elsewhere read when asked."""
+
+    def __init__(self, active: torch.Tensor, count: torch.Tensor):
+        self.active = active
+        self._event = None
+        if active.is_cuda:
+            self._count = torch.empty((), dtype=count.dtype, pin_memory=True)
+            self._count.copy_(count, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._count = count
+
+    def read(self) -> int:
+        """The count (waits for the block that produced it, not for later ones)."""
+        if self._event is not None:
+            self._event.synchronize()
+        return int(self._count)
+
+
+def _iterate_warp(u, px, py, grad_i, rho_c, solve: _Solve):
     """The outer / inner iterations of one warp, each pair until its own convergence.
 
-    Pairs that converge are set aside at the next check (their state written to the output) and the rest
-    go on as a smaller batch, so a batch costs the sum of its pairs' iterations, not N times the slowest.
+    Pairs found converged at a check are set aside (their state written to the output) and the rest go on as
+    a smaller batch, so a batch costs the sum of its pairs' iterations, not N times the slowest. With
+    `async_check` each check is acted on after the next block is queued: pairs frozen since then have not
+    changed, so setting them aside late gives the same result.
     """
-    out_u, out_px, out_py = torch.empty_like(u), torch.empty_like(px), torch.empty_like(py)
+    trace = solve.trace
+    out = [torch.empty_like(t) for t in (u, px, py)]
     index = torch.arange(u.shape[0], device=u.device)  # batch positions of the pairs still iterating
     active = torch.ones(u.shape[0], dtype=torch.bool, device=u.device)
+    unread = None  # the check of the block before, with async_check
     iterations = 0
-    for _ in range(cfg.outer_iterations):
-        u_v = u
-        if cfg.median_filtering > 1:
-            filtered = kernels.median(u[:, :2])
-            u_v = torch.cat([filtered, u[:, 2:]], 1) if u.shape[1] == 3 else filtered
-            u_v = torch.where(active.view(-1, 1, 1, 1), u_v, u)
-        for _ in range(cfg.inner_iterations):
-            u, px, py, active = kernels.iterate(pending, u_v, px, py, grad_i, rho_c, active, params)
-            pending = u_v = u
-            iterations += 1
-            if iterations % check_every:
-                continue
-            remaining = int(active.sum())
-            if remaining < len(index):
-                done = ~active
-                out_u[index[done]], out_px[index[done]], out_py[index[done]] = u[done], px[done], py[done]
-                if remaining == 0:
-                    return out_u, out_px, out_py
-                keep = active.nonzero().squeeze(1)
-                index, active = index[keep], active[keep]
-                u, px, py, grad_i, rho_c = u[keep], px[keep], py[keep], grad_i[keep], rho_c[keep]
-                pending = u_v = u
-    out_u[index], out_px[index], out_py[index] = u, px, py
-    return out_u, out_px, out_py
+    for filtered, n in _blocks(solve.cfg, solve.check_every):
+        u, px, py, active, count = solve.kernels.block(u, px, py, grad_i, rho_c, active, solve.params, n, filtered)
+        iterations += n
+        trace.blocks += 1
+        check = _ActiveCount(active, count)
+        if solve.async_check:
+            check, unread = unread, check
+        if check is None:
+            continue
+        remaining = check.read()
+        trace.reads += 1
+        if remaining == len(index):
+            continue
+        # a stable order with the pairs active at the check first: a gather, no boolean mask or nonzero
+        order = torch.argsort((~check.active).to(torch.uint8), stable=True)
+        keep, gone = order[:remaining], order[remaining:]
+        for o, t in zip(out, (u, px, py)):
+            o.index_copy_(0, index.index_select(0, gone), t.index_select(0, gone))
+        trace.compactions += 1
+        if remaining == 0:
+            break
+        index, active = index.index_select(0, keep), active.index_select(0, keep)
+        u, px, py, grad_i, rho_c = (t.index_select(0, keep) for t in (u, px, py, grad_i, rho_c))
+        unread = None  # it counted the batch as it was before this compaction
+    else:
+        for o, t in zip(out, (u, px, py)):
+            o.index_copy_(0, index, t)
+    trace.iterations.append(iterations)
+    return out

@@ -179,6 +179,87 @@ def test_convergence_check_interval_does_not_change_the_result():
     assert np.array_equal(every, sparse)  # a converged pair is frozen at the iteration it converged
 
 
+def eight_shifted_pairs(h=96, w=128) -> tuple[torch.Tensor, torch.Tensor]:
+    """8 pairs of one texture shifted by 0-2 px: they converge at different checks (as the issue measured)."""
+    a = u8(textured(h, w))
+    nxt = np.stack([u8(shift(a.astype(np.float32), i % 3, i // 3)) for i in range(8)])
+    to_tensor = lambda x: torch.from_numpy(np.ascontiguousarray(x))[:, None].float() / 255  # noqa: E731
+    return to_tensor(np.stack([a] * 8)), to_tensor(nxt)
+
+
+def test_a_launch_reads_the_device_once_per_check_and_never_to_set_pairs_aside():
+    from pipeline.flow.host_reads import HostReads
+    from pipeline.flow.tvl1 import SolveTrace
+
+    I0, I1 = eight_shifted_pairs()
+    trace = SolveTrace()
+    cfg = PRESETS["opencv"].replace(compile=False, check_every=10, opencv_cpu_ops=False)  # the code a GPU runs
+    with torch.no_grad(), HostReads() as reads:  # not inference mode: there .item() escapes the count
+        tvl1_flow(I0, I1, cfg, trace)
+    assert trace.compactions > 0  # pairs were set aside
+    assert dict(reads.by_op) == {"aten._local_scalar_dense.default": trace.reads}, reads.by_op  # no mask, no nonzero
+    assert trace.reads <= trace.blocks and trace.reads <= 110  # the code before this change read 339-546 times
+
+
+def test_async_checks_give_the_same_flow_as_reading_at_once():
+    I0, I1 = eight_shifted_pairs(48, 64)
+    cfg = PRESETS["opencv"].replace(compile=False, check_every=3, opencv_cpu_ops=False)
+    at_once = tvl1_flow(I0, I1, cfg.replace(async_check=False))
+    late = tvl1_flow(I0, I1, cfg.replace(async_check=True))  # what a GPU does: act on each check one block later
+    assert torch.equal(at_once, late)
+
+
+@pytest.mark.parametrize(("check_every", "blocks"), [(10, 30), (7, 50), (1, 300)])
+def test_the_host_calls_once_per_block_of_iterations(check_every, blocks):
+    """One warp of 10 x 30 iterations that never converges: one host call per `check_every` iterations (a
+    new block at each outer iteration, which starts with the median filter)."""
+    from pipeline.flow.tvl1 import SolveTrace
+
+    I0, I1 = eight_shifted_pairs(16, 16)
+    trace = SolveTrace()
+    cfg = TVL1Config(compile=False, nscales=1, warps=1, epsilon=1e-12, check_every=check_every)
+    tvl1_flow(I0, I1, cfg, trace)
+    assert trace.iterations == [300] and trace.blocks == blocks and trace.reads == blocks
+
+
+def block_args(n=2, h=8, w=8):
+    u, grad_i, rho_c = torch.randn(n, 2, h, w), torch.randn(n, 2, h, w), torch.randn(n, 1, h, w)
+    params = torch.tensor([0.045, 0.3, 0.833, 1e-4])
+    return u, torch.zeros_like(u), torch.zeros_like(u), grad_i, rho_c, torch.ones(n, dtype=torch.bool), params
+
+
+def test_only_a_compile_error_turns_the_kernels_eager():
+    """Out of memory (or a lost device) while a compiled block runs is raised and the kernels stay compiled;
+    a compile error (no C++ compiler) switches them to eager, which gives the block's result."""
+    from torch._inductor.exc import CppCompileError
+
+    from pipeline.flow.tvl1 import Kernels
+
+    kernels = Kernels("cpu", compile=True, opencv_cpu_ops=False)
+    key = ("block", 3, True)
+
+    def raise_(exc):
+        def call(*args):
+            raise exc
+
+        return call
+
+    kernels._compiled[key] = raise_(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    with pytest.raises(torch.OutOfMemoryError):
+        kernels.block(*block_args(), iterations=3, filtered=True)
+    kernels._compiled[key] = raise_(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        kernels.block(*block_args(), iterations=3, filtered=True)
+    assert kernels.compile
+
+    kernels._compiled[key] = raise_(CppCompileError(["g++"], "g++: not found"))
+    args = block_args()
+    out = kernels.block(*args, iterations=3, filtered=True)
+    assert not kernels.compile
+    eager = Kernels("cpu", compile=False, opencv_cpu_ops=False).block(*args, iterations=3, filtered=True)
+    assert all(torch.equal(a, b) for a, b in zip(out, eager))
+
+
 def test_gpu_code_path_on_the_cpu_matches_the_opencv_ops():
     """The tensor remap and median (what runs on a GPU) give the flow OpenCV's own ops give on the CPU."""
     a = textured(64, 80)
