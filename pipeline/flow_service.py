@@ -1,30 +1,41 @@
-"""Flow workers: long-lived computers of optical flow that batch frame pairs from many videos per launch.
+"""Flow workers: long-lived computers of TV-L1 flow that batch frame pairs from many videos per launch.
 
-A shard task decodes a video a chunk at a time and sends each chunk's gray frames to a flow worker; the
-worker puts the pairs of every waiting request (from any video, any shard task) of one resolution into a
-batch of exactly `batch_size` pairs (padded with constant frames, which converge at once), computes the
-flows, quantizes them on the device and answers each request with its own pairs' values. Callers block
-while their request waits, which bounds what is queued (back-pressure).
+A shard task sends a video's frames a chunk at a time (`pipeline.video_flow.VideoFlow`); the worker puts the
+pairs of every waiting request (from any video, any shard task) of one resolution into a launch of exactly
+`batch_size` pairs (padded with constant frames, which converge at once), solves them, quantizes the flows
+on the device and answers each request with its own pairs' values, and with the float flow at any points
+the request asked for (warped flow's corners). It does device work only: warped flow's homographies are
+estimated by the shard tasks, which send the re-projected frames back as pairs. Callers block while their
+request waits, which bounds what is queued (back-pressure).
 
-`FlowWorker` is plain Python and thread-safe: concurrent `compute` calls share batches. `pipeline.ray_tasks`
+Faults stay with the launch they happen in: any exception fails that launch's callers only; running out
+of device memory retries the launch in halves and lowers the batch size; a device that no longer answers
+(a sticky CUDA error) makes a Ray flow worker exit, so Ray restarts it and re-sends its callers' requests.
+
+`FlowWorker` is plain Python and thread-safe: concurrent `compute` calls share launches. `pipeline.ray_tasks`
 runs one per GPU (or per CPU core) as a threaded Ray actor; `LocalFlow` runs one inside the calling process.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 import torch
 
-from .flow import default_device, resolve_params
-from .flow.compute import flows_on_device, quantize_on_device
-from .flow.tvl1 import kernels_for
+from .flow import ALGORITHMS, default_device, resolve_params, tvl1_flow
+from .flow.compute import quantize_on_device
+from .flow.tvl1 import SolveTrace, kernels_for
+from .flow.warped import homography_seconds
+
+log = logging.getLogger(__name__)
 
 CPU_BATCH = 8  # pairs per launch on the CPU: larger batches gain nothing there, smaller ones keep more workers busy
 GPU_BATCH = 256  # pairs per launch on a GPU: enough to fill one at 340x256
@@ -32,21 +43,51 @@ GPU_BATCH = 256  # pairs per launch on a GPU: enough to fill one at 340x256
 
 @dataclass(frozen=True)
 class FlowSpec:
-    """What a flow worker computes; the same for every request of a run."""
+    """How a flow worker solves and stores flow; the same for every request of a run."""
 
-    algorithms: tuple[str, ...]  # subset of pipeline.flow.ALGORITHMS
     preset: str = "opencv"
-    params: tuple[tuple[str, object], ...] = ()  # TV-L1 / homography overrides
+    params: tuple[tuple[str, object], ...] = ()  # TV-L1 overrides (homography ones are the shard tasks')
     encoding: str = "jpeg"  # what the flows are quantized for (schemas.sample.quantize_flow)
     bound: float = 20.0
 
 
 @dataclass
-class FlowChunk:
-    """A worker's answer to one request: the quantized flows of its pairs, in order."""
+class FlowRequest:
+    """Frame pairs to solve: consecutive `frames` (pair i = frame i -> i + 1), or, with `targets`, frames[i] ->
+    targets[i]. All (n, H, W) uint8 gray (n + 1 consecutive frames for n pairs)."""
 
-    flows: dict[str, np.ndarray]  # algorithm -> (n, H, W, 2) as schemas.sample.quantize_flow stores it
-    homographies: list[dict] = field(default_factory=list)  # one per pair with warp_tvl1
+    frames: np.ndarray
+    targets: np.ndarray | None = None
+    store_as: str | None = "tvl1"  # the modality whose quantized values to return; None: no stored flow
+    points: list[np.ndarray] | None = None  # per pair, (M, 2) int (x, y) pixels whose float flow to return
+
+    @property
+    def pairs(self) -> int:
+        """How many pairs the request holds."""
+        return len(self.frames) - (1 if self.targets is None else 0)
+
+    def check(self) -> None:
+        """Raise ValueError describing what is malformed."""
+        ok = isinstance(self.frames, np.ndarray) and self.frames.dtype == np.uint8 and self.frames.ndim == 3 and self.pairs >= 1
+        if self.targets is not None:
+            ok = ok and isinstance(self.targets, np.ndarray) and self.targets.shape == self.frames.shape and self.targets.dtype == np.uint8
+        if not ok:
+            raise ValueError(
+                "flow requests are (n + 1, H, W) uint8 gray frames with n >= 1, or (n, H, W) frames and targets of one shape, "
+                f"got {getattr(self.frames, 'shape', self.frames)} and {getattr(self.targets, 'shape', self.targets)}"
+            )
+        if self.store_as is not None and self.store_as not in ALGORITHMS:
+            raise ValueError(f"store_as must be one of {', '.join(ALGORITHMS)} or None, got {self.store_as!r}")
+        if self.points is not None and len(self.points) != self.pairs:
+            raise ValueError(f"points must give one (M, 2) array per pair ({self.pairs}), got {len(self.points)}")
+
+
+@dataclass
+class FlowChunk:
+    """A worker's answer to one request, pair by pair."""
+
+    flows: dict[str, np.ndarray]  # {store_as: (n, H, W, 2) as schemas.sample.quantize_flow stores it}, or {}
+    points: list[np.ndarray] = field(default_factory=list)  # per pair, (M, 2) float32 flow (dx, dy) at the asked points
 
 
 def default_batch(device_type: str) -> int:
@@ -54,64 +95,98 @@ def default_batch(device_type: str) -> int:
     return CPU_BATCH if device_type == "cpu" else GPU_BATCH
 
 
-class _Request:
-    """One caller's frames, filled in batch by batch."""
+class _Pending:
+    """One caller's request, filled in launch by launch."""
 
-    def __init__(self, frames: np.ndarray):
-        self.frames = frames  # (n + 1, H, W) uint8
-        self.pairs = len(frames) - 1
-        self.taken = 0  # pairs handed to a batch
+    def __init__(self, request: FlowRequest):
+        self.request = request
+        self.pairs = request.pairs
+        self.size = request.frames.shape[1:]
+        self.taken = 0  # pairs handed to a launch
         self.filled = 0  # pairs computed
         self.flows: dict[str, np.ndarray] = {}
-        self.homographies: list[dict | None] = [None] * self.pairs
+        self.points: list[np.ndarray | None] = [None] * self.pairs if request.points is not None else []
         self.error: BaseException | None = None
         self.done = threading.Event()
+
+    def prev(self, start: int, stop: int) -> np.ndarray:
+        return self.request.frames[start:stop]
+
+    def next(self, start: int, stop: int) -> np.ndarray:
+        r = self.request
+        return r.frames[start + 1 : stop + 1] if r.targets is None else r.targets[start:stop]
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.done.is_set():
+            self.error = exc
+            self.done.set()
 
 
 class FlowWorker:
     """Computes flow for many callers at once, in launches of exactly `batch_size` pairs of one resolution.
 
     Args:
-        spec: the flows to compute.
-        batch_size: pairs per launch; None = 8 on the CPU, 256 on a GPU.
+        spec: how flow is solved and stored.
+        batch_size: pairs per launch; None = 8 on the CPU, 256 on a GPU. Lowered (halved) when a launch runs
+            out of device memory.
         device: "cpu", "cuda" or None (cuda when visible).
         threads: torch and OpenCV threads for the solver (None: leave as they are). A CPU worker that shares
             its cores with other processes should use 1: spinning thread pools slow everything down.
+        exit_on_device_loss: end the process when the device stops answering (a Ray actor, which Ray then
+            restarts); otherwise such launches fail their callers like any other error.
     """
 
-    def __init__(self, spec: FlowSpec, batch_size: int | None = None, device: str | None = None, threads: int | None = None):
+    def __init__(
+        self,
+        spec: FlowSpec,
+        batch_size: int | None = None,
+        device: str | None = None,
+        threads: int | None = None,
+        exit_on_device_loss: bool = False,
+    ):
         self.spec = spec
         self.device = torch.device(device) if device else default_device()
         self.batch_size = batch_size or default_batch(self.device.type)
+        self.exit_on_device_loss = exit_on_device_loss
         if threads:
             torch.set_num_threads(threads)
             cv2.setNumThreads(threads)
-        self.tvl1, self.homography = resolve_params(spec.preset, dict(spec.params))
-        self._queue: list[_Request] = []
+        self.tvl1, _ = resolve_params(spec.preset, dict(spec.params))
+        self._queue: list[_Pending] = []
         self._queue_lock = threading.Lock()
         self._launch_lock = threading.Lock()  # one launch at a time; whoever holds it computes for everyone
         self._started = time.monotonic()
-        self._stats = {"requests": 0, "pairs": 0, "padded_pairs": 0, "batches": 0, "flow_seconds": 0.0, "failed_batches": 0}
+        self._iterations: Counter[int] = Counter()  # warps by the iterations they ran (bounded: at most outer x inner values)
+        self._stats = {
+            "requests": 0,
+            "pairs": 0,
+            "padded_pairs": 0,
+            "batches": 0,
+            "flow_seconds": 0.0,
+            "failed_batches": 0,
+            "out_of_memory": 0,
+            "host_reads": 0,
+        }
 
-    def compute(self, frames: np.ndarray) -> FlowChunk:
-        """Flows between consecutive frames: (n + 1, H, W) uint8 gray -> n pairs' flows.
+    def compute(self, request: FlowRequest) -> FlowChunk:
+        """Solve the request's pairs (in launches shared with other callers) and return their flows.
 
         Raises:
-            ValueError: frames that are not (n + 1, H, W) uint8 with n >= 1.
+            ValueError: a malformed request.
+            Exception: whatever failed the launch of one of its pairs (out of memory even at one pair, a lost device).
         """
-        if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 3 or len(frames) < 2:
-            raise ValueError(f"flow requests are (n + 1, H, W) uint8 gray frames with n >= 1, got {getattr(frames, 'shape', frames)}")
-        request = _Request(frames)
+        request.check()
+        pending = _Pending(request)
         with self._queue_lock:
-            self._queue.append(request)
+            self._queue.append(pending)
             self._stats["requests"] += 1
-        while not request.done.is_set():
+        while not pending.done.is_set():
             with self._launch_lock:
-                if not request.done.is_set():
+                if not pending.done.is_set():
                     self._launch()
-        if request.error is not None:
-            raise request.error
-        return FlowChunk(request.flows, request.homographies if "warp_tvl1" in self.spec.algorithms else [])
+        if pending.error is not None:
+            raise pending.error
+        return FlowChunk(pending.flows, pending.points)
 
     def stats(self) -> dict:
         """Counts and seconds so far, for the run report."""
@@ -124,73 +199,176 @@ class FlowWorker:
             "batch_size": self.batch_size,
             "seconds": time.monotonic() - self._started,
             "compiles": kernels[1].compiles,
+            "compile_failed": not kernels[1].compile,  # a compile failure turned the kernels eager
             "compile_seconds": sum(k.compile_seconds for k in kernels),
+            "iterations_per_warp": _spread(self._iterations),
+            "homography_seconds": homography_seconds(),  # in this whole process: none, where it is a flow worker
         }
 
-    def _take_batch(self) -> tuple[list[tuple[_Request, int, int]], tuple[int, int]]:
-        """Up to batch_size pairs from the waiting requests of the first one's resolution, oldest first."""
-        with self._queue_lock:
-            size = self._queue[0].frames.shape[1:]
-            pieces, room = [], self.batch_size
-            for request in self._queue:
-                if room == 0:
-                    break
-                if request.frames.shape[1:] != size:
-                    continue
-                n = min(room, request.pairs - request.taken)
-                pieces.append((request, request.taken, request.taken + n))
-                request.taken += n
-                room -= n
-            self._queue = [r for r in self._queue if r.taken < r.pairs]
-        return pieces, size
+    # --- one launch: take, solve, hand back; a failure anywhere fails this launch's callers only ---------------
 
     def _launch(self) -> None:
-        """Compute one batch and hand each piece to its request."""
-        with self._queue_lock:
-            if not self._queue:
-                return
-        pieces, (h, w) = self._take_batch()
-        real = sum(stop - start for _, start, stop in pieces)
-        start_time = time.perf_counter()
+        pieces: list[tuple[_Pending, int, int]] = []
         try:
-            prev = np.zeros((self.batch_size, h, w), np.uint8)
-            nxt = np.zeros_like(prev)
-            at = 0
-            for request, start, stop in pieces:
-                prev[at : at + stop - start] = request.frames[start:stop]
-                nxt[at : at + stop - start] = request.frames[start + 1 : stop + 1]
-                at += stop - start
-            out, homographies = self._flows(prev, nxt, real)
-        except Exception as exc:  # noqa: BLE001 - the callers of this batch get the error, the worker goes on
+            pieces = self._take_batch()
+            if not pieces:
+                return
+            start_time = time.perf_counter()
+            prev, nxt = self._batch_frames(pieces)
+            flow = self._solve(prev, nxt)
+            self._hand_back(pieces, flow)
+        except Exception as exc:  # noqa: BLE001 - the callers of this launch get the error, the worker goes on
             self._stats["failed_batches"] += 1
-            for request, _, _ in pieces:
-                request.error = exc
-                request.done.set()
+            self._fail(pieces, exc)  # no pieces: taking them failed, and every queued caller is failed
+            if self.device.type == "cuda" and not isinstance(exc, torch.OutOfMemoryError) and not _device_answers(self.device):
+                self._device_lost(exc)
             return
-        at = 0
-        for request, start, stop in pieces:
-            for name, values in out.items():
-                if name not in request.flows:
-                    request.flows[name] = np.empty((request.pairs, *values.shape[1:]), values.dtype)
-                request.flows[name][start:stop] = values[at : at + stop - start]
-            if homographies:
-                request.homographies[start:stop] = homographies[at : at + stop - start]
-            at += stop - start
-            request.filled += stop - start
-            if request.filled == request.pairs:
-                request.done.set()
+        real = sum(stop - start for _, start, stop in pieces)
         self._stats["flow_seconds"] += time.perf_counter() - start_time
         self._stats["pairs"] += real
-        self._stats["padded_pairs"] += self.batch_size - real
+        self._stats["padded_pairs"] += len(prev) - real
         self._stats["batches"] += 1
 
-    def _flows(self, prev: np.ndarray, nxt: np.ndarray, real: int) -> tuple[dict[str, np.ndarray], list[dict]]:
-        """One launch: (batch, H, W) uint8 pairs -> quantized flows and the real pairs' homographies."""
+    def _take_batch(self) -> list[tuple[_Pending, int, int]]:
+        """Up to batch_size pairs (pending, start, stop) from the waiting requests of the oldest one's resolution."""
+        with self._queue_lock:
+            self._queue = [p for p in self._queue if not p.done.is_set()]  # failed by an earlier launch
+            if not self._queue:
+                return []
+            size = self._queue[0].size
+            pieces, room = [], self.batch_size
+            for pending in self._queue:
+                if room == 0:
+                    break
+                if pending.size != size:
+                    continue
+                n = min(room, pending.pairs - pending.taken)
+                pieces.append((pending, pending.taken, pending.taken + n))
+                pending.taken += n
+                room -= n
+            self._queue = [p for p in self._queue if p.taken < p.pairs]
+        return pieces
+
+    def _batch_frames(self, pieces) -> tuple[np.ndarray, np.ndarray]:
+        """(batch_size, H, W) prev and next frames of the pieces, padded with constant frames."""
+        h, w = pieces[0][0].size
+        prev = np.zeros((self.batch_size, h, w), np.uint8)
+        nxt = np.zeros_like(prev)
+        at = 0
+        for pending, start, stop in pieces:
+            prev[at : at + stop - start] = pending.prev(start, stop)
+            nxt[at : at + stop - start] = pending.next(start, stop)
+            at += stop - start
+        return prev, nxt
+
+    def _solve(self, prev: np.ndarray, nxt: np.ndarray) -> torch.Tensor:
+        """(B, 2, H, W) flow on the device. Out of device memory: the batch is solved in halves (recursively) and
+        the worker's batch size lowered to the half, so the next launches fit; one pair that does not fit fails."""
+        try:
+            with torch.inference_mode():
+                I0, I1 = (torch.from_numpy(x).to(self.device, non_blocking=True)[:, None].float() / 255.0 for x in (prev, nxt))
+                trace = SolveTrace()
+                flow = tvl1_flow(I0, I1, self.tvl1, trace)
+        except torch.OutOfMemoryError:
+            if len(prev) < 2:
+                raise
+            self._stats["out_of_memory"] += 1
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = (len(prev) + 1) // 2
+            if half < self.batch_size:
+                log.warning(
+                    "flow worker on %s: out of memory solving %d pairs of %dx%d; launches of %d pairs from now on",
+                    _device_name(self.device),
+                    len(prev),
+                    prev.shape[2],
+                    prev.shape[1],
+                    half,
+                )
+                self.batch_size = half
+            return torch.cat([self._solve(prev[:half], nxt[:half]), self._solve(prev[half:], nxt[half:])])
+        self._iterations.update(trace.iterations)
+        self._stats["host_reads"] += trace.reads
+        return flow
+
+    def _hand_back(self, pieces, flow: torch.Tensor) -> None:
+        """Give each piece its pairs' quantized flows and point flows; a request is done when all its pairs are."""
+        stored = {p.request.store_as for p, _, _ in pieces} - {None}
         with torch.inference_mode():
-            I0, I1 = (torch.from_numpy(x).to(self.device, non_blocking=True)[:, None].float() / 255.0 for x in (prev, nxt))
-            flows, found = flows_on_device(I0, I1, self.spec.algorithms, self.tvl1, self.homography, real)
-            out = {name: quantize_on_device(flows[name], self.spec.encoding, self.spec.bound) for name in self.spec.algorithms}
-        return out, [h.as_dict() for h in found]
+            quantized = quantize_on_device(flow, self.spec.encoding, self.spec.bound) if stored else None
+            points = _points_on_device(flow, pieces)
+        at = 0
+        for pending, start, stop in pieces:
+            n = stop - start
+            name = pending.request.store_as
+            if name is not None:
+                if name not in pending.flows:
+                    pending.flows[name] = np.empty((pending.pairs, *quantized.shape[1:]), quantized.dtype)
+                pending.flows[name][start:stop] = quantized[at : at + n]
+            if pending.request.points is not None:
+                pending.points[start:stop] = points[at : at + n]
+            at += n
+            pending.filled += n
+            if pending.filled == pending.pairs:
+                pending.done.set()
+
+    def _fail(self, pieces, exc: BaseException) -> None:
+        """Fail the requests of this launch (those not already answered) and drop their queued pairs; without
+        pieces (the launch failed while taking them) fail every queued request, so that none waits forever."""
+        with self._queue_lock:
+            failing = [p for p, _, _ in pieces] if pieces else list(self._queue)
+            self._queue = [p for p in self._queue if all(p is not f for f in failing)]
+        for pending in failing:
+            pending.fail(exc)
+
+    def _device_lost(self, exc: BaseException) -> None:
+        """The device no longer answers (a sticky CUDA error): end the process when that is how it recovers."""
+        if not self.exit_on_device_loss:
+            return
+        log.error("flow worker on %s: the device no longer answers (%s); exiting so that Ray restarts this worker", self.device, exc)
+        logging.shutdown()
+        os._exit(1)
+
+
+def _points_on_device(flow: torch.Tensor, pieces) -> list[np.ndarray | None]:
+    """The float flow at every asked point of every pair, gathered on the device and copied to the host at once:
+    per pair of the launch, its (M, 2) float32 (dx, dy) values (None where no points were asked)."""
+    asked, at = [], 0  # (batch position, (M, 2) int (x, y) points)
+    for pending, start, stop in pieces:
+        if pending.request.points is not None:
+            asked += [(at + i, pending.request.points[start + i]) for i in range(stop - start)]
+        at += stop - start
+    out: list[np.ndarray | None] = [None] * at
+    if not asked:
+        return out
+    b, _, h, w = flow.shape
+    batch = np.concatenate([np.full(len(p), i, np.int64) for i, p in asked])
+    pixel = np.concatenate([p[:, 1].astype(np.int64) * w + p[:, 0] for _, p in asked])
+    batch, pixel = (torch.from_numpy(x).to(flow.device, non_blocking=True) for x in (batch, pixel))
+    values = flow.reshape(b, 2, h * w)[batch, :, pixel].cpu().numpy()  # (sum M, 2): a gather, then one copy
+    for (i, _), v in zip(asked, np.split(values, np.cumsum([len(p) for _, p in asked])[:-1])):
+        out[i] = v
+    return out
+
+
+def _device_answers(device: torch.device) -> bool:
+    """Whether the device still runs work (after a sticky CUDA error every call fails)."""
+    try:
+        torch.cuda.synchronize(device)
+        return bool(torch.ones(1, device=device).add_(1).item() == 2)
+    except Exception:  # noqa: BLE001 - any failure means it does not
+        return False
+
+
+def _spread(counts: Counter) -> dict:
+    """Mean, 99th percentile (nearest rank) and maximum of values counted as {value: times}; {} when empty."""
+    if not counts:
+        return {}
+    values = sorted(counts)
+    times = np.cumsum([counts[v] for v in values])
+    total = int(times[-1])
+    p99 = values[int(np.searchsorted(times, 0.99 * total))]
+    return {"mean": sum(v * n for v, n in counts.items()) / total, "p99": p99, "max": values[-1], "count": total}
 
 
 class LocalFlow:
@@ -202,11 +380,11 @@ class LocalFlow:
         self.worker = worker
         self.batch_size = worker.batch_size
 
-    def submit(self, frames: np.ndarray):
+    def submit(self, request: FlowRequest):
         """Compute now; returns a function that gives the FlowChunk, or raises what computing it raised (the
         interface of a remote request)."""
         try:
-            chunk = self.worker.compute(frames)
+            chunk = self.worker.compute(request)
         except Exception as exc:  # noqa: BLE001 - handed to the caller when it collects, as a remote error would be
             error = exc
 

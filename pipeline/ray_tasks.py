@@ -99,11 +99,11 @@ class ServiceFlow:
         self.in_flight = len(self.handles) + 1
         self._next = 0
 
-    def submit(self, frames):
-        """Send frames to the next flow worker (round robin); returns a callable that waits for the chunk."""
+    def submit(self, request):
+        """Send a FlowRequest to the next flow worker (round robin); returns a callable that waits for the chunk."""
         handle = self.handles[self._next % len(self.handles)]
         self._next += 1
-        ref = handle.compute.remote(frames)
+        ref = handle.compute.remote(request)
         return lambda: ray.get(ref)
 
 
@@ -163,7 +163,9 @@ def start_flow_service(cfg: ProcessConfig, cluster: ClusterConfig) -> FlowServic
     if gpus and cfg.device != "cpu":
         batch = cfg.flow_batch or default_batch("cuda")
         count = cluster.flow_workers or gpus
-        handles = [FlowActor.options(num_gpus=1, num_cpus=1, **options).remote(spec, batch, "cuda") for _ in range(count)]
+        handles = [
+            FlowActor.options(num_gpus=1, num_cpus=1, **options).remote(spec, batch, "cuda", exit_on_device_loss=True) for _ in range(count)
+        ]
         # where each landed, for the shard tasks' choice of a worker on their own node
         nodes = ray.get([h.node.remote() for h in handles], timeout=600)
         return FlowService(list(zip(nodes, handles)), batch, "cuda")
@@ -173,7 +175,7 @@ def start_flow_service(cfg: ProcessConfig, cluster: ClusterConfig) -> FlowServic
         per_node = cluster.flow_workers or max(1, int(node["Resources"].get("CPU", 1)))
         place = NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)
         for _ in range(per_node):
-            handle = FlowActor.options(num_cpus=0, scheduling_strategy=place, **options).remote(spec, batch, "cpu", 1)
+            handle = FlowActor.options(num_cpus=0, scheduling_strategy=place, **options).remote(spec, batch, "cpu", threads=1)
             workers.append((node["NodeID"], handle))
     return FlowService(workers, batch, "cpu")
 

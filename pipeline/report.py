@@ -53,6 +53,9 @@ def build_report(results: list[ShardResult], flow_stats: list[dict], seconds: fl
             "compile": compile_seconds,
             "waiting_for_flow": stages["flow_wait"],
             "flow_workers_idle": sum(max(s["seconds"] - s["flow_seconds"], 0.0) for s in flow_stats),
+            # warped flow's camera motion: estimated by the shard tasks, so that the flow workers only solve
+            "homography_in_shard_tasks": stages["homography"],
+            "homography_in_flow_workers": sum(s["homography_seconds"] for s in flow_stats),
         },
         "nodes": per_node,
         "flow_workers": workers,
@@ -94,6 +97,10 @@ def _flow_worker_row(s: dict, node: str, wall: float) -> dict:
         "compiles": s["compiles"],
         "compile_seconds": s["compile_seconds"],
         "failed_batches": s["failed_batches"],
+        "out_of_memory": s["out_of_memory"],
+        "host_reads_per_launch": s["host_reads"] / max(s["batches"], 1),  # blocking reads of device values
+        "iterations_per_warp": s["iterations_per_warp"],
+        "homography_seconds": s["homography_seconds"],
     }
 
 
@@ -112,7 +119,8 @@ def format_report(report: dict) -> list[str]:
         lines.append(
             f"  flow worker {w['device']} on {w['node']}: {w['pairs']} pairs ({w['pairs_per_s']:.1f}/s), busy {100 * w['busy']:.0f}%, "
             f"{w['batches']} batches of {w['batch_size']} ({w['padded_pairs']} padding), "
-            f"{w['compiles']} compiles ({w['compile_seconds']:.0f}s)"
+            f"{w['compiles']} compiles ({w['compile_seconds']:.0f}s), {w['host_reads_per_launch']:.0f} host reads per launch"
+            + (f", {w['out_of_memory']} out-of-memory retries" if w["out_of_memory"] else "")
         )
     if report["flow_workers"] and t["flow_workers_idle"] > 2 * (t["flow"] + t["compile"]):
         lines.append("  hint: the flow workers mostly waited for frames; more CPUs for decoding (or fewer flow workers) would help")

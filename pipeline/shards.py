@@ -8,7 +8,6 @@ so a retried or re-run shard is rewritten from scratch and no video is ever stor
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
 import json
@@ -39,10 +38,11 @@ from schemas.sample import (
 from storage import HashingWriter, Location
 
 from .decode import DecodeConfig, VideoError, VideoStream
-from .flow import resolve_params
+from .flow import HomographyConfig, resolve_params
 from .flow_service import FlowSpec, FlowWorker, LocalFlow
 from .plan import ShardSpec
 from .time_limit import TimeLimitExceeded, call_with_time_limit
+from .video_flow import VideoFlow
 
 PROGRESS_DIR = "_progress"  # one completion record per finished shard
 DONE_SUFFIX = ".done.json"
@@ -89,8 +89,12 @@ class ProcessConfig:
         return tuple(m for m in self.modalities if m in FLOW_MODALITIES)
 
     def flow_spec(self) -> FlowSpec:
-        """What the flow workers compute for these samples."""
-        return FlowSpec(self.flow_modalities, self.flow_preset, self.flow_params, self.flow_encoding, self.flow_bound)
+        """How the flow workers solve and store flow for these samples."""
+        return FlowSpec(self.flow_preset, self.flow_params, self.flow_encoding, self.flow_bound)
+
+    def homography(self) -> HomographyConfig:
+        """How warped flow finds the camera motion (in the shard tasks)."""
+        return resolve_params(self.flow_preset, dict(self.flow_params))[1]
 
     def flow_worker(self) -> FlowWorker:
         """A flow worker for this process (when no flow service computes the flow)."""
@@ -168,7 +172,7 @@ class ShardResult:
 class Timings:
     """Seconds a shard task spent per stage, for the run report."""
 
-    STAGES = ("decode", "encode", "flow_wait", "write")
+    STAGES = ("decode", "encode", "flow_wait", "homography", "write")
 
     def __init__(self):
         self.seconds = dict.fromkeys(self.STAGES, 0.0)
@@ -206,18 +210,8 @@ def process_video(
     if cfg.flow_modalities and flow is None:
         flow = LocalFlow(cfg.flow_worker())
     rgb: list[bytes] = []
-    flows: dict[str, list[tuple[bytes, ...]]] = {m: [] for m in cfg.flow_modalities}
-    homographies: list[dict] = []
-    waiting: collections.deque = collections.deque()  # flow requests sent, oldest first
-    last_gray = None  # the previous chunk's last frame: the first pair of the next chunk starts there
-
-    def collect() -> None:
-        chunk = _flow_result(waiting.popleft(), timings)
-        with timings.stage("encode"):
-            for modality, values in chunk.flows.items():
-                flows[modality] += [encode_quantized_flow(q, cfg.flow_encoding, cfg.jpeg_quality) for q in values]
-            homographies.extend(chunk.homographies)
-
+    encode = functools.partial(encode_quantized_flow, encoding=cfg.flow_encoding, quality=cfg.jpeg_quality)
+    video_flow = VideoFlow(flow, cfg.flow_modalities, cfg.homography(), encode, timings) if cfg.flow_modalities else None
     with VideoStream(record.path, cfg.decode, record.start_sec, record.end_sec, stop) as video:
         chunks = video.chunks(flow.batch_size if flow else FRAME_CHUNK)
         while True:
@@ -228,30 +222,14 @@ def process_video(
             with timings.stage("encode"):
                 if RGB in cfg.modalities:
                     rgb += [encode_jpeg(f, cfg.jpeg_quality) for f in frames]
-                if flows:
-                    gray = _gray(frames)
-                    pairs = gray if last_gray is None else np.concatenate([last_gray, gray])
-                    last_gray = gray[-1:]
-            if flows and len(pairs) > 1:
+                gray = _gray(frames) if video_flow else None
+            if video_flow:
                 if stop is not None and stop.is_set():
                     raise VideoError("stopped")
-                waiting.append(flow.submit(pairs))
-                while len(waiting) > flow.in_flight:
-                    collect()
-        while waiting:
-            collect()
+                video_flow.add(gray)
+        flows, homographies = video_flow.finish() if video_flow else ({}, [])
         meta = _sample_meta(record, cfg, video, homographies)
     return Sample(meta=meta, rgb=rgb, flow=flows)
-
-
-def _flow_result(request, timings: Timings):
-    """Wait for a flow request's chunk; a failed launch (out of memory, a lost device) fails this video only."""
-    with timings.stage("flow_wait"):
-        try:
-            return request()
-        except Exception as exc:  # noqa: BLE001 - any failure of the launch becomes this video's reason
-            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-            raise VideoError(f"flow failed: {(lines[-1] if lines else type(exc).__name__)[:300]}") from None
 
 
 def _sample_meta(record: VideoRecord, cfg: ProcessConfig, video: VideoStream, homographies: list[dict]) -> SampleMeta:

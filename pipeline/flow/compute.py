@@ -124,31 +124,30 @@ def compute_flow(
     return (result, homographies) if return_homographies else result
 
 
-def flows_on_device(I0, I1, algorithms, tvl1_cfg: TVL1Config, homography_cfg: HomographyConfig, real: int | None = None):
+def flows_on_device(I0, I1, algorithms, tvl1_cfg: TVL1Config, homography_cfg: HomographyConfig):
     """The flows of a batch where it lies: warped TV-L1 starts from plain TV-L1.
 
     Args:
         I0, I1: (N, 1, H, W) float32 in [0, 1].
-        real: pairs [real:] are padding (constant frames): they get no homography and no warp.
     Returns:
-        ({algorithm: (N, 2, H, W) flow}, one HomographyResult per real pair when warp_tvl1 is asked for, else []).
+        ({algorithm: (N, 2, H, W) flow}, one HomographyResult per pair when warp_tvl1 is asked for, else []).
     """
     flows = {"tvl1": tvl1_flow(I0, I1, tvl1_cfg)}
     homographies: list[HomographyResult] = []
     if "warp_tvl1" in algorithms:
-        flows["warp_tvl1"], homographies = _remove_camera_motion(I0, I1, flows["tvl1"], tvl1_cfg, homography_cfg, real)
+        flows["warp_tvl1"], homographies = _remove_camera_motion(I0, I1, flows["tvl1"], tvl1_cfg, homography_cfg)
     return flows, homographies
 
 
-def _remove_camera_motion(I0, I1, flow, tvl1_cfg: TVL1Config, homography_cfg: HomographyConfig, real: int | None):
-    """Warped TV-L1 for a batch: homographies on the CPU (OpenCV), then TV-L1 again on (prev, warped next)."""
-    real = I0.shape[0] if real is None else real
-    to_u8 = lambda t: (t[:real, 0] * 255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()  # noqa: E731
+def _remove_camera_motion(I0, I1, flow, tvl1_cfg: TVL1Config, homography_cfg: HomographyConfig):
+    """Warped TV-L1 for a batch: homographies on the CPU (OpenCV), then TV-L1 again on (prev, warped next).
+    (The preprocessing pipeline does the CPU part in its shard tasks instead: `pipeline.video_flow`.)"""
+    to_u8 = lambda t: (t[:, 0] * 255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()  # noqa: E731
     prev_u8, next_u8 = to_u8(I0), to_u8(I1)
-    flow_np = flow[:real].permute(0, 2, 3, 1).cpu().numpy()
+    flow_np = flow.permute(0, 2, 3, 1).cpu().numpy()
     results = [estimate_homography(p, n, f, homography_cfg) for p, n, f in zip(prev_u8, next_u8, flow_np)]
     warped = np.stack([warp_to_previous_view(p, n, r.matrix) for p, n, r in zip(prev_u8, next_u8, results)])
-    I1w = torch.cat([torch.from_numpy(warped).to(I0.device, torch.float32)[:, None] / 255.0, I1[real:]])
+    I1w = torch.from_numpy(warped).to(I0.device, torch.float32)[:, None] / 255.0
     return tvl1_flow(I0, I1w, tvl1_cfg), results
 
 

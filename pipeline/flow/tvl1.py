@@ -213,12 +213,16 @@ class Kernels:
             return functools.partial(_filtered_block, iterations=iterations, median=self._median)
         return functools.partial(_block, iterations=iterations)
 
+    def _compile(self, key: tuple):
+        """The compiled version of kernel `key` (compiled on its first call)."""
+        return _size_oblivious(torch.compile(self._eager(key), dynamic=True))
+
     def _call(self, key: tuple, *args):
         if not self.compile or (key == ("warp",) and self._warp is warp_bicubic_cv):
             return self._eager(key)(*args)
         fn = self._compiled.get(key)
         if fn is None:
-            fn = self._compiled[key] = _size_oblivious(torch.compile(self._eager(key), dynamic=True))
+            fn = self._compiled[key] = self._compile(key)
         before, start = self.compiles, time.perf_counter()
         try:
             out = fn(*args)

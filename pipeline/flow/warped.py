@@ -5,16 +5,43 @@ not in the PyPI wheels) plus Shi-Tomasi corners of *prev* carried by F; a RANSAC
 when it has enough inliers, identity otherwise; `next` re-projected into prev's camera (pixels that come
 from outside the frame filled from prev); TV-L1 again on (prev, warped next).
 
+The steps are separate functions so that a video's frames each get their features once, and so that the
+CPU work (features, matching, RANSAC, re-projection) can run where the CPUs are, away from a GPU's flow
+worker, which then only needs to return the flow at the corners (`flow_at`).
+
 Fixed against dense_flow's version: corners are detected on the previous frame (not the next), the flow
 is read at (row=y, col=x) for both components, and every pair uses its own frames' features.
 """
 
 from __future__ import annotations
 
+import functools
+import time
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+# Seconds this process has spent in the homography steps below: a process-wide tally (like torch's compile
+# counters) so that a flow worker can report, measured rather than assumed, that it spends none there.
+_SECONDS = {"homography": 0.0}
+
+
+def homography_seconds() -> float:
+    """Seconds this process has spent estimating homographies and re-projecting frames so far."""
+    return _SECONDS["homography"]
+
+
+def _timed(fn):
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _SECONDS["homography"] += time.perf_counter() - start
+
+    return call
 
 
 @dataclass(frozen=True)
@@ -52,47 +79,69 @@ class HomographyResult:
         return {"found": self.found, "inliers": self.inliers, "matches": self.matches}
 
 
-def _feature_matches(prev: np.ndarray, nxt: np.ndarray, cfg: HomographyConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Matched keypoint positions (M, 2) in prev and in next, cross-checked, within max_match_distance."""
-    if cfg.features == "orb":
-        detector, norm = cv2.ORB_create(nfeatures=cfg.max_features), cv2.NORM_HAMMING
-    else:
-        detector, norm = cv2.SIFT_create(nfeatures=cfg.max_features), cv2.NORM_L2
-    kp0, des0 = detector.detectAndCompute(prev, None)
-    kp1, des1 = detector.detectAndCompute(nxt, None)
-    if des0 is None or des1 is None or len(kp0) == 0 or len(kp1) == 0:
+@dataclass(frozen=True)
+class Features:
+    """One frame's keypoints for matching, computed once per frame (a frame is `next` of one pair, `prev` of the next)."""
+
+    points: np.ndarray  # (K, 2) float32 keypoint positions (x, y)
+    descriptors: np.ndarray | None  # (K, D); None when the detector found nothing
+
+
+@dataclass(frozen=True)
+class Corners:
+    """Shi-Tomasi corners of a pair's prev frame: where the TV-L1 flow is read to carry them into next."""
+
+    points: np.ndarray  # (M, 2) float32 (x, y)
+    at: np.ndarray  # (M, 2) int64 (x, y): the pixel each is read at (rounded, inside the frame)
+
+
+@_timed
+def frame_features(frame: np.ndarray, cfg: HomographyConfig = HomographyConfig()) -> Features:
+    """ORB or SIFT keypoints and descriptors of an (H, W) uint8 frame."""
+    detector = cv2.ORB_create(nfeatures=cfg.max_features) if cfg.features == "orb" else cv2.SIFT_create(nfeatures=cfg.max_features)
+    keypoints, descriptors = detector.detectAndCompute(frame, None)
+    points = np.float32([k.pt for k in keypoints]).reshape(-1, 2)
+    return Features(points, descriptors if len(keypoints) else None)
+
+
+def match_features(f0: Features, f1: Features, cfg: HomographyConfig = HomographyConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """Matched keypoint positions (M, 2) in prev and in next: each the other's nearest descriptor (brute-force
+    cross-check), and moving at most max_match_distance pixels."""
+    if f0.descriptors is None or f1.descriptors is None:
         return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
-    matches = cv2.BFMatcher(norm, crossCheck=True).match(des0, des1)
-    p0 = np.float32([kp0[m.queryIdx].pt for m in matches]).reshape(-1, 2)
-    p1 = np.float32([kp1[m.trainIdx].pt for m in matches]).reshape(-1, 2)
+    norm = cv2.NORM_HAMMING if cfg.features == "orb" else cv2.NORM_L2
+    matches = cv2.BFMatcher(norm, crossCheck=True).match(f0.descriptors, f1.descriptors)
+    p0 = f0.points[[m.queryIdx for m in matches]].reshape(-1, 2)
+    p1 = f1.points[[m.trainIdx for m in matches]].reshape(-1, 2)
     close = np.linalg.norm(p1 - p0, axis=1) <= cfg.max_match_distance
     return p0[close], p1[close]
 
 
-def _flow_tracked_corners(prev: np.ndarray, flow: np.ndarray, cfg: HomographyConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Shi-Tomasi corners of prev (M, 2) and where the flow carries them in next."""
+@_timed
+def prev_corners(prev: np.ndarray, cfg: HomographyConfig = HomographyConfig()) -> Corners:
+    """Shi-Tomasi corners of prev and the pixels the flow is read at (row = y, column = x)."""
     corners = cv2.goodFeaturesToTrack(prev, cfg.max_corners, cfg.corner_quality, cfg.corner_min_distance)
     if corners is None:
-        return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
-    p0 = corners.reshape(-1, 2).astype(np.float32)
+        return Corners(np.zeros((0, 2), np.float32), np.zeros((0, 2), np.int64))
+    points = corners.reshape(-1, 2).astype(np.float32)
     h, w = prev.shape
-    xi = np.clip(np.rint(p0[:, 0]).astype(int), 0, w - 1)
-    yi = np.clip(np.rint(p0[:, 1]).astype(int), 0, h - 1)
-    return p0, p0 + flow[yi, xi]  # flow is indexed [row = y, col = x], (dx, dy) in the last axis
+    at = np.stack([np.clip(np.rint(points[:, 0]).astype(np.int64), 0, w - 1), np.clip(np.rint(points[:, 1]).astype(np.int64), 0, h - 1)], 1)
+    return Corners(points, at)
 
 
-def estimate_homography(
-    prev: np.ndarray, nxt: np.ndarray, flow: np.ndarray, cfg: HomographyConfig = HomographyConfig()
+def flow_at(flow: np.ndarray, corners: Corners) -> np.ndarray:
+    """The (dx, dy) flow at each corner's pixel: (M, 2) float32 from an (H, W, 2) flow."""
+    return flow[corners.at[:, 1], corners.at[:, 0]]
+
+
+@_timed
+def fit_homography(
+    f0: Features, f1: Features, corners: Corners, corner_flow: np.ndarray, cfg: HomographyConfig = HomographyConfig()
 ) -> HomographyResult:
-    """The camera motion from prev to next: RANSAC homography on feature matches + flow-tracked corners.
-
-    Args:
-        prev, nxt: (H, W) uint8 grayscale frames.
-        flow: (H, W, 2) float32 TV-L1 flow prev -> next, (dx, dy).
-    """
-    f0, f1 = _feature_matches(prev, nxt, cfg)
-    c0, c1 = _flow_tracked_corners(prev, flow, cfg)
-    src, dst = np.concatenate([f0, c0]), np.concatenate([f1, c1])
+    """The camera motion from prev to next: a RANSAC homography on the feature matches plus the corners carried
+    by the flow (`corner_flow`: the flow at each corner, see `flow_at`); identity when too few agree."""
+    f_src, f_dst = match_features(f0, f1, cfg)
+    src, dst = np.concatenate([f_src, corners.points]), np.concatenate([f_dst, corners.points + corner_flow])
     identity = np.eye(3)
     if len(src) <= cfg.min_matches:
         return HomographyResult(identity, False, 0, len(src))
@@ -103,6 +152,20 @@ def estimate_homography(
     return HomographyResult(matrix, True, inliers, len(src))
 
 
+def estimate_homography(
+    prev: np.ndarray, nxt: np.ndarray, flow: np.ndarray, cfg: HomographyConfig = HomographyConfig()
+) -> HomographyResult:
+    """`fit_homography` for one pair from its frames and flow.
+
+    Args:
+        prev, nxt: (H, W) uint8 grayscale frames.
+        flow: (H, W, 2) float32 TV-L1 flow prev -> next, (dx, dy).
+    """
+    corners = prev_corners(prev, cfg)
+    return fit_homography(frame_features(prev, cfg), frame_features(nxt, cfg), corners, flow_at(flow, corners), cfg)
+
+
+@_timed
 def warp_to_previous_view(prev: np.ndarray, nxt: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """`nxt` re-projected into prev's camera: out(x) = nxt(H x), pixels mapped from outside taken from prev."""
     h, w = prev.shape
