@@ -156,6 +156,7 @@ class FlowWorker:
         self._queue_lock = threading.Lock()
         self._launch_lock = threading.Lock()  # one launch at a time; whoever holds it computes for everyone
         self._started = time.monotonic()
+        self._homography_before = homography_seconds()
         self._iterations: Counter[int] = Counter()  # warps by the iterations they ran (bounded: at most outer x inner values)
         self._stats = {
             "requests": 0,
@@ -202,7 +203,8 @@ class FlowWorker:
             "compile_failed": not kernels[1].compile,  # a compile failure turned the kernels eager
             "compile_seconds": sum(k.compile_seconds for k in kernels),
             "iterations_per_warp": _spread(self._iterations),
-            "homography_seconds": homography_seconds(),  # in this whole process: none, where it is a flow worker
+            # measured over the whole process since this worker started: none, where the process is a flow worker
+            "homography_seconds": homography_seconds() - self._homography_before,
         }
 
     # --- one launch: take, solve, hand back; a failure anywhere fails this launch's callers only ---------------

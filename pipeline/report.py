@@ -96,6 +96,7 @@ def _flow_worker_row(s: dict, node: str, wall: float) -> dict:
         "flow_seconds": s["flow_seconds"],
         "compiles": s["compiles"],
         "compile_seconds": s["compile_seconds"],
+        "compile_failed": s["compile_failed"],
         "failed_batches": s["failed_batches"],
         "out_of_memory": s["out_of_memory"],
         "host_reads_per_launch": s["host_reads"] / max(s["batches"], 1),  # blocking reads of device values

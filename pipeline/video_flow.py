@@ -21,6 +21,9 @@ from .decode import VideoError
 from .flow.warped import HomographyConfig, fit_homography, frame_features, prev_corners, warp_to_previous_view
 from .flow_service import FlowChunk, FlowRequest
 
+RETRIES = 2  # a failed request is sent again (to the next worker) before its video fails: a launch can fail for
+# reasons that pass (another caller's pairs, a fault of one worker); one that fails three times is this video's failure
+
 
 class VideoFlow:
     """The flows of one video's frames, fed with `add(gray chunk)` and collected with `finish()`.
@@ -43,7 +46,7 @@ class VideoFlow:
         self.timings = timings
         self.flows: dict[str, list] = {m: [] for m in modalities}
         self.homographies: list[dict] = []
-        self._waiting: collections.deque = collections.deque()  # (wait for the chunk, what to do with it)
+        self._waiting: collections.deque = collections.deque()  # (request, wait for its chunk, what to do with it)
         self._last = None  # the previous chunk's last frame and its features: the next chunk's first pair starts there
 
     def add(self, gray: np.ndarray) -> None:
@@ -71,19 +74,26 @@ class VideoFlow:
         return self.flows, self.homographies
 
     def _send(self, request: FlowRequest, then: Callable[[FlowChunk], None]) -> None:
-        self._waiting.append((self.client.submit(request), then))
+        self._waiting.append((request, self.client.submit(request), then))
 
     def _drain(self, limit: int) -> None:
         """Take answers, oldest first, until at most `limit` requests wait (an answer may send a new request)."""
         while len(self._waiting) > limit:
-            wait, then = self._waiting.popleft()
-            with self.timings.stage("flow_wait"):
+            request, wait, then = self._waiting.popleft()
+            then(self._answer(request, wait))
+
+    def _answer(self, request: FlowRequest, wait: Callable[[], FlowChunk]) -> FlowChunk:
+        """The request's chunk, sending it again (RETRIES times) when its launch failed."""
+        with self.timings.stage("flow_wait"):
+            for attempt in range(RETRIES + 1):
                 try:
-                    chunk = wait()
-                except Exception as exc:  # noqa: BLE001 - any failure of the launch becomes this video's reason
-                    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-                    raise VideoError(f"flow failed: {(lines[-1] if lines else type(exc).__name__)[:300]}") from None
-            then(chunk)
+                    return wait()
+                except Exception as exc:  # noqa: BLE001 - any failure of the launch, reported as this video's reason
+                    if attempt == RETRIES:
+                        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+                        raise VideoError(f"flow failed: {(lines[-1] if lines else type(exc).__name__)[:300]}") from None
+                    wait = self.client.submit(request)
+        raise AssertionError("unreachable")
 
     def _plain_solved(self, chunk: FlowChunk, frames: np.ndarray, features: list, corners: list) -> None:
         """Store the plain flow; with warped flow, find each pair's camera motion and send the second solve."""

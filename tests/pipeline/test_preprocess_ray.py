@@ -86,6 +86,9 @@ def test_embedded_run_writes_readable_shards(dataset, embedded_run):
     assert len(report["flow_workers"]) == os.cpu_count() and "flow worker cpu on" in result.stdout
     assert report["pairs"] >= len(entries) * (SMALL.frames - 1) and report["ok"] == len(entries)
     assert report["failures"]["file not found"] == 1 and report["time"]["decode"] > 0 and report["time"]["flow"] > 0
+    # warped flow's camera motion is estimated by the shard tasks: the flow workers (other processes) only solve
+    assert report["time"]["homography_in_shard_tasks"] > 0 and report["time"]["homography_in_flow_workers"] == 0
+    assert all(w["homography_seconds"] == 0 and w["host_reads_per_launch"] > 0 for w in report["flow_workers"])
     records, classes = read_manifest(manifest)
     label_of = {r.video_id: r.label for r in records}
     for members in read_shards(out):
@@ -269,8 +272,8 @@ def test_killed_driver_resumes_and_every_video_lands_once(tmp_path):
 # --- a real head and `ray job submit` --------------------------------------------------------------------
 
 
-@pytest.fixture
-def ray_head(tmp_path):
+@pytest.fixture(scope="module")
+def ray_head():
     ray_bin = str(Path(sys.executable).parent / "ray")
     port, dashboard = free_port(), free_port()
     # Ray's token authentication: the head writes ~/.ray/auth_token and the job client reads it in token mode.
@@ -322,6 +325,29 @@ def test_ray_job_submit_on_a_real_head(tmp_path, ray_head):
     assert f"{len(entries)} ok, 0 failed" in submit.stdout  # the job's output streams back, progress included
     assert "Started a local Ray instance" not in submit.stdout  # it joined the head instead
     assert_every_good_video_exactly_once(out, manifest)
+
+
+FAULTS = SyntheticConfig(classes=2, videos_per_class=3, width=64, height=48, frames=6, seed=5)
+
+
+def test_injected_flow_faults_cost_no_video(tmp_path, ray_head):
+    """Every flow worker runs out of memory on launches of more than 2 pairs and fails its second hand-back
+    (tests/flow_faults.py, installed in the job's workers by Ray's worker_process_setup_hook): the workers
+    lower their batch, stay compiled, and every video still lands exactly once."""
+    ray_bin, dashboard, env = ray_head
+    manifest, entries = make_manifest(tmp_path, FAULTS, bad=False)
+    out = tmp_path / "out"
+    hook = json.dumps({"worker_process_setup_hook": "tests.flow_faults.inject"})
+    submit = [ray_bin, "job", "submit", "--address", dashboard, "--working-dir", str(REPO), "--runtime-env-json", hook, "--"]
+    job = flags(manifest=manifest, out=out, videos_per_shard=2, modalities="rgb,tvl1,warp_tvl1", flow_batch=8)
+    command = [*submit, "python", "-m", "jobs.preprocess", *job, *FAST]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"{len(entries)} ok, 0 failed" in result.stdout, result.stdout[-4000:]
+    assert_every_good_video_exactly_once(out, manifest)
+    workers = json.loads((out / "report.json").read_text())["flow_workers"]
+    assert workers and all(w["batch_size"] == 2 and w["out_of_memory"] >= 1 and not w["compile_failed"] for w in workers)
+    assert sum(w["failed_batches"] for w in workers) >= 1  # a hand-back failed and its requests were sent again
 
 
 # --- the real clips --------------------------------------------------------------------------------------
