@@ -400,10 +400,18 @@ def test_the_gpu_benchmark_runs_on_the_cpu_as_a_smoke_test(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     figures = json.loads(figures.read_text())
+    assert [(r["frames"], r["check_every"]) for r in figures["host"]] == [("2x2", 1), ("2x2", 10), ("24x24", 1), ("24x24", 10)]
+    assert all(r["us_per_iteration"] > 0 for r in figures["host"])
+    every, blocks = figures["reads"]  # a check every iteration, and every 10: one blocking read per check, no other
+    assert every["reads"] == every["checks"] == every["iterations"] and blocks["reads"] == blocks["checks"] < every["reads"]
+    assert set(blocks["by_op"]) == {"aten._local_scalar_dense.default"} and blocks["compactions"] > 0
+    tails = figures["tails"]
+    assert tails["warps"] == 25 and 0 < tails["iterations_mean"] <= tails["iterations_p99"] <= tails["iterations_max"] <= 300
     assert {(r["algorithm"], r["batch"]) for r in figures["solver"]} == {(a, b) for a in ALGORITHMS for b in (2, 4)}
-    assert all(r["pairs_per_s"] > 0 and r["peak_mb"] > 0 for r in figures["solver"])
+    assert all(r["pairs_per_s"] > 0 and r["peak_mb"] > 0 and r["host_reads_per_launch"] > 0 for r in figures["solver"])
     (accuracy,) = figures["accuracy"]
     assert accuracy["ratio"] < 1.05 and accuracy["device_vs_cpu"] < 0.05
     (run,) = figures["end_to_end"]
-    assert run["pairs"] == 2 * 5 and run["ratio"] > 0 and "flow worker" in run["report"]
+    assert run["pairs"] == 2 * 5 and run["vs_warm_compute_flow"] > 0 and "flow worker" in run["report"]
+    assert run["homography"] == {"homography_in_shard_tasks": 0.0, "homography_in_flow_workers": 0.0}  # no warped flow asked
     assert "torch.compile failed" not in result.stdout + result.stderr
