@@ -1,7 +1,8 @@
 """The flow service benchmark: one command for a GPU machine (and, with --smoke, a quick CPU check in the suite).
 
     python bench/flow_service.py [--videos ../shared/data/videos] [--middlebury ../shared/data/middlebury]
-                                 [--batches 32,64,128,256,512] [--reference GIT_REF] [--smoke] [--json out.json]
+                                 [--batches 32,64,128,256,512] [--reference GIT_REF] [--sections host,reads,...]
+                                 [--smoke] [--json out.json]
 
 1. Host cost (what a GPU waits for): microseconds per solver iteration on tiny frames (8 pairs of 2x2 and
    24x24, one level, one warp, 300 iterations that never converge, compiled, the GPU code path), for a
@@ -15,12 +16,12 @@
    two solves of warp_tvl1 (whose homographies the shard tasks estimate, not timed here).
 4. Accuracy: end-point error on the Middlebury pairs of the device path (tensor ops, compiled) beside the CPU
    path (OpenCV's remap and median), their difference, and OpenCV's own DualTVL1 (ratio bound 1.05).
-5. End to end: `python -m jobs.preprocess` as a user runs it (cold: embedded Ray, start-up and compiles
-   included) on 3 real clips of up to 60 frames, flow pairs/s for rgb+tvl1 and rgb+warp_tvl1 with the flow
-   service and with flow computed inside the shard tasks (`--flow-workers 0`), against warm `compute_flow` on
-   the same frames in this process; with `--reference GIT_REF` the same runs of that commit's code (taken with
-   `git archive`) beside this checkout's, and the ratio between them. `report.json`'s homography seconds per
-   role show where warped flow's CPU work ran.
+5. End to end: `python -m jobs.preprocess` as a user runs it (embedded Ray and start-up included; compiles
+   cached on disk by one warm-up run of each code first) on 3 real clips of up to 60 frames, flow pairs/s
+   for rgb+tvl1 and rgb+warp_tvl1 with the flow service and with flow computed inside the shard tasks
+   (`--flow-workers 0`), against warm `compute_flow` on the same frames in this process; with `--reference
+   GIT_REF` the same runs of that commit's code (taken with `git archive`) beside this checkout's, and the
+   ratio between them. `report.json`'s homography seconds per role show where warped flow's CPU work ran.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from schemas.manifest import VideoRecord, manifest_table, write_manifest  # noqa
 
 SHARED = REPO.parent / "shared" / "data"
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm")
+SECTIONS = ("host", "reads", "tails", "solver", "accuracy", "end_to_end")
 
 
 def synchronize(device: torch.device) -> None:
@@ -309,6 +311,8 @@ def end_to_end_rows(clips, decode, decode_args, device, layouts, modalities_list
         trees = [("this checkout", REPO)]
         if reference:
             trees.append((f"reference {reference}", checkout(reference, Path(work) / "reference")))
+        for _, tree in trees:  # compiles each code's kernels once into Inductor's on-disk cache, as any earlier run would
+            end_to_end(clips[:1], Path(work), modalities_list[-1], decode_args, [], tree)
         for modalities in modalities_list:
             pairs_ref, seconds_ref = warm_compute(clips, decode, (modalities.split(",")[1],), device)
             for layout, extra in layouts:
@@ -345,6 +349,7 @@ def main() -> int:
     parser.add_argument("--clips", type=int, default=3, help="real clips in the end-to-end runs (default %(default)s)")
     parser.add_argument("--max-frames", type=int, default=60, help="frames per clip in the end-to-end runs (default %(default)s)")
     parser.add_argument("--reference", help="a git commit whose code runs the end-to-end rows too (e.g. the commit before a change)")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="which sections to run (default: all, %(default)s)")
     parser.add_argument("--smoke", action="store_true", help="a quick check of every section (tiny sizes), for the test suite")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
@@ -366,39 +371,47 @@ def main() -> int:
     figures: dict = {"device": name, "torch": torch.__version__}
     print(f"## Flow service benchmark on {name}, torch {torch.__version__}\n")
 
-    print("Host cost per solver iteration (8 pairs, 300 iterations, compiled GPU code path), per convergence-check interval:\n")
-    print("| frames | check every | us per iteration | vs a check every iteration |\n|---|---|---|---|")
-    figures["host"] = host_rows(device, args.smoke)
-    print("\nBlocking host reads of one launch (8 real pairs at 128x96 shifted 0-2 px, opencv preset, eager):\n")
-    print("| check every | blocking reads (by op) | checks | compactions | iterations |\n|---|---|---|---|---|")
-    figures["reads"] = read_rows(gray_frames(videos[0], (128, 96), 2)[0], device)
-    print("\nTails: iterations per warp of one launch (opencv preset; cap 300):\n")
-    print("| pairs | mean / p99 / max | warps at the cap | seconds | device busy |\n|---|---|---|---|---|")
-    figures["tails"] = tail_row(videos, device, args.smoke)
-
-    print(f"\nSolver, one flow worker, {size[0]}x{size[1]} real frames:\n")
-    print("| flow | batch | pairs/s | peak memory (MB) | host reads per launch |\n|---|---|---|---|---|")
-    figures["solver"] = solver_rows(gray_frames(videos[0], size, 33), batches, device, 1 if args.smoke or cpu else 5)
-
-    print("\nAccuracy on Middlebury (end-point error, px): device path vs CPU path vs OpenCV's DualTVL1:\n")
-    print("| sequence | device | CPU path | device vs CPU | OpenCV | device / OpenCV |\n|---|---|---|---|---|---|")
-    figures["accuracy"] = accuracy_rows(Path(args.middlebury), device, ["RubberWhale"] if args.smoke else list(MIDDLEBURY_PAIRS))
-
-    print(
-        f"\nEnd to end, `jobs.preprocess` cold on {len(clips)} real clips (up to {max_frames} frames, short side {short_side}), "
-        "vs warm compute_flow on the same frames; homography seconds in shard tasks / flow workers from report.json:\n"
-    )
-    print(
-        "| modalities | layout | code | pairs | seconds | pairs/s | vs warm compute_flow | vs reference "
-        "| homography s (tasks / workers) |\n|---|---|---|---|---|---|---|---|---|"
-    )
-    decode = DecodeConfig(short_side=short_side, max_frames=max_frames)
-    layouts = [("flow service", [])] + ([] if args.smoke else [("flow in shard tasks", ["--flow-workers", "0"])])
-    torch.set_num_threads(os.cpu_count() or 1)
-    modalities = ("rgb,tvl1",) if args.smoke else ("rgb,tvl1", "rgb,warp_tvl1")
-    figures["end_to_end"] = end_to_end_rows(clips, decode, decode_args, device, layouts, modalities, args.reference)
-    for row in figures["end_to_end"]:
-        print(f"\n{row['modalities']}, {row['layout']}, {row['code']}:\n{row['report']}")
+    sections = set(args.sections.split(","))
+    if sections - set(SECTIONS):
+        print(f"error: unknown --sections {','.join(sorted(sections - set(SECTIONS)))}; choose from {','.join(SECTIONS)}", file=sys.stderr)
+        return 2
+    if "host" in sections:
+        print("Host cost per solver iteration (8 pairs, 300 iterations, compiled GPU code path), per convergence-check interval:\n")
+        print("| frames | check every | us per iteration | vs a check every iteration |\n|---|---|---|---|")
+        figures["host"] = host_rows(device, args.smoke)
+    if "reads" in sections:
+        print("\nBlocking host reads of one launch (8 real pairs at 128x96 shifted 0-2 px, opencv preset, eager):\n")
+        print("| check every | blocking reads (by op) | checks | compactions | iterations |\n|---|---|---|---|---|")
+        figures["reads"] = read_rows(gray_frames(videos[0], (128, 96), 2)[0], device)
+    if "tails" in sections:
+        print("\nTails: iterations per warp of one launch (opencv preset; cap 300):\n")
+        print("| pairs | mean / p99 / max | warps at the cap | seconds | device busy |\n|---|---|---|---|---|")
+        figures["tails"] = tail_row(videos, device, args.smoke)
+    if "solver" in sections:
+        print(f"\nSolver, one flow worker, {size[0]}x{size[1]} real frames:\n")
+        print("| flow | batch | pairs/s | peak memory (MB) | host reads per launch |\n|---|---|---|---|---|")
+        figures["solver"] = solver_rows(gray_frames(videos[0], size, 33), batches, device, 1 if args.smoke or cpu else 5)
+    if "accuracy" in sections:
+        print("\nAccuracy on Middlebury (end-point error, px): device path vs CPU path vs OpenCV's DualTVL1:\n")
+        print("| sequence | device | CPU path | device vs CPU | OpenCV | device / OpenCV |\n|---|---|---|---|---|---|")
+        figures["accuracy"] = accuracy_rows(Path(args.middlebury), device, ["RubberWhale"] if args.smoke else list(MIDDLEBURY_PAIRS))
+    if "end_to_end" in sections:
+        print(
+            f"\nEnd to end, `jobs.preprocess` on {len(clips)} real clips (up to {max_frames} frames, short side {short_side}), after "
+            "one warm-up run of each code (compiles cached), vs warm compute_flow on the same frames; homography seconds in shard "
+            "tasks / flow workers from report.json:\n"
+        )
+        print(
+            "| modalities | layout | code | pairs | seconds | pairs/s | vs warm compute_flow | vs reference "
+            "| homography s (tasks / workers) |\n|---|---|---|---|---|---|---|---|---|"
+        )
+        decode = DecodeConfig(short_side=short_side, max_frames=max_frames)
+        layouts = [("flow service", [])] + ([] if args.smoke else [("flow in shard tasks", ["--flow-workers", "0"])])
+        torch.set_num_threads(os.cpu_count() or 1)
+        modalities = ("rgb,tvl1",) if args.smoke else ("rgb,tvl1", "rgb,warp_tvl1")
+        figures["end_to_end"] = end_to_end_rows(clips, decode, decode_args, device, layouts, modalities, args.reference)
+        for row in figures["end_to_end"]:
+            print(f"\n{row['modalities']}, {row['layout']}, {row['code']}:\n{row['report']}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
