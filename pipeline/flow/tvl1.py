@@ -113,17 +113,12 @@ PRESETS: dict[str, TVL1Config] = {
 }
 
 
-def _iteration(u_grad, u, px, py, grad_i, rho_c, active, params):
-    """One TV-L1 iteration for a batch; pairs whose `active` is False keep their state.
-
-    The dual update pending from the previous iteration (on `u_grad`, before any median filtering) is done
-    first, then the data step and the flow update: OpenCV's order of operations, rotated by half a step, so
-    that a compiled iteration is one fused pass (in OpenCV's order the dual update would read the new flow
-    at neighbouring pixels, which the fused kernel recomputes: 3x slower on the CPU, measured).
+def _iteration(u, px, py, grad_i, rho_c, active, params):
+    """One TV-L1 iteration in OpenCV's order (data step, flow update, dual update); pairs whose `active` is False
+    keep their state.
 
     Args:
-        u_grad: (N, C, H, W) flow whose gradient updates the dual variables (C = 3 with the illumination channel).
-        u: (N, C, H, W) flow the data step starts from (after median filtering where one ran).
+        u: (N, C, H, W) flow (C = 3 with the illumination channel).
         px, py: (N, C, H, W) dual variables.
         grad_i: (N, C, H, W) gradient of the warped image (third channel gamma when gamma > 0).
         rho_c: (N, 1, H, W) constant part of the residual.
@@ -134,9 +129,9 @@ def _iteration(u_grad, u, px, py, grad_i, rho_c, active, params):
         (u, px, py, active) after the iteration; active drops pairs whose update fell below epsilon.
     """
     l_t, theta, taut, eps2 = params[0], params[1], params[2], params[3]
-    px_n, py_n = dual_step(px, py, u_grad, taut)
-    u_n = threshold_step(u, grad_i, rho_c, l_t) + theta * divergence(px_n, py_n)
+    u_n = threshold_step(u, grad_i, rho_c, l_t) + theta * divergence(px, py)
     err = ((u_n - u) ** 2).flatten(1).sum(1)  # (N,) squared update
+    px_n, py_n = dual_step(px, py, u_n, taut)
     still = err > eps2 * u.shape[-1] * u.shape[-2]
     m = active.view(-1, 1, 1, 1)
     return torch.where(m, u_n, u), torch.where(m, px_n, px), torch.where(m, py_n, py), active & still
@@ -150,25 +145,16 @@ def _median_of_active(u, active, median):
     return torch.where(active.view(-1, 1, 1, 1), filtered, u)
 
 
-def _block(u_grad, u, px, py, grad_i, rho_c, active, params, *, iterations: int):
-    """`iterations` iterations: what one compiled call runs.
-
-    `u_grad` is the flow the first iteration's pending dual update reads: None for `u` itself, zeros at a new
-    level (no update pending), the flow before an outside median filter. (None rather than `u` twice: one
-    tensor passed twice would make torch.compile trace and keep a graph for that aliasing.)
-    """
-    u_grad = u if u_grad is None else u_grad
+def _block(u, px, py, grad_i, rho_c, active, params, *, iterations: int):
+    """`iterations` iterations: what one compiled call runs."""
     for _ in range(iterations):
-        u, px, py, active = _iteration(u_grad, u, px, py, grad_i, rho_c, active, params)
-        u_grad = u
+        u, px, py, active = _iteration(u, px, py, grad_i, rho_c, active, params)
     return u, px, py, active
 
 
-def _filtered_block(u_grad, u, px, py, grad_i, rho_c, active, params, *, iterations: int, median):
-    """The median filter, then `_block`, whose pending dual update reads the flow before the filter (a function
-    of its own: one compiled graph cache each)."""
-    u_grad = u if u_grad is None else u_grad
-    return _block(u_grad, _median_of_active(u, active, median), px, py, grad_i, rho_c, active, params, iterations=iterations)
+def _filtered_block(u, px, py, grad_i, rho_c, active, params, *, iterations: int, median):
+    """The median filter, then `_block` (a function of its own: one compiled graph cache each)."""
+    return _block(_median_of_active(u, active, median), px, py, grad_i, rho_c, active, params, iterations=iterations)
 
 
 class Kernels:
@@ -208,14 +194,12 @@ class Kernels:
                 self._params[key] = torch.tensor(values, dtype=torch.float32, device=device)
         return self._params[key]
 
-    def block(self, u_grad, u, px, py, grad_i, rho_c, active, params, iterations: int, filtered: bool):
-        """`iterations` iterations (see `_block`), after the median filter when `filtered`: one host call.
+    def block(self, u, px, py, grad_i, rho_c, active, params, iterations: int, filtered: bool):
+        """`iterations` iterations (see `_iteration`), after the median filter when `filtered`: one host call.
         Returns (u, px, py, active)."""
         if filtered and not self._median_in_block:
-            u_grad = u if u_grad is None else u_grad
             u, filtered = _median_of_active(u, active, self._median), False
-        key = ("block", iterations, filtered, u_grad is None)
-        return self._call(key, u_grad, u, px, py, grad_i, rho_c, active, params)
+        return self._call(("block", iterations, filtered), u, px, py, grad_i, rho_c, active, params)
 
     def warp(self, img, flow):
         """`img` sampled at x + flow (compiled where it pays)."""
@@ -224,7 +208,7 @@ class Kernels:
     def _eager(self, key: tuple):
         if key[0] == "warp":
             return self._warp
-        _, iterations, filtered, _ = key
+        _, iterations, filtered = key
         if filtered:
             return functools.partial(_filtered_block, iterations=iterations, median=self._median)
         return functools.partial(_block, iterations=iterations)
@@ -278,8 +262,6 @@ def _size_oblivious(fn):
     @functools.wraps(fn)
     def call(*args):
         for arg in args:
-            if arg is None:
-                continue
             if arg.ndim == 4:
                 torch._dynamo.mark_static(arg, 1)
             elif arg.dtype.is_floating_point:  # the solver parameters
@@ -375,14 +357,12 @@ def _solve_level(I0, I1, u, solve: _Solve):
     I1x, I1y = image_gradients(I1)
     stack = torch.cat([I1, I1x, I1y], 1)  # (N, 3, H, W), warped together
     px, py = torch.zeros_like(u), torch.zeros_like(u)
-    for warp in range(solve.cfg.warps):
+    for _ in range(solve.cfg.warps):
         warped = solve.kernels.warp(stack, u[:, :2])  # (N, 3, H, W): I1(x + u), its x and y gradients
         grad_xy = warped[:, 1:].contiguous()  # one memory layout for the compiled iteration, before and after compaction
         rho_c = warped[:, :1] - (grad_xy * u[:, :2]).sum(1, keepdim=True) - I0
         grad_i = grad_xy if u.shape[1] == 2 else torch.cat([grad_xy, grad_xy.new_full((N, 1, H, W), solve.cfg.gamma)], 1)
-        # At a new level p = 0 and no dual update is pending; grad(0) = 0 makes the pending update a no-op.
-        first_pending = torch.zeros_like(u) if warp == 0 else None
-        u, px, py = _iterate_warp(first_pending, u, px, py, grad_i, rho_c, solve)
+        u, px, py = _iterate_warp(u, px, py, grad_i, rho_c, solve)
     return u
 
 
@@ -402,8 +382,8 @@ class _ActiveCount:
     later without stalling the device), elsewhere read when asked."""
 
     def __init__(self, active: torch.Tensor):
-        # Counted outside the compiled block: a reduction over the batch inside it slowed the fused CPU kernel
-        # of an iteration by ~1.7x (measured), and on a GPU it is one more small kernel either way.
+        # Counted outside the compiled block: the reduction over the batch inside it made the fused CPU kernel of
+        # an iteration ~1.7x slower (measured), and on a GPU it is one more small kernel either way.
         count = active.sum()
         self.active = active
         self._event = None
@@ -422,7 +402,7 @@ class _ActiveCount:
         return int(self._count)
 
 
-def _iterate_warp(first_pending, u, px, py, grad_i, rho_c, solve: _Solve):
+def _iterate_warp(u, px, py, grad_i, rho_c, solve: _Solve):
     """The outer / inner iterations of one warp, each pair until its own convergence.
 
     Pairs found converged at a check are set aside (their state written to the output) and the rest go on as
@@ -436,10 +416,8 @@ def _iterate_warp(first_pending, u, px, py, grad_i, rho_c, solve: _Solve):
     active = torch.ones(u.shape[0], dtype=torch.bool, device=u.device)
     unread = None  # the check of the block before, with async_check
     iterations = 0
-    u_grad = first_pending  # the first block's pending dual update; None: from u itself
     for filtered, n in _blocks(solve.cfg, solve.check_every):
-        u, px, py, active = solve.kernels.block(u_grad, u, px, py, grad_i, rho_c, active, solve.params, n, filtered)
-        u_grad = None
+        u, px, py, active = solve.kernels.block(u, px, py, grad_i, rho_c, active, solve.params, n, filtered)
         iterations += n
         trace.blocks += 1
         check = _ActiveCount(active)

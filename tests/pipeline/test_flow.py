@@ -236,7 +236,7 @@ def test_only_a_compile_error_turns_the_kernels_eager():
     from pipeline.flow.tvl1 import Kernels
 
     kernels = Kernels("cpu", compile=True, opencv_cpu_ops=False)
-    key = ("block", 3, True, True)  # 3 iterations after the median filter, the pending dual update from u
+    key = ("block", 3, True)  # 3 iterations after the median filter
 
     def raise_(exc):
         def call(*args):
@@ -246,17 +246,17 @@ def test_only_a_compile_error_turns_the_kernels_eager():
 
     kernels._compiled[key] = raise_(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     with pytest.raises(torch.OutOfMemoryError):
-        kernels.block(None, *block_args(), iterations=3, filtered=True)
+        kernels.block(*block_args(), iterations=3, filtered=True)
     kernels._compiled[key] = raise_(RuntimeError("CUDA error: an illegal memory access was encountered"))
     with pytest.raises(RuntimeError, match="illegal memory access"):
-        kernels.block(None, *block_args(), iterations=3, filtered=True)
+        kernels.block(*block_args(), iterations=3, filtered=True)
     assert kernels.compile
 
     kernels._compiled[key] = raise_(CppCompileError(["g++"], "g++: not found"))
     args = block_args()
-    out = kernels.block(None, *args, iterations=3, filtered=True)
+    out = kernels.block(*args, iterations=3, filtered=True)
     assert not kernels.compile
-    eager = Kernels("cpu", compile=False, opencv_cpu_ops=False).block(None, *args, iterations=3, filtered=True)
+    eager = Kernels("cpu", compile=False, opencv_cpu_ops=False).block(*args, iterations=3, filtered=True)
     assert all(torch.equal(a, b) for a, b in zip(out, eager))
 
 
