@@ -305,13 +305,15 @@ def end_to_end(paths: list[Path], work: Path, modalities: str, decode_args: list
     return {"pairs": frames - len(paths), "seconds": seconds, "homography": homography, "report": "\n".join(lines)}
 
 
-def end_to_end_rows(clips, decode, decode_args, device, layouts, modalities_list, reference: str | None) -> list[dict]:
+def end_to_end_rows(clips, decode, decode_args, device, layouts, modalities_list, reference: str | None, warm_up: bool) -> list[dict]:
+    """Each layout and modality set as a `jobs.preprocess` run, for this checkout and the reference; `warm_up`
+    first runs each code once so that compiles come from the on-disk cache (the smoke run compiles nothing)."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="flowshard-bench-") as work:
         trees = [("this checkout", REPO)]
         if reference:
             trees.append((f"reference {reference}", checkout(reference, Path(work) / "reference")))
-        for _, tree in trees:  # compiles each code's kernels once into Inductor's on-disk cache, as any earlier run would
+        for _, tree in trees if warm_up else ():  # each code's kernels compiled once into Inductor's on-disk cache
             end_to_end(clips[:1], Path(work), modalities_list[-1], decode_args, [], tree)
         for modalities in modalities_list:
             pairs_ref, seconds_ref = warm_compute(clips, decode, (modalities.split(",")[1],), device)
@@ -396,9 +398,10 @@ def main() -> int:
         print("| sequence | device | CPU path | device vs CPU | OpenCV | device / OpenCV |\n|---|---|---|---|---|---|")
         figures["accuracy"] = accuracy_rows(Path(args.middlebury), device, ["RubberWhale"] if args.smoke else list(MIDDLEBURY_PAIRS))
     if "end_to_end" in sections:
+        warm = "no warm-up (smoke)" if args.smoke else "after one warm-up run of each code (compiles cached)"
         print(
-            f"\nEnd to end, `jobs.preprocess` on {len(clips)} real clips (up to {max_frames} frames, short side {short_side}), after "
-            "one warm-up run of each code (compiles cached), vs warm compute_flow on the same frames; homography seconds in shard "
+            f"\nEnd to end, `jobs.preprocess` on {len(clips)} real clips (up to {max_frames} frames, short side {short_side}), "
+            f"{warm}, vs warm compute_flow on the same frames; homography seconds in shard "
             "tasks / flow workers from report.json:\n"
         )
         print(
@@ -409,7 +412,9 @@ def main() -> int:
         layouts = [("flow service", [])] + ([] if args.smoke else [("flow in shard tasks", ["--flow-workers", "0"])])
         torch.set_num_threads(os.cpu_count() or 1)
         modalities = ("rgb,tvl1",) if args.smoke else ("rgb,tvl1", "rgb,warp_tvl1")
-        figures["end_to_end"] = end_to_end_rows(clips, decode, decode_args, device, layouts, modalities, args.reference)
+        figures["end_to_end"] = end_to_end_rows(
+            clips, decode, decode_args, device, layouts, modalities, args.reference, warm_up=not args.smoke
+        )
         for row in figures["end_to_end"]:
             print(f"\n{row['modalities']}, {row['layout']}, {row['code']}:\n{row['report']}")
     if args.json:
