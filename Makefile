@@ -37,7 +37,7 @@ demo: $(STAMP)
 	$(PY) -m jobs.visualize --data $(DEMO_DIR)/data --out $(DEMO_DIR)/flow.png
 
 # The synthetic classes are motion directions: no flips (they would swap left and right).
-DEMO_TRAIN := --batch-size 8 --input-size 64 --no-flip --lr 0.001 --optimizer adamw --weight-decay 0.01 --loader-workers 1 --print-freq 0
+DEMO_TRAIN := --eval-every 1 --batch-size 8 --input-size 64 --no-flip --lr 0.001 --optimizer adamw --weight-decay 0.01 --loader-workers 1 --print-freq 0
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

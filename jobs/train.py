@@ -2,18 +2,27 @@
 
 python -m jobs.train --data data/ucf101 --model tsn_flow --epochs 80 --out runs/flow
 python -m jobs.train --data data/ucf101 --model tsn_rgb --workers 2 --out runs/rgb    # DDP, embedded Ray
+python -m jobs.train --data s3://bucket/ucf101 --model tsn_rgb --workers 8 --address auto --out s3://bucket/runs/rgb
+
+With --workers N, a rank or node lost mid-run restarts every rank from the run's last checkpoint (up to
+--max-failures times) once the cluster can place them again; a cluster that cannot within --rank-wait seconds
+ends the run with one sentence, the checkpoint kept for a later resume.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from dataclasses import asdict, dataclass
 
 from jobs.common import check_locations, cli
 from storage import Location, join
-from trainers.loop import CHECKPOINT, METRICS_CSV, TrainConfig, run_training
+from trainers.loop import BEST, CHECKPOINT, CURVES_PNG, METRICS_CSV, TrainConfig, check_dataset, run_training
 from trainers.models import MODELS
 from trainers.models.tsn import BACKBONES
+
+EXIT_STOPPED = 1  # a run that started and could not finish (not a usage error)
 
 
 @dataclass(frozen=True)
@@ -23,6 +32,20 @@ class TrainJobConfig:
     train: TrainConfig
     workers: int = 1  # Ray Train workers (DDP ranks); 1 = this process, no Ray
     address: str | None = None
+    max_failures: int = 3  # times a lost rank or node restarts the ranks from the last checkpoint (Ray Train)
+    rank_wait: float = 600.0  # seconds the cluster may take to place every rank (at the start and after a loss)
+
+    def __post_init__(self):
+        if self.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {self.workers}")
+        if self.max_failures < 0:
+            raise ValueError(f"--max-failures must be 0 or more, got {self.max_failures}")
+        if not self.rank_wait > 0:
+            raise ValueError(f"--rank-wait must be positive seconds, got {self.rank_wait}")
+
+
+class RunStopped(Exception):
+    """A distributed run that started and ended without finishing; the message is one sentence."""
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -37,7 +60,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", required=True, choices=MODELS, help="tsn_rgb, tsn_flow, i3d_rgb or i3d_flow")
     parser.add_argument(
-        "--out", required=True, help="run folder (a local path or URI): checkpoint.pt (resumed if present), metrics.csv, config.json"
+        "--out",
+        required=True,
+        help="run folder (a local path or URI): checkpoint.pt (resumed if present), best.pt, metrics.csv, curves.png, config.json",
     )
     parser.add_argument("--backbone", choices=list(BACKBONES), default=d.backbone, help="TSN backbone (default %(default)s)")
     parser.add_argument(
@@ -75,14 +100,40 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--loader-workers", type=int, default=d.loader_workers, help="data loader processes per rank (default %(default)s)")
     parser.add_argument("--use-gpu", action="store_true", help="train on GPUs (one per rank), with mixed precision")
     parser.add_argument("--address", help="Ray cluster address for --workers > 1 (default: RAY_ADDRESS, else embedded Ray)")
+    job = TrainJobConfig(train=d)
+    parser.add_argument(
+        "--max-failures",
+        type=int,
+        default=job.max_failures,
+        help="with --workers > 1: times a lost rank or node restarts every rank from the last checkpoint (default %(default)s)",
+    )
+    parser.add_argument(
+        "--rank-wait",
+        type=float,
+        default=job.rank_wait,
+        help="with --workers > 1: seconds the cluster may take to place every rank, at the start and after a loss; "
+        "then the run stops, its checkpoint kept (default %(default)g)",
+    )
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        default=d.eval_every,
+        help="validate every K epochs and after the last one: top-1/top-5/mean class in metrics.csv, the best epoch kept "
+        "as best.pt (0 = never; default %(default)s)",
+    )
+    parser.add_argument("--eval-split", choices=("val", "test"), help="the split validated on (default: val if the data has it, else test)")
+    parser.add_argument(
+        "--eval-segments",
+        type=int,
+        default=d.eval_segments,
+        help="TSN segments (I3D clips) per video when validating, centre crop; jobs.evaluate scores the full way (default %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=d.seed, help="(default %(default)s)")
     parser.add_argument("--print-freq", type=int, default=d.print_freq, help="steps between progress lines (default %(default)s)")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> TrainJobConfig:
-    if args.workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {args.workers}")
     train = TrainConfig(
         data=args.data,
         model=args.model,
@@ -110,8 +161,11 @@ def config_from_args(args: argparse.Namespace) -> TrainJobConfig:
         use_gpu=args.use_gpu,
         seed=args.seed,
         print_freq=args.print_freq,
+        eval_every=args.eval_every,
+        eval_split=args.eval_split,
+        eval_segments=args.eval_segments,
     )
-    return TrainJobConfig(train=train, workers=args.workers, address=args.address)
+    return TrainJobConfig(train=train, workers=args.workers, address=args.address, max_failures=args.max_failures, rank_wait=args.rank_wait)
 
 
 def _ray_train_loop(config: dict) -> None:
@@ -123,28 +177,69 @@ def _ray_train_loop(config: dict) -> None:
 
 
 def train_with_ray(cfg: TrainJobConfig) -> None:
-    from ray.train import RunConfig, ScalingConfig
+    """DDP on Ray Train. A failed rank (its process or node lost) restarts every rank, each resuming from the
+    run folder's checkpoint, up to `max_failures` times; placing the ranks may take `rank_wait` seconds.
+
+    Raises:
+        RunStopped: the run could not finish (failures used up, or no room for the ranks in time).
+    """
+    from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     from pipeline.ray_tasks import connect
 
+    # Ray Train's controller reads this from the driver's environment: how long it waits for the ranks' placement
+    # group. Its own retries of that wait are off (controller_failure_limit=0), so rank_wait is the whole wait.
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(cfg.rank_wait)
     connect(cfg.address, dashboard=True)
     trainer = TorchTrainer(
         _ray_train_loop,
         train_loop_config=asdict(cfg.train),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.train.use_gpu),
-        run_config=RunConfig(storage_path=join(cfg.train.out, "ray"), name="train"),
+        run_config=RunConfig(
+            storage_path=join(cfg.train.out, "ray"),
+            name="train",
+            failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=0),
+        ),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except TrainingFailedError as exc:
+        raise RunStopped(_stopped_sentence(cfg, exc)) from exc
+
+
+def _stopped_sentence(cfg: TrainJobConfig, exc: Exception) -> str:
+    """Why a distributed run stopped, and how to go on, in one sentence."""
+    controller_failure = getattr(exc, "controller_failure", None)  # Ray Train's ControllerError
+    if type(controller_failure).__name__ == "WorkerGroupStartupTimeoutError":
+        why = f"the cluster could not place {cfg.workers} ranks within {cfg.rank_wait:g} s (--rank-wait)"
+    else:
+        failures = getattr(exc, "worker_failures", None) or {}  # Ray Train's WorkerGroupError: rank -> error
+        cause = next(iter(failures.values()), controller_failure or exc)
+        detail = next((line.strip() for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
+        why = f"it failed {cfg.max_failures + 1} times (--max-failures {cfg.max_failures}), last with: {detail[:300]}"
+    kept = Location(cfg.train.out).is_file(CHECKPOINT)
+    then = "run the same command again to resume from its checkpoint" if kept else "it wrote no checkpoint"
+    return f"training stopped: {why}; {then} ({cfg.train.out})"
 
 
 def main(cfg: TrainJobConfig) -> int:
+    """Train (or resume) the run; a distributed run that cannot finish exits 1 with one sentence."""
     check_locations(cfg.train.data, cfg.train.out, cfg.train.pretrained)
+    check_dataset(cfg.train)  # a wrong --data or modality is one sentence here, not a failure on every rank
     if cfg.workers > 1:
-        train_with_ray(cfg)
+        try:
+            train_with_ray(cfg)
+        except RunStopped as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_STOPPED
     else:
         run_training(cfg.train)
-    print(f"run {cfg.train.out}: checkpoint {join(cfg.train.out, CHECKPOINT)}, metrics {join(cfg.train.out, METRICS_CSV)}")
+    best = f", best {join(cfg.train.out, BEST)}" if Location(cfg.train.out).is_file(BEST) else ""
+    print(
+        f"run {cfg.train.out}: checkpoint {join(cfg.train.out, CHECKPOINT)}{best}, metrics {join(cfg.train.out, METRICS_CSV)}, "
+        f"curves {join(cfg.train.out, CURVES_PNG)}"
+    )
     return 0
 
 

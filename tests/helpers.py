@@ -99,17 +99,19 @@ def synthetic_sample(key: str, label: int, frames: int = FRAMES) -> Sample:
 
 
 def write_dataset(root: Path, shards: dict[str, list[Sample]]) -> None:
+    """A dataset folder of these shards, each in the split its name starts with ("train-000000.tar": train)."""
     (root / "shards").mkdir(parents=True)
     for name, samples in shards.items():
         with wds.TarWriter(str(root / "shards" / name)) as sink:
             for s in samples:
                 sink.write(encode_sample(s))
+    splits = sorted({name.split("-")[0] for name in shards})
     info = DatasetInfo(
         classes=["c0", "c1", "c2"],
         modalities=["rgb", "tvl1"],
         parameters={},
-        counts={"samples": {"train": sum(len(v) for v in shards.values())}},
-        shards={"train": sorted(shards)},
+        counts={"samples": {split: sum(len(v) for n, v in shards.items() if n.startswith(split + "-")) for split in splits}},
+        shards={split: sorted(n for n in shards if n.startswith(split + "-")) for split in splits},
     )
     (root / "dataset.json").write_text(info.to_json())
 

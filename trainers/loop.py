@@ -1,9 +1,10 @@
 """Training and evaluation loops: plain functions a reader can follow in one sitting.
 
 `run_training` is what one process (or one DDP rank) does: build the model and loader, resume from the
-run's last checkpoint if there is one, train epoch by epoch, checkpoint after each. Distributed training
-(Ray Train in `jobs.train`) only differs in that torch.distributed is initialised: the model is wrapped
-in DDP, each rank draws its own stream of shards, and rank 0 writes checkpoints and logs.
+run's last checkpoint if there is one, train epoch by epoch, checkpoint after each, and every `eval_every`
+epochs score the validation split the test way (all ranks, each its own shards) and keep the best checkpoint.
+Distributed training (Ray Train in `jobs.train`) only differs in that torch.distributed is initialised: the
+model is wrapped in DDP, each rank draws its own stream of shards, and rank 0 writes checkpoints and logs.
 """
 
 from __future__ import annotations
@@ -27,13 +28,21 @@ from schemas.dataset import read_dataset_info
 from schemas.sample import FORMAT_VERSION
 from storage import Location
 
+from .curves import curves_png
 from .data import ExampleConfig, make_loader
+from .metrics import softmax, video_metrics
 from .models import MODELS, build_model
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"  # the checkpoint of the epoch with the highest validation top-1 so far
 METRICS_CSV = "metrics.csv"
-METRICS_FIELDS = ["epoch", "step", "loss", "lr", "samples_per_s"]
+CURVES_PNG = "curves.png"
+VALIDATION_FIELDS = ["val_top1", "val_top5", "val_mean_class"]
+# A row per training step (loss, lr, samples/s), then one per epoch (its training top-1, and its validation scores
+# when it validated), in the order they happened.
+EPOCH_FIELDS = ["train_top1", *VALIDATION_FIELDS]
+METRICS_FIELDS = ["epoch", "step", "loss", "lr", "samples_per_s", *EPOCH_FIELDS]
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,9 @@ class TrainConfig:
     seed: int = 0
     print_freq: int = 10
     split: str = "train"
+    eval_every: int = 0  # validate every K epochs and after the last one (0 = never); best.pt keeps the best
+    eval_split: str | None = None  # the split validated on; None = "val" where the dataset has one, else "test"
+    eval_segments: int = 5  # TSN segments (I3D clips) per video when validating, centre crop (jobs.evaluate: 25 x 10 crops)
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -79,6 +91,8 @@ class TrainConfig:
             raise ValueError(f"schedule must be cosine or step, got {self.schedule!r}")
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError("epochs and batch size must be at least 1 and lr positive")
+        if self.eval_every < 0 or self.eval_segments < 1:
+            raise ValueError(f"--eval-every must be 0 or more and --eval-segments at least 1, got {self.eval_every}, {self.eval_segments}")
 
     @property
     def arch(self) -> str:
@@ -138,11 +152,11 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def save_checkpoint(out: Location, state: dict) -> None:
-    """Write `out/checkpoint.pt` atomically, so a run killed while saving keeps its previous checkpoint."""
+def save_checkpoint(out: Location, state: dict, name: str = CHECKPOINT) -> None:
+    """Write `out/name` atomically, so a run killed while saving keeps its previous checkpoint."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    out.write_bytes(buffer.getvalue(), CHECKPOINT)
+    out.write_bytes(buffer.getvalue(), name)
 
 
 def load_checkpoint(path: str) -> dict:
@@ -269,23 +283,55 @@ def _device(cfg: TrainConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def _dataset(cfg: TrainConfig):
+def check_dataset(cfg: TrainConfig):
     """The dataset's description and its number of samples in the training split; ValueError when unusable."""
     info = read_dataset_info(cfg.data)
     if cfg.modality not in info.modalities:
         raise ValueError(
             f"{cfg.data} has no {cfg.modality} (it has {', '.join(info.modalities)}); preprocess with --modalities including it"
         )
-    epoch_samples = info.counts.get("samples", {}).get(cfg.split, 0)
+    samples = info.counts.get("samples", {})
+    epoch_samples = samples.get(cfg.split, 0)
     if not epoch_samples:
         raise ValueError(f"{cfg.data} has no {cfg.split} samples")
+    if cfg.eval_every and not samples.get(validation_split(cfg, samples), 0):
+        raise ValueError(f"{cfg.data} has no {validation_split(cfg, samples)} samples to validate on; pass --eval-split or --eval-every 0")
     return info, epoch_samples
 
 
-def _resume(cfg: TrainConfig, out: Location, model: nn.Module, optimizer, num_classes: int, verbose: bool) -> tuple[int, int]:
-    """Load the run's checkpoint into the model and optimizer when there is one: (first epoch to run, step)."""
+def validation_split(cfg: TrainConfig, samples: dict[str, int]) -> str:
+    """The split validated on: as configured, else "val" where the dataset has it, else "test"."""
+    return cfg.eval_split or ("val" if samples.get("val") else "test")
+
+
+def validate(model: nn.Module, cfg: TrainConfig, split: str, device) -> dict:
+    """Score `split` the test way (`eval_segments` segments or clips, centre crop) on every rank, each reading its
+    own shards, and gather the videos: {"val_top1", "val_top5", "val_mean_class"}, the same on every rank.
+
+    `model` is the plain module (not DDP's wrapper, whose forward would wait for ranks with fewer batches)."""
+    example = cfg.example_config(crops=1, segments=cfg.eval_segments, clips=cfg.eval_segments)
+    loader = make_loader(cfg.data, split, example, train=False, batch_size=cfg.batch_size, workers=cfg.loader_workers)
+    keys, labels, logits = evaluate(model, loader, device)
+    parts = [(keys, labels, logits)]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        parts = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(parts, (keys, labels, logits))
+    videos = {}  # by key: a video two ranks read counts once
+    for part_keys, part_labels, part_logits in parts:
+        videos.update((key, (label, row)) for key, label, row in zip(part_keys, part_labels, part_logits))
+    if not videos:
+        raise ValueError(f"{cfg.data}: no {split} video could be read to validate on")
+    labels = np.array([label for label, _ in videos.values()])
+    scores = softmax(np.stack([row for _, row in videos.values()]))
+    metrics = video_metrics(scores, labels)
+    return {"val_top1": metrics["top1"], "val_top5": metrics["top5"], "val_mean_class": metrics["mean_class"]}
+
+
+def _resume(cfg: TrainConfig, out: Location, model: nn.Module, optimizer, num_classes: int, verbose: bool) -> tuple[int, int, dict]:
+    """Load the run's checkpoint into the model and optimizer when there is one: (first epoch to run, step, the best
+    validation so far: {"epoch", "val_top1"} or {})."""
     if not out.is_file(CHECKPOINT):
-        return 0, 0
+        return 0, 0, {}
     state = load_checkpoint(out.uri_of(CHECKPOINT))
     if state["config"]["model"] != cfg.model or state["num_classes"] != num_classes:
         raise ValueError(f"{cfg.out} holds a {state['config']['model']} run for {state['num_classes']} classes; choose another --out")
@@ -293,7 +339,7 @@ def _resume(cfg: TrainConfig, out: Location, model: nn.Module, optimizer, num_cl
     optimizer.load_state_dict(state["optimizer"])
     if verbose:
         print(f"resuming {cfg.out} after epoch {state['epoch']} (step {state['step']})", flush=True)
-    return state["epoch"] + 1, state["step"]
+    return state["epoch"] + 1, state["step"], state.get("best") or {}
 
 
 def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None) -> dict:
@@ -303,11 +349,12 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
     world = torch.distributed.get_world_size() if distributed else 1
     device = _device(cfg)
     torch.manual_seed(cfg.seed)
-    info, epoch_samples = _dataset(cfg)
+    info, epoch_samples = check_dataset(cfg)
     out = Location(cfg.out)
     model = build(cfg, len(info.classes)).to(device)
     optimizer = make_optimizer(cfg, model)
-    start_epoch, step = _resume(cfg, out, model, optimizer, len(info.classes), verbose=rank == 0)
+    start_epoch, step, best = _resume(cfg, out, model, optimizer, len(info.classes), verbose=rank == 0)
+    val_split = validation_split(cfg, info.counts.get("samples", {}))
     if distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
@@ -348,14 +395,16 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
             stats, step = train_one_epoch(
                 model, criterion, optimizer, lr_at, loader, device, epoch, step, cfg.print_freq, scaler, cfg.clip_grad, on_step
             )
+            plain = model.module if distributed else model
+            if cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1):
+                stats.update(validate(plain, cfg, val_split, device))
+                if tensorboard:
+                    for name in VALIDATION_FIELDS:
+                        tensorboard.add_scalar(f"val/{name.removeprefix('val_')}", stats[name], step)
             if rank == 0:
                 schedule = {"step": step, "total": total, "warmup": warmup}
-                _save_epoch(out, cfg, model.module if distributed else model, optimizer, schedule, epoch, info.classes, metrics)
-                print(
-                    f"epoch {epoch}: loss {stats['loss']:.4f}, train top-1 {stats['train_top1']:.3f}, "
-                    f"{stats['samples'] / stats['seconds']:.1f} samples/s; checkpoint {out.uri_of(CHECKPOINT)}",
-                    flush=True,
-                )
+                best = _save_epoch(out, cfg, plain, optimizer, schedule, epoch, info.classes, metrics, stats, best)
+                print(_epoch_line(epoch, stats, best, val_split) + f"; checkpoint {out.uri_of(CHECKPOINT)}", flush=True)
             if report is not None:
                 report(stats)
     finally:
@@ -364,8 +413,14 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
     return stats
 
 
-def _save_epoch(out: Location, cfg, model: nn.Module, optimizer, schedule: dict, epoch: int, classes: list, metrics: list) -> None:
-    """metrics.csv, then the checkpoint (a resume drops metric rows past the checkpoint, never the reverse)."""
+def _save_epoch(
+    out: Location, cfg, model: nn.Module, optimizer, schedule: dict, epoch: int, classes: list, metrics: list, stats: dict, best: dict
+) -> dict:
+    """metrics.csv (with the epoch's row) and curves.png, best.pt when validation top-1 improved, then the checkpoint
+    (a resume drops metric rows past the checkpoint, never the reverse). Returns the best so far."""
+    metrics.append({"epoch": epoch, "step": schedule["step"], **{k: v for k, v in stats.items() if k in EPOCH_FIELDS}})
+    if "val_top1" in stats and (not best or stats["val_top1"] > best["val_top1"]):
+        best = {"epoch": epoch, "val_top1": stats["val_top1"]}
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -376,9 +431,31 @@ def _save_epoch(out: Location, cfg, model: nn.Module, optimizer, schedule: dict,
         "num_classes": len(classes),
         "classes": classes,
         "format_version": FORMAT_VERSION,
+        "best": best,
     }
     write_metrics(out, metrics)
+    out.write_bytes(curves_png(_as_read(metrics), f"{cfg.model} {out.uri_of()}"), CURVES_PNG)
+    if best.get("epoch") == epoch:
+        save_checkpoint(out, state, BEST)
     save_checkpoint(out, state)
+    return best
+
+
+def _as_read(rows: list[dict]) -> list[dict]:
+    """Rows as `read_metrics` gives them back (strings; empty where a row has no value)."""
+    return [{k: "" if r.get(k) is None else str(r[k]) for k in METRICS_FIELDS} for r in rows]
+
+
+def _epoch_line(epoch: int, stats: dict, best: dict, split: str) -> str:
+    """The line printed after an epoch: training loss and top-1, validation scores when there were any."""
+    rate = stats["samples"] / stats["seconds"]
+    line = f"epoch {epoch}: loss {stats['loss']:.4f}, train top-1 {stats['train_top1']:.3f}, {rate:.1f} samples/s"
+    if "val_top1" in stats:
+        line += (
+            f"; {split} top-1 {stats['val_top1']:.3f}, top-5 {stats['val_top5']:.3f}, mean class {stats['val_mean_class']:.3f}"
+            f" (best {best['val_top1']:.3f} at epoch {best['epoch']})"
+        )
+    return line
 
 
 def _tensorboard(out: Location):

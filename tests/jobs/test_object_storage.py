@@ -164,7 +164,9 @@ def test_train_evaluate_visualize_from_s3(s3_dataset):
     steps = math.ceil(sum(e.split == "train" for e in entries) / 4)  # one epoch in batches of 4
     assert state["epoch"] == 0 and state["step"] == steps and state["num_classes"] == SMALL.classes
     rows = runs.read_text("metrics.csv").splitlines()
-    assert rows[0] == "epoch,step,loss,lr,samples_per_s" and len(rows) == 1 + steps  # a row per step
+    assert rows[0] == "epoch,step,loss,lr,samples_per_s,train_top1,val_top1,val_top5,val_mean_class"
+    assert len(rows) == 1 + steps + 1  # a row per step, then the epoch's
+    assert runs.is_file("curves.png")
 
     metrics_uri = join(bucket, "eval", "metrics.json")
     evaluated = run_job(

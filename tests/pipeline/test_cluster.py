@@ -5,6 +5,9 @@ process killed) still ends with exit 0 and every video exactly once."""
 
 from __future__ import annotations
 
+import csv
+import io
+import math
 import os
 import shutil
 import signal
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 import webdataset as wds
 
 from pipeline.synthetic import SyntheticConfig, class_names, generate_dataset
@@ -102,21 +106,27 @@ def start_two_nodes(root: Path, extra_env: dict | None = None) -> TwoNodes:
         env,
     )
     address = f"127.0.0.1:{port}"
-    second = (
-        f"mount -t tmpfs flowshard-private {private} && exec {RAY} start --address {address} --node-ip-address 127.0.0.1 "
-        f"--num-cpus 1 --temp-dir {temp}/w --disable-usage-stats --dashboard-agent-listen-port {free_port()}"
-    )
+    nodes = TwoNodes(address, private, shared, head, 0, env, temp)
     try:
-        worker = _start(["unshare", "--mount", "--propagation", "private", "sh", "-c", second], env)
+        nodes.worker_sid = start_second_node(nodes)
     except BaseException:
         kill_session(head)
         shutil.rmtree(temp, ignore_errors=True)
         raise
-    nodes = TwoNodes(address, private, shared, head, worker, env, temp)
     if not wait_for(lambda: alive_nodes(address, env) == 2, timeout=60, step=1):
         stop_two_nodes(nodes)
         pytest.fail("the second Ray node did not join")
     return nodes
+
+
+def start_second_node(nodes: TwoNodes) -> int:
+    """Start the second node (or its replacement, after a loss) in its own mount namespace; returns its session id."""
+    temp = tempfile.mkdtemp(prefix="w", dir=nodes.temp)  # a fresh one per node: a replacement starts clean
+    second = (
+        f"mount -t tmpfs flowshard-private {nodes.private} && exec {RAY} start --address {nodes.address} --node-ip-address "
+        f"127.0.0.1 --num-cpus 1 --temp-dir {temp} --disable-usage-stats --dashboard-agent-listen-port {free_port()}"
+    )
+    return _start(["unshare", "--mount", "--propagation", "private", "sh", "-c", second], nodes.env)
 
 
 def stop_two_nodes(nodes: TwoNodes) -> None:
@@ -185,7 +195,10 @@ def test_a_shared_local_out_is_verified_and_used_by_both_nodes(two_nodes):
     assert Counter(keys) == Counter(e.relpath.rsplit("/", 1)[-1].removesuffix(".mp4") for e in entries)
 
 
-def test_a_run_to_s3_survives_losing_the_second_node(s3_server, bucket, tmp_path):
+def test_preprocessing_and_training_on_s3_survive_losing_the_second_node(s3_server, bucket, tmp_path):
+    """A preprocessing run to S3 loses the second node mid-upload; then DDP training with a rank on each node,
+    from those shards to an S3 run folder, loses its (replacement) second node after the first checkpoint and
+    goes on from that checkpoint once a new node joins. One cluster for both: a node costs a minute here."""
     nodes = start_two_nodes(tmp_path / "cluster", extra_env=s3_server.env)
     try:
         manifest = nodes.shared / "m.parquet"
@@ -233,8 +246,48 @@ def test_a_run_to_s3_survives_losing_the_second_node(s3_server, bucket, tmp_path
         keys = [m["__key__"] for m in read_samples([join(out, "shards", n) for n in shards])]
         assert Counter(keys) == Counter(e.relpath.rsplit("/", 1)[-1].removesuffix(".mp4") for e in entries)
         assert incomplete_uploads(bucket) == [], "the lost attempt's upload was aborted"
+        train_and_lose_the_second_node(nodes, out, join(bucket, "runs", "flow"), sum(e.split == "train" for e in entries))
     finally:
         stop_two_nodes(nodes)
+
+
+def replace_second_node(nodes: TwoNodes) -> None:
+    """A new second node after the old one's loss (the cluster has two live nodes again)."""
+    nodes.worker_sid = start_second_node(nodes)
+    assert wait_for(lambda: alive_nodes(nodes.address, nodes.env) == 2, timeout=120, step=1), "the replacement node did not join"
+
+
+def train_and_lose_the_second_node(nodes: TwoNodes, data: str, run: str, train_videos: int) -> None:
+    replace_second_node(nodes)
+    epochs, batch = 4, 2
+    command = [sys.executable, "-m", "jobs.train", "--data", data, "--model", "tsn_flow", "--out", run, "--address", nodes.address]
+    command += ["--workers", "2", "--epochs", str(epochs), "--batch-size", str(batch), "--input-size", "32", "--loader-workers", "0"]
+    command += ["--print-freq", "0", "--no-flip", "--rank-wait", "180", "--eval-every", "2", "--eval-segments", "2"]
+    pipe = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = subprocess.Popen(command, cwd=REPO, env=nodes.env, start_new_session=True, **pipe)
+    try:
+        runs = Location(run)
+        assert wait_for(lambda: runs.is_file("checkpoint.pt") or job.poll() is not None, timeout=300), "no checkpoint"
+        assert job.poll() is None, job.communicate()[0]
+        ranks = [p for p in session_pids(nodes.worker_sid) if "RayTrainWorker" in process_args(p)]
+        assert ranks, "no rank ran on the second node"  # one CPU per node: the two ranks must be on different nodes
+        kill_session(nodes.worker_sid)
+        replace_second_node(nodes)
+        output, _ = job.communicate(timeout=600)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    assert job.returncode == 0, output
+    assert "resuming" in output, "the ranks did not restart from the checkpoint"
+    state = torch.load(io.BytesIO(runs.read_bytes("checkpoint.pt")), weights_only=False)
+    assert state["epoch"] == epochs - 1  # every epoch ran (0-based)
+    steps = math.ceil(math.ceil(train_videos / 2) / batch)  # per epoch, each rank its half
+    rows = list(csv.DictReader(io.StringIO(runs.read_text("metrics.csv"))))
+    trained = [(int(r["epoch"]), int(r["step"])) for r in rows if r["loss"]]
+    assert trained == [(s // steps, s) for s in range(epochs * steps)]  # each step once, none lost or repeated
+    assert [int(r["epoch"]) for r in rows if r["val_top1"]] == [1, 3]  # validated on both ranks' shards, gathered
+    assert runs.is_file("best.pt") and runs.is_file("curves.png")
 
 
 def process_args(pid: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, run_job
-from tests.helpers import synthetic_sample, write_dataset
+from tests.helpers import flags, synthetic_sample, write_dataset
 from trainers.loop import CHECKPOINT, TrainConfig, get_lr, load_checkpoint, run_training
 from trainers.metrics import confusion_matrix, confusion_png, fuse, mean_class_accuracy, topk_accuracy, video_metrics
 
@@ -85,7 +86,46 @@ def test_training_writes_checkpoints_metrics_and_resumes(tiny_dataset, tmp_path,
     assert state["epoch"] == 1 and state["step"] == 4  # continued, not restarted
     assert any(not torch.equal(first[k], v) for k, v in state["model"].items())
     rows = list(csv.DictReader((out / "metrics.csv").open()))
-    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]
+    assert [(int(r["step"]), bool(r["loss"]), bool(r["train_top1"])) for r in rows] == [
+        (0, True, False),
+        (1, True, False),
+        (2, False, True),  # the epoch's row, after its steps
+        (2, True, False),
+        (3, True, False),
+        (4, False, True),
+    ]
+    assert not any(r["val_top1"] for r in rows) and not (out / "best.pt").exists()  # no validation asked
+
+
+def test_validation_keeps_the_best_checkpoint_and_draws_the_curves(tmp_path, capsys):
+    write_dataset(
+        tmp_path / "data",
+        {
+            "train-000000.tar": [synthetic_sample(f"v{i}", i % 3) for i in range(6)],
+            "test-000000.tar": [synthetic_sample(f"t{i}", i % 3) for i in range(3)],
+        },
+    )
+    out = tmp_path / "run"
+    cfg = dataclasses.replace(tiny_config(tmp_path / "data", out, epochs=3), eval_every=2, eval_segments=2)
+    run_training(cfg)
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    validated = [r for r in rows if r["val_top1"]]
+    assert [int(r["epoch"]) for r in validated] == [1, 2]  # every 2nd epoch, and the last
+    scores = [float(r["val_top1"]) for r in validated]
+    assert all(0 <= float(r[k]) <= 1 for r in validated for k in ("val_top1", "val_top5", "val_mean_class"))
+    assert all(float(r["val_top5"]) == 1.0 for r in validated)  # 3 classes: every label is in the top 5
+    best = load_checkpoint(str(out / "best.pt"))
+    assert best["best"] == {"epoch": [1, 2][scores.index(max(scores))], "val_top1": max(scores)}  # the first best
+    assert best["epoch"] == best["best"]["epoch"] and load_checkpoint(out)["best"] == best["best"]
+    printed = capsys.readouterr().out
+    assert "test top-1" in printed and "(best " in printed
+    image = cv2.imread(str(out / "curves.png"))
+    assert image is not None and image.shape[0] >= 400 and image.shape[1] >= 1200  # three readable panels
+    # a resume keeps the best checkpoint and its validation rows
+    run_training(dataclasses.replace(cfg, epochs=4))
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows if r["val_top1"]] == [1, 2, 3]
+    assert load_checkpoint(out)["best"]["val_top1"] >= max(scores)
 
 
 def test_resume_refuses_a_different_model(tiny_dataset, tmp_path):
@@ -143,3 +183,20 @@ def test_train_job_errors_are_one_sentence(tmp_path):
     assert result.returncode == 2 and "not a finished flowshard dataset" in result.stderr and "Traceback" not in result.stderr
     result = run_job("jobs.evaluate", "--data", str(tmp_path), "--run", "flow=" + str(tmp_path / "none"))
     assert result.returncode == 2 and "not a finished flowshard dataset" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_cluster_without_room_for_the_ranks_stops_in_one_sentence(tiny_dataset, tmp_path):
+    ranks = (os.cpu_count() or 1) + 1  # one CPU each: embedded Ray can never place them all
+    out = tmp_path / "run"
+    result = run_job(
+        "jobs.train",
+        *flags(data=tiny_dataset, model="tsn_flow", out=out, epochs=1, input_size=32, loader_workers=0, print_freq=0),
+        *flags(workers=ranks, rank_wait=5, max_failures=1),
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: training stopped: the cluster could not place") and f"{ranks} ranks within 5 s (--rank-wait)" in last
+    assert "it wrote no checkpoint" in last and not (out / CHECKPOINT).exists()
