@@ -98,6 +98,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--workers", type=int, default=workers, help="DDP ranks on Ray Train; 1 = this process, no Ray (default %(default)s)"
     )
     parser.add_argument("--loader-workers", type=int, default=d.loader_workers, help="data loader processes per rank (default %(default)s)")
+    parser.add_argument(
+        "--decode-on-device",
+        action="store_true",
+        help="decode the frames on the training device (nvJPEG with --use-gpu) instead of in the loader workers, which then only "
+        "read the shards and choose: fewer CPU cores per GPU",
+    )
     parser.add_argument("--use-gpu", action="store_true", help="train on GPUs (one per rank), with mixed precision")
     parser.add_argument("--address", help="Ray cluster address for --workers > 1 (default: RAY_ADDRESS, else embedded Ray)")
     job = TrainJobConfig(train=d)
@@ -158,6 +164,7 @@ def config_from_args(args: argparse.Namespace) -> TrainJobConfig:
         flip=not args.no_flip,
         pretrained=args.pretrained,
         loader_workers=args.loader_workers,
+        decode_on_device=args.decode_on_device,
         use_gpu=args.use_gpu,
         seed=args.seed,
         print_freq=args.print_freq,

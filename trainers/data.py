@@ -4,8 +4,9 @@ The pipeline is one visible list of stages (`example_pipeline`): shard list (for
 rank and loader worker, so ranks with uneven shard counts never wait on each other; for evaluation split by
 node and worker, each shard read once) -> shards opened
 through `storage` (a local disk or object storage, read in large buffered blocks) -> tar members ->
-shuffle buffer -> `schemas.sample.decode_sample` -> `make_example`, which decodes only the frames the
-example uses. Members of other modalities are skipped while reading the tar (`member_filter`). A corrupt
+shuffle buffer -> `schemas.sample.decode_sample` -> `make_example`, which chooses the frames and crops
+(`select`) and decodes only the frames the example uses; or, with `decode_on`, the workers stop at the choice
+and the frames are decoded on the training device. Members of other modalities are skipped while reading the tar (`member_filter`). A corrupt
 shard or sample is skipped with a warning and counted.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -20,10 +22,11 @@ from functools import partial
 import numpy as np
 import torch
 import webdataset as wds
+from torchvision.io import ImageReadMode, decode_jpeg
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from schemas.dataset import SHARDS_DIR, read_dataset_info
-from schemas.sample import FLOW_MODALITIES, RGB, Sample, decode_flow, decode_flow_u8, decode_sample, member_filter
+from schemas.sample import FLOW_MODALITIES, RGB, Sample, decode_flow, decode_flow_u8, decode_image, decode_sample, member_filter
 from storage import Location, StorageError, join
 
 from .sampling import clip_indices, snippet_indices, tsn_offsets
@@ -87,64 +90,121 @@ class SkipCounter:
         return True
 
 
-def _frames_u8(sample: Sample, cfg: ExampleConfig, indices: np.ndarray) -> np.ndarray:
-    """The frames (RGB, (N, H, W, 3)) or flows (on the 0..255 scale of 8-bit flow images, (N, H, W, 2)) at
-    `indices`, each decoded once."""
-    decoded: dict[int, np.ndarray] = {}
-    for i in np.unique(indices):
-        if not cfg.is_flow:
-            decoded[int(i)] = sample.rgb_frame(int(i))
-        elif sample.meta.flow_encoding == "jpeg":
-            decoded[int(i)] = decode_flow_u8(sample.flow[cfg.modality][int(i)])
-        else:  # lossless flow: brought to the 0..255 scale of the 8-bit images, clipped at the bound as they are
-            bound = sample.meta.flow_bound
-            flow = decode_flow(sample.flow[cfg.modality][int(i)], sample.meta.flow_encoding, bound)
-            decoded[int(i)] = np.clip(255.0 * (flow + bound) / (2 * bound), 0.0, 255.0)
-    return np.stack([decoded[int(i)] for i in indices.ravel()])
+@dataclass(frozen=True)
+class Selection:
+    """One example's random choices, made in a loader worker, with the encoded members it needs (each once).
 
-
-def _views(stack: np.ndarray, cfg: ExampleConfig, train: bool, rng: np.random.Generator) -> list[torch.Tensor]:
-    """Crops of a (N, H, W, C) stack -> list of (N, C, S, S) float tensors in 0..255, flips applied."""
-    h, w = stack.shape[1:3]
-    flip = hflip_flow if cfg.is_flow else hflip_rgb
-    if train:
-        x = crop_resize(stack, multi_scale_crop_box(h, w, rng), cfg.input_size)
-        return [flip(x) if cfg.flip and rng.random() < 0.5 else x]
-    if cfg.crops == 1:
-        return [crop_resize(stack, center_box(h, w, cfg.input_size), cfg.input_size)]
-    if cfg.crops == 3:
-        return [crop_resize(stack, box, cfg.input_size) for box in three_crop_boxes(h, w, cfg.input_size)]
-    return [flip(v) if box[4] else v for box in ten_crop_boxes(h, w, cfg.input_size) for v in [crop_resize(stack, box, cfg.input_size)]]
-
-
-def make_example(sample: Sample, cfg: ExampleConfig, train: bool, rng: np.random.Generator) -> tuple[torch.Tensor, int, str]:
-    """One video -> (input, label, key).
-
-    Input shapes: TSN (K * crops, C, S, S) with C = 3 or 2L (channels x0, y0, x1, y1, ...);
-    I3D training (C, T, S, S), testing (clips * crops, C, T, S, S); C = 3 or 2.
+    `assemble` turns it into the network input. Kept apart from decoding so that the decoding can move to the
+    training device (`decode_on_device`) while the workers only read shards and choose.
     """
-    if cfg.modality != RGB and cfg.modality not in sample.flow:
-        raise ValueError(f"sample {sample.key} has no {cfg.modality} flow (it has {', '.join(sample.meta.modalities)})")
-    length = sample.meta.num_flows if cfg.is_flow else sample.meta.num_frames
+
+    key: str
+    label: int
+    members: list  # per distinct frame: RGB JPEG bytes, (x, y) flow JPEG bytes, or lossless flow decoded to 0..255
+    order: np.ndarray  # (n, T) positions in `members`: TSN (K, L) snippets, I3D (clips, T) clips
+    boxes: list[tuple[int, int, int, int, bool]]  # one view per box: (top, left, height, width, mirrored)
+    train: bool  # a training example (an I3D training input has no clips axis)
+
+
+def choose(length: int, height: int, width: int, cfg: ExampleConfig, train: bool, rng: np.random.Generator):
+    """The random choices of one example of a `length`-frame (or flow) video: (indices (n, T), view boxes)."""
     if cfg.arch == "tsn":
         snippet = cfg.new_length if cfg.is_flow else 1
         idx = snippet_indices(tsn_offsets(length, cfg.segments, snippet, train, rng), snippet, length)  # (K, L)
     else:
         idx = clip_indices(length, cfg.clip_len, cfg.interval, 1 if train else cfg.clips, train, rng)  # (clips, T)
-    views = _views(_frames_u8(sample, cfg, idx), cfg, train, rng)  # each (K*L or clips*T, C, S, S)
+    if train:
+        box = multi_scale_crop_box(height, width, rng)
+        return idx, [(*box, bool(cfg.flip and rng.random() < 0.5))]
+    if cfg.crops == 1:
+        return idx, [(*center_box(height, width, cfg.input_size), False)]
+    if cfg.crops == 3:
+        return idx, [(*box, False) for box in three_crop_boxes(height, width, cfg.input_size)]
+    return idx, ten_crop_boxes(height, width, cfg.input_size)
+
+
+def _member(sample: Sample, cfg: ExampleConfig, index: int):
+    """Frame or flow `index` as stored (JPEG bytes); lossless flow decoded to the 0..255 scale of the 8-bit
+    images, clipped at the bound as they are."""
+    if not cfg.is_flow:
+        return sample.rgb[index]
+    parts = sample.flow[cfg.modality][index]
+    if sample.meta.flow_encoding == "jpeg":
+        return parts
+    bound = sample.meta.flow_bound
+    flow = decode_flow(parts, sample.meta.flow_encoding, bound)
+    return np.clip(255.0 * (flow + bound) / (2 * bound), 0.0, 255.0).astype(np.float32)
+
+
+def select(sample: Sample, cfg: ExampleConfig, train: bool, rng: np.random.Generator) -> Selection:
+    """A video's example, chosen but not decoded."""
+    if cfg.modality != RGB and cfg.modality not in sample.flow:
+        raise ValueError(f"sample {sample.key} has no {cfg.modality} flow (it has {', '.join(sample.meta.modalities)})")
+    length = sample.meta.num_flows if cfg.is_flow else sample.meta.num_frames
+    idx, boxes = choose(length, sample.meta.height, sample.meta.width, cfg, train, rng)
+    distinct, order = np.unique(idx, return_inverse=True)
+    members = [_member(sample, cfg, int(i)) for i in distinct]
+    return Selection(sample.key, sample.meta.label, members, order.reshape(idx.shape), boxes, train)
+
+
+def decode_members(members: list, is_flow: bool) -> torch.Tensor:
+    """A selection's members -> (U, H, W, C) 0..255 on the CPU (OpenCV), as the loader workers decode."""
+    frames = [m if isinstance(m, np.ndarray) else decode_flow_u8(m) if is_flow else decode_image(m) for m in members]
+    return torch.from_numpy(np.stack(frames))
+
+
+def decode_members_on(selections: list[Selection], is_flow: bool, device: torch.device) -> list[torch.Tensor]:
+    """Every member of a batch of selections decoded in one batched `torchvision.io.decode_jpeg` call on
+    `device` (nvJPEG on a GPU) -> per selection (U, H, W, C) 0..255; lossless flow is only moved there."""
+    jpegs = [
+        torch.frombuffer(bytearray(part), dtype=torch.uint8)
+        for sel in selections
+        for m in sel.members
+        if not isinstance(m, np.ndarray)
+        for part in (m if is_flow else (m,))
+    ]
+    mode = ImageReadMode.GRAY if is_flow else ImageReadMode.RGB
+    with warnings.catch_warnings():  # torchvision 0.29 marks its image codecs deprecated (for TorchCodec); the pin has them
+        warnings.simplefilter("ignore", DeprecationWarning)
+        images = iter(decode_jpeg(jpegs, mode=mode, device=device) if jpegs else [])  # each (1 or 3, H, W)
+    out = []
+    for sel in selections:
+        frames = []
+        for m in sel.members:
+            if isinstance(m, np.ndarray):
+                frames.append(torch.from_numpy(m).to(device))
+            else:
+                frames.append(torch.cat([next(images), next(images)]).permute(1, 2, 0) if is_flow else next(images).permute(1, 2, 0))
+        out.append(torch.stack(frames).contiguous())
+    return out
+
+
+def assemble(sel: Selection, frames: torch.Tensor, cfg: ExampleConfig) -> torch.Tensor:
+    """A selection and its decoded members ((U, H, W, C), on any device) -> the network input.
+
+    Input shapes: TSN (K * crops, C, S, S) with C = 3 or 2L (channels x0, y0, x1, y1, ...);
+    I3D training (C, T, S, S), testing (clips * crops, C, T, S, S); C = 3 or 2.
+    """
+    stack = frames[torch.as_tensor(sel.order.ravel(), device=frames.device)]  # (K*L or clips*T, H, W, C)
+    flip = hflip_flow if cfg.is_flow else hflip_rgb
     norm = normalize_flow if cfg.is_flow else normalize_rgb
     out = []
-    for v in views:
-        v = norm(v)
+    for box in sel.boxes:
+        v = crop_resize(stack, box, cfg.input_size)
+        v = norm(flip(v) if box[4] else v)
         if cfg.arch == "tsn":
             out.append(stack_flow_channels(v, cfg.new_length) if cfg.is_flow else v)  # (K, C, S, S)
         else:
-            n, T = idx.shape
+            n, T = sel.order.shape
             out.append(v.view(n, T, *v.shape[1:]).transpose(1, 2))  # (clips, C, T, S, S)
     x = torch.cat(out, 0)
-    if cfg.arch == "i3d" and train:
-        x = x[0]
-    return x, sample.meta.label, sample.key
+    return x[0] if cfg.arch == "i3d" and sel.train else x
+
+
+def make_example(sample: Sample, cfg: ExampleConfig, train: bool, rng: np.random.Generator) -> tuple[torch.Tensor, int, str]:
+    """One video -> (input, label, key), decoded here (see `assemble` for the shapes)."""
+    sel = select(sample, cfg, train, rng)
+    return assemble(sel, decode_members(sel.members, cfg.is_flow), cfg), sel.label, sel.key
 
 
 def shard_urls(root: str, split: str) -> list[str]:
@@ -197,12 +257,13 @@ def _worker_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng([seed, rank, info.id if info else 0])
 
 
-def _examples(src, cfg: ExampleConfig, train: bool, seed: int, handler):
-    """Stage: Sample -> example; a sample that cannot be made into one is skipped through `handler`."""
+def _examples(src, cfg: ExampleConfig, train: bool, seed: int, handler, decode: bool = True):
+    """Stage: Sample -> example (or, with `decode` False, its `Selection`); a sample that cannot be made into one
+    is skipped through `handler`."""
     rng = _worker_rng(seed)
     for sample in src:
         try:
-            yield make_example(sample, cfg, train, rng)
+            yield make_example(sample, cfg, train, rng) if decode else select(sample, cfg, train, rng)
         except ValueError as exc:
             handler(ValueError(f"{sample.key}: {exc}"))
 
@@ -216,9 +277,10 @@ def example_pipeline(
     epoch_samples: int | None = None,
     world_size: int = 1,
     workers: int = 0,
+    decode: bool = True,
 ) -> wds.DataPipeline:
-    """The streaming dataset of examples; for training an endless resampled stream cut into epochs of
-    `epoch_samples` examples over all ranks and loader workers."""
+    """The streaming dataset of examples (of `Selection`s when `decode` is False); for training an endless
+    resampled stream cut into epochs of `epoch_samples` examples over all ranks and loader workers."""
     handler = SkipCounter()
     stages = [
         wds.ResampledShards(urls, seed=seed, deterministic=True) if train else wds.SimpleShardList(urls),
@@ -226,12 +288,32 @@ def example_pipeline(
         partial(tar_samples, handler=handler, select_files=member_filter((cfg.modality,))),  # skip other modalities
         *([wds.shuffle(shuffle_buffer, initial=shuffle_buffer // 2, seed=seed)] if train else []),
         wds.map(partial(decode_sample, modalities=(cfg.modality,)), handler=handler),
-        partial(_examples, cfg=cfg, train=train, seed=seed, handler=handler),
+        partial(_examples, cfg=cfg, train=train, seed=seed, handler=handler, decode=decode),
     ]
     pipeline = wds.DataPipeline(*stages)
     if train and epoch_samples:
         pipeline = pipeline.with_epoch(math.ceil(epoch_samples / (world_size * max(workers, 1))))
     return pipeline
+
+
+def as_list(batch: list) -> list:
+    """collate_fn for batches of `Selection`s: kept as they are, decoded later on the device."""
+    return batch
+
+
+class DecodedOnDevice:
+    """Batches of `Selection`s from the loader workers -> (inputs, labels, keys) as the plain loader gives,
+    decoded and assembled on `device` (one batched nvJPEG call per batch on a GPU), so that the workers only
+    read the shards and choose. On the CPU the inputs equal the workers' own."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, cfg: ExampleConfig, device: torch.device):
+        self.loader, self.cfg, self.device = loader, cfg, device
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        for batch in self.loader:
+            frames = decode_members_on(batch, self.cfg.is_flow, self.device)
+            x = torch.stack([assemble(sel, f, self.cfg) for sel, f in zip(batch, frames)])
+            yield x, torch.tensor([sel.label for sel in batch]), [sel.key for sel in batch]
 
 
 def make_loader(
@@ -244,8 +326,16 @@ def make_loader(
     seed: int = 0,
     epoch_samples: int | None = None,
     world_size: int = 1,
-) -> torch.utils.data.DataLoader:
-    """A DataLoader over `split` of a preprocessed dataset (see `example_pipeline`)."""
+    decode_on: torch.device | None = None,
+):
+    """A DataLoader over `split` of a preprocessed dataset (see `example_pipeline`), yielding (inputs, labels,
+    keys) batches; with `decode_on` the workers stop at the `Selection` and the frames are decoded on that
+    device (`DecodedOnDevice`)."""
     urls = shard_urls(root, split)
-    dataset = example_pipeline(urls, cfg, train, seed, epoch_samples=epoch_samples, world_size=world_size, workers=workers)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    dataset = example_pipeline(
+        urls, cfg, train, seed, epoch_samples=epoch_samples, world_size=world_size, workers=workers, decode=decode_on is None
+    )
+    if decode_on is None:
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=as_list)
+    return DecodedOnDevice(loader, cfg, decode_on)

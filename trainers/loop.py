@@ -73,6 +73,7 @@ class TrainConfig:
     flip: bool = True
     pretrained: str | None = None  # a 2D ImageNet state dict (torchvision names; a path or URI); nothing is downloaded
     loader_workers: int = 2
+    decode_on_device: bool = False  # decode the JPEGs in this process on the training device (nvJPEG), not in the workers
     use_gpu: bool = False
     amp: bool = True  # mixed precision, on a GPU only
     seed: int = 0
@@ -283,6 +284,11 @@ def _device(cfg: TrainConfig) -> torch.device:
     return torch.device("cpu")
 
 
+def _decode_on(cfg: TrainConfig, device: torch.device) -> torch.device | None:
+    """Where the loader's JPEGs are decoded: None = in the loader workers (OpenCV)."""
+    return device if cfg.decode_on_device else None
+
+
 def check_dataset(cfg: TrainConfig):
     """The dataset's description and its number of samples in the training split; ValueError when unusable."""
     info = read_dataset_info(cfg.data)
@@ -310,7 +316,9 @@ def validate(model: nn.Module, cfg: TrainConfig, split: str, device) -> dict:
 
     `model` is the plain module (not DDP's wrapper, whose forward would wait for ranks with fewer batches)."""
     example = cfg.example_config(crops=1, segments=cfg.eval_segments, clips=cfg.eval_segments)
-    loader = make_loader(cfg.data, split, example, train=False, batch_size=cfg.batch_size, workers=cfg.loader_workers)
+    loader = make_loader(
+        cfg.data, split, example, train=False, batch_size=cfg.batch_size, workers=cfg.loader_workers, decode_on=_decode_on(cfg, device)
+    )
     keys, labels, logits = evaluate(model, loader, device)
     parts = [(keys, labels, logits)]
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -391,6 +399,7 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
                 seed=cfg.seed * 1000 + epoch,  # a different draw of shards and crops each epoch, the same on a resume
                 epoch_samples=epoch_samples,
                 world_size=world,
+                decode_on=_decode_on(cfg, device),
             )
             stats, step = train_one_epoch(
                 model, criterion, optimizer, lr_at, loader, device, epoch, step, cfg.print_freq, scaler, cfg.clip_grad, on_step

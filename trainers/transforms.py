@@ -66,10 +66,10 @@ def ten_crop_boxes(height: int, width: int, size: int) -> list[tuple[int, int, i
     return [(top, left, s, s, flip) for flip in (False, True) for top, left in five]
 
 
-def crop_resize(stack: np.ndarray, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
-    """(N, H, W, C) uint8 -> (N, C, size, size) float32 in the original value range (0..255)."""
+def crop_resize(stack: np.ndarray | torch.Tensor, box: tuple[int, ...], size: int) -> torch.Tensor:
+    """(N, H, W, C) 0..255 (an array, or a tensor on any device) -> (N, C, size, size) float32 in the same range."""
     top, left, h, w = box[:4]
-    x = torch.from_numpy(np.ascontiguousarray(stack[:, top : top + h, left : left + w])).permute(0, 3, 1, 2).float()
+    x = torch.as_tensor(stack)[:, top : top + h, left : left + w].contiguous().permute(0, 3, 1, 2).float()
     if (h, w) != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return x
@@ -92,8 +92,8 @@ def hflip_flow(x: torch.Tensor) -> torch.Tensor:
 
 def normalize_rgb(x: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) in 0..255 -> ImageNet-normalised."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype).view(1, 3, 1, 1) * 255
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) * 255
     return (x - mean) / std
 
 

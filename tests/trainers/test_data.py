@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from schemas.sample import encode_flow
+from schemas.sample import Sample, encode_flow, encode_jpeg
 from tests.helpers import H, W, synthetic_sample, write_dataset
 from trainers.data import ExampleConfig, example_pipeline, make_example, make_loader, shard_urls
 
@@ -62,6 +62,39 @@ def test_flip_negates_flow_x_in_training_examples():
     cfg = ExampleConfig(arch="tsn", modality="tvl1", segments=1, new_length=2, input_size=32, flip=True)
     signs = {float(np.sign(make_example(sample, cfg, True, np.random.default_rng(s))[0][0, 0].mean().item())) for s in range(12)}
     assert signs == {1.0, -1.0}
+
+
+def textured_sample(key: str, label: int, encoding: str, seed: int) -> Sample:
+    """Noise frames and flows (what a decoder difference would show in), 48 x 40, 12 frames."""
+    rng = np.random.default_rng(seed)
+    sample = synthetic_sample(key, label, frames=12)
+    rgb = [encode_jpeg(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8), 90) for _ in range(12)]
+    flows = [encode_flow(rng.normal(0, 8, (40, 48, 2)).astype(np.float32), encoding) for _ in range(11)]
+    meta = replace(sample.meta, height=40, width=48, flow_encoding=encoding)
+    return Sample(meta=meta, rgb=rgb, flow={"tvl1": flows})
+
+
+@pytest.mark.parametrize(
+    "cfg, train, encoding",
+    [
+        (ExampleConfig(arch="tsn", modality="rgb", segments=3, input_size=32), True, "jpeg"),
+        (ExampleConfig(arch="tsn", modality="tvl1", segments=2, new_length=3, input_size=32, crops=10), False, "jpeg"),
+        (ExampleConfig(arch="i3d", modality="tvl1", clip_len=4, interval=2, input_size=24), True, "jpeg"),
+        (ExampleConfig(arch="i3d", modality="rgb", clip_len=4, clips=2, input_size=24, crops=3), False, "jpeg"),
+        (ExampleConfig(arch="tsn", modality="tvl1", segments=2, new_length=2, input_size=32), True, "png16"),
+    ],
+)
+def test_decoding_on_the_device_gives_the_workers_inputs_on_the_cpu(tmp_path, cfg, train, encoding):
+    """torchvision's decode_jpeg in the training process (nvJPEG on a GPU) against OpenCV in the workers: on the
+    CPU the same tensors, bit for bit, for every recipe and crop."""
+    write_dataset(tmp_path, {"train-000000.tar": [textured_sample(f"v{i}", i % 3, encoding, i) for i in range(5)]})
+    kwargs = dict(train=train, batch_size=2, workers=0, seed=3, epoch_samples=6 if train else None)
+    batches = list(make_loader(tmp_path, "train", cfg, **kwargs))
+    on_device = list(make_loader(tmp_path, "train", cfg, decode_on=torch.device("cpu"), **kwargs))
+    assert len(batches) == len(on_device) == 3
+    for (x, y, k), (dx, dy, dk) in zip(batches, on_device):
+        assert torch.equal(x, dx) and torch.equal(y, dy) and list(k) == list(dk)
+        assert x.std() > 0.1  # textured: a decoder or crop difference would show
 
 
 def test_round_trip_every_video_once_through_the_loader(tmp_path):

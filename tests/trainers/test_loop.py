@@ -17,7 +17,7 @@ import torch
 
 from tests.conftest import REPO, run_job
 from tests.helpers import flags, synthetic_sample, write_dataset
-from trainers.loop import CHECKPOINT, TrainConfig, get_lr, load_checkpoint, run_training
+from trainers.loop import BEST, CHECKPOINT, TrainConfig, get_lr, load_checkpoint, run_training
 from trainers.metrics import confusion_matrix, confusion_png, fuse, mean_class_accuracy, topk_accuracy, video_metrics
 
 
@@ -137,32 +137,22 @@ def test_resume_refuses_a_different_model(tiny_dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_training_run_resumes_from_its_last_checkpoint(tiny_dataset, tmp_path):
+def test_a_killed_training_run_resumes_from_its_last_checkpoint(tmp_path):
+    """Killed while validating every epoch; the resumed run (decoding in the training process this time) keeps
+    the best checkpoint and has every epoch's validation row once."""
+    data = tmp_path / "data"
+    write_dataset(
+        data,
+        {
+            "train-000000.tar": [synthetic_sample(f"v{i}", i % 3) for i in range(6)],
+            "test-000000.tar": [synthetic_sample(f"t{i}", i % 3) for i in range(3)],
+        },
+    )
     out = tmp_path / "run"
-    args = [
-        "--data",
-        str(tiny_dataset),
-        "--model",
-        "tsn_flow",
-        "--out",
-        str(out),
-        "--epochs",
-        "40",
-        "--batch-size",
-        "3",
-        "--input-size",
-        "32",
-        "--new-length",
-        "2",
-        "--segments",
-        "2",
-        "--loader-workers",
-        "0",
-        "--print-freq",
-        "0",
-    ]
+    common = ["--data", str(data), "--model", "tsn_flow", "--out", str(out), "--batch-size", "3", "--input-size", "32"]
+    common += ["--new-length", "2", "--segments", "2", "--loader-workers", "0", "--print-freq", "0", "--eval-every", "1"]
     job = subprocess.Popen(
-        [sys.executable, "-m", "jobs.train", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "jobs.train", *common, "--epochs", "40"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     deadline = time.monotonic() + 180
     while not (out / CHECKPOINT).is_file() and time.monotonic() < deadline and job.poll() is None:
@@ -172,10 +162,17 @@ def test_a_killed_training_run_resumes_from_its_last_checkpoint(tiny_dataset, tm
     job.wait()
     killed_at = load_checkpoint(out)["epoch"]
     assert killed_at < 39, "the run finished before it was killed"
-    result = run_job("jobs.train", *args[:-12], "--epochs", str(killed_at + 3), *args[-10:])
+    assert (out / BEST).is_file()
+    result = run_job("jobs.train", *common, "--epochs", str(killed_at + 3), "--decode-on-device")
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"resuming {out} after epoch {killed_at}" in result.stdout
-    assert load_checkpoint(out)["epoch"] == killed_at + 2
+    state = load_checkpoint(out)
+    assert state["epoch"] == killed_at + 2
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows if r["val_top1"]] == list(range(killed_at + 3))  # each epoch once
+    assert [int(r["step"]) for r in rows if r["loss"]] == list(range(2 * (killed_at + 3)))  # each step once
+    best = load_checkpoint(str(out / BEST))
+    assert best["best"] == state["best"] and best["best"]["val_top1"] == max(float(r["val_top1"]) for r in rows if r["val_top1"])
 
 
 def test_train_job_errors_are_one_sentence(tmp_path):
