@@ -2,12 +2,12 @@
 
 The pipeline is one visible list of stages (`example_pipeline`): shard list (for training resampled by every
 rank and loader worker, so ranks with uneven shard counts never wait on each other; for evaluation split by
-node and worker, each shard read once) -> shards opened
-through `storage` (a local disk or object storage, read in large buffered blocks) -> tar members ->
-shuffle buffer -> `schemas.sample.decode_sample` -> `make_example`, which chooses the frames and crops
-(`select`) and decodes only the frames the example uses; or, with `decode_on`, the workers stop at the choice
-and the frames are decoded on the training device. Members of other modalities are skipped while reading the tar (`member_filter`). A corrupt
-shard or sample is skipped with a warning and counted.
+node and worker, each shard read once) -> shards opened through `storage` (a local disk or object storage,
+read in large buffered blocks) -> tar members -> shuffle buffer -> `schemas.sample.decode_sample` ->
+`make_example`, which chooses the frames and crops (`select`) and decodes only the frames the example uses;
+or, with `decode_on`, the workers stop at the choice and the frames are decoded on the training device.
+Members of other modalities are skipped while reading the tar (`member_filter`). A corrupt shard or sample
+is skipped with a warning and counted.
 """
 
 from __future__ import annotations

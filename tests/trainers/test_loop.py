@@ -152,7 +152,11 @@ def test_a_killed_training_run_resumes_from_its_last_checkpoint(tmp_path):
     common = ["--data", str(data), "--model", "tsn_flow", "--out", str(out), "--batch-size", "3", "--input-size", "32"]
     common += ["--new-length", "2", "--segments", "2", "--loader-workers", "0", "--print-freq", "0", "--eval-every", "1"]
     job = subprocess.Popen(
-        [sys.executable, "-m", "jobs.train", *common, "--epochs", "40"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "jobs.train", *common, "--epochs", "40"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     deadline = time.monotonic() + 180
     while not (out / CHECKPOINT).is_file() and time.monotonic() < deadline and job.poll() is None:
