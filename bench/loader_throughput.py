@@ -1,121 +1,215 @@
-"""Loader throughput: TSN flow test sampling (25 segments x 5 flows) from shards vs a rawframes tree.
+"""Loader budget: training-time samples/s per loader worker, shards (local disk, S3) against a rawframes tree.
 
-    python bench/loader_throughput.py --data demo_out/data [--split test] [--workers 2] [--repeat 3]
+    python bench/loader_throughput.py [--data DATA] [--samples 96] [--repeat 2]
 
-The rawframes tree (mmaction2 layout: <video>/flow_x_00001.jpg, flow_y_00001.jpg, img_00001.jpg) is written
-from the shards' own JPEG bytes, so both loaders read identical images; both build the same input tensors
-(centre crop, normalisation) with the same number of DataLoader workers. Prints clips/s and file counts.
+The recipes are the published training set-ups: TSN flow (3 segments x 5 flows), TSN RGB (3 segments), I3D flow
+(64 consecutive flows), all with TSN's multi-scale crop to 224 px and random flips. Each source runs the same
+choice of frames and crops (`trainers.data.choose`) and the same decoding and assembling, in one DataLoader
+worker (so the figure is per worker; the main process only receives batches), timed from the first batch on:
+- a rawframes tree in mmaction2's layout (<video>/img_00001.jpg, flow_x_00001.jpg, flow_y_00001.jpg, frame
+  counts from the annotation list as mmaction2 reads them), each frame a file read then decoded by OpenCV, as
+  mmaction2's RawFrameDecode does, written from the shards' own JPEG bytes so both read identical images;
+- flowshard's shards on local disk, and on moto's S3 server on 127.0.0.1 (a Python server on the same two
+  cores: a floor for a real object store);
+- the shards with --decode-on-device: what a worker still does when the JPEGs are decoded on the GPU (the
+  decoding itself is not timed, there is no GPU here).
+Without --data, the real clips of ../shared/data/videos are preprocessed first (rgb + tvl1, short side 256,
+at most 72 frames) into a temporary folder. Then "cores per GPU" = what a GPU consumes / samples/s per worker.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
-import webdataset as wds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from schemas.sample import decode_sample  # noqa: E402
-from trainers.data import ExampleConfig, make_loader, shard_urls  # noqa: E402
-from trainers.sampling import snippet_indices, tsn_offsets  # noqa: E402
-from trainers.transforms import center_box, crop_resize, normalize_flow, stack_flow_channels  # noqa: E402
+import boto3  # noqa: E402
+
+from schemas.dataset import read_dataset_info  # noqa: E402
+from trainers.data import (  # noqa: E402
+    ExampleConfig,
+    Selection,
+    as_list,
+    assemble,
+    choose,
+    decode_members,
+    example_pipeline,
+    make_loader,
+    read_samples,
+    shard_urls,
+)
+
+CLIPS = ["Kop0sDqOn-c.mp4", "demo.mp4", "test.avi", "S001C001P001R001A001_rgb.avi"]
+RECIPES = {
+    "TSN flow, 3 x 5 flows": ExampleConfig(arch="tsn", modality="tvl1", segments=3, new_length=5),
+    "TSN RGB, 3 segments": ExampleConfig(arch="tsn", modality="rgb", segments=3),
+    "I3D flow, 64 flows": ExampleConfig(arch="i3d", modality="tvl1", clip_len=64, interval=1),
+}
+# What one GPU consumes in training (MMAction2's benchmark tables, V100, ResNet-50): TSN ~110 videos/s, I3D ~570
+# frames/s (64-frame clips: 8.9/s). TSN flow differs from TSN RGB in the first convolution only: the same figure.
+GPU_DEMAND = {"TSN flow, 3 x 5 flows": 110.0, "TSN RGB, 3 segments": 110.0, "I3D flow, 64 flows": 570.0 / 64}
 
 
-def export_rawframes(urls: list[str], root: Path, modality: str) -> int:
-    """Write the samples as an mmaction2 rawframes tree (1-based file numbers); returns the video count."""
-    count = 0
-    for members in wds.WebDataset(urls, shardshuffle=False):
+def export_rawframes(urls: list[str], root: Path) -> list[tuple[str, int, int, int, int, int]]:
+    """The samples as an mmaction2 rawframes tree (1-based file numbers); returns the annotation list:
+    (folder, frames, flows, label, height, width) per video."""
+    from schemas.sample import decode_sample
+
+    videos = []
+    for members in read_samples(urls):
         sample = decode_sample(members)
         folder = root / sample.key
         folder.mkdir(parents=True)
         for i, data in enumerate(sample.rgb, start=1):
             (folder / f"img_{i:05d}.jpg").write_bytes(data)
-        for i, (x, y) in enumerate(sample.flow[modality], start=1):
+        for i, (x, y) in enumerate(sample.flow["tvl1"], start=1):
             (folder / f"flow_x_{i:05d}.jpg").write_bytes(x)
             (folder / f"flow_y_{i:05d}.jpg").write_bytes(y)
-        count += 1
-    return count
+        meta = sample.meta
+        videos.append((str(folder), meta.num_frames, meta.num_flows, meta.label, meta.height, meta.width))
+    return videos
 
 
-class RawframesFlow(torch.utils.data.Dataset):
-    """The same TSN flow test example as trainers.data.make_example, read from a rawframes tree."""
+class Rawframes(torch.utils.data.Dataset):
+    """mmaction2's training read of a rawframes tree: every chosen frame a file, read, then decoded."""
 
-    def __init__(self, root: Path, cfg: ExampleConfig):
-        self.videos, self.cfg = sorted(p for p in root.iterdir() if p.is_dir()), cfg
+    def __init__(self, videos: list, cfg: ExampleConfig):
+        self.videos, self.cfg = videos, cfg
+        self.rng = np.random.default_rng(0)
 
     def __len__(self) -> int:
         return len(self.videos)
 
     def __getitem__(self, i: int):
-        folder, cfg = self.videos[i], self.cfg
-        flows = len(list(folder.glob("flow_x_*.jpg")))  # what rawframe loaders do: count files per video
-        idx = snippet_indices(tsn_offsets(flows, cfg.segments, cfg.new_length, False), cfg.new_length, flows)
-        stack = np.stack(
-            [np.stack([cv2.imread(str(folder / f"flow_{c}_{j + 1:05d}.jpg"), cv2.IMREAD_GRAYSCALE) for c in "xy"], -1) for j in idx.ravel()]
-        )
-        h, w = stack.shape[1:3]
-        x = normalize_flow(crop_resize(stack, center_box(h, w, cfg.input_size), cfg.input_size))
-        return stack_flow_channels(x, cfg.new_length), 0, folder.name
+        folder, frames, flows, label, height, width = self.videos[i]
+        cfg = self.cfg
+        idx, boxes = choose(flows if cfg.is_flow else frames, height, width, cfg, True, self.rng)
+        distinct, order = np.unique(idx, return_inverse=True)
+        if cfg.is_flow:
+            members = [tuple(Path(f"{folder}/flow_{c}_{j + 1:05d}.jpg").read_bytes() for c in "xy") for j in distinct]
+        else:
+            members = [Path(f"{folder}/img_{j + 1:05d}.jpg").read_bytes() for j in distinct]
+        sel = Selection(Path(folder).name, label, members, order.reshape(idx.shape), boxes, True)
+        return assemble(sel, decode_members(members, cfg.is_flow), cfg), label, sel.key
 
 
-def timed(loader) -> tuple[float, int]:
-    start, n = time.perf_counter(), 0
-    for x, _, _ in loader:
-        n += len(x)
-    return time.perf_counter() - start, n
+def rate(loader, batch_size: int) -> float:
+    """Samples/s from the first batch on (the worker's start and first shard open excluded)."""
+    n, start = 0, None
+    for batch in loader:
+        if start is None:
+            start = time.perf_counter()
+            continue
+        n += len(batch) if isinstance(batch[0], Selection) else len(batch[1])
+    return n / (time.perf_counter() - start)
 
 
-def disk_usage(paths: list[Path]) -> int:
-    """Bytes allocated on disk (whole blocks, as small files really cost)."""
-    return sum(p.stat().st_blocks * 512 for p in paths)
+def source_rates(data: str, s3_data: str, videos: list, cfg: ExampleConfig, samples: int, batch: int) -> dict[str, float]:
+    """Samples/s of one loader worker per source, for one recipe."""
+    sampler = torch.utils.data.RandomSampler(range(len(videos)), replacement=True, num_samples=samples)
+    raw = torch.utils.data.DataLoader(Rawframes(videos, cfg), batch_size=batch, sampler=sampler, num_workers=1)
+    kwargs = dict(train=True, batch_size=batch, workers=1, epoch_samples=samples)
+    selections = example_pipeline(shard_urls(data, "train"), cfg, True, epoch_samples=samples, workers=1, decode=False)
+    return {
+        "rawframes": rate(raw, batch),
+        "shards, local": rate(make_loader(data, "train", cfg, **kwargs), batch),
+        "shards, S3 (moto)": rate(make_loader(s3_data, "train", cfg, **kwargs), batch),
+        "shards, decode on device": rate(torch.utils.data.DataLoader(selections, batch_size=batch, num_workers=1, collate_fn=as_list), batch),
+    }
+
+
+def preprocess_clips(videos: Path, out: str) -> str:
+    """The real clips as a train split (rgb + tvl1, short side 256, at most 72 frames); returns the dataset."""
+    from pipeline.datasets import load_dataset
+    from pipeline.decode import DecodeConfig
+    from pipeline.preprocess import PreprocessConfig, run_preprocess
+    from pipeline.ray_tasks import ray_session
+    from pipeline.shards import ProcessConfig
+    from schemas.manifest import manifest_table, write_manifest
+
+    names = [n for n in CLIPS if (videos / n).is_file()]
+    if not names:
+        raise SystemExit(f"no clips in {videos}; pass --data")
+    (Path(out) / "list.csv").parent.mkdir(parents=True, exist_ok=True)
+    (Path(out) / "list.csv").write_text("".join(f"{n},c{i % 2},train\n" for i, n in enumerate(names)))
+    manifest = load_dataset("csv", f"{out}/list.csv", str(videos))
+    write_manifest(manifest_table(manifest.records, manifest.classes, manifest.dataset), f"{out}/m.parquet")
+    process = ProcessConfig(modalities=("rgb", "tvl1"), decode=DecodeConfig(short_side=256, max_frames=72))
+    with ray_session(None):
+        run_preprocess(PreprocessConfig(f"{out}/m.parquet", f"{out}/data", process, videos_per_shard=2), print_fn=print)
+    return f"{out}/data"
+
+
+def upload(data: str, bucket: str) -> str:
+    """A copy of the dataset folder in the bucket; returns its URI."""
+    from storage import Location
+
+    target = Location(f"{bucket}/data")
+    for path in Path(data).rglob("*"):
+        if path.is_file():
+            target.write_bytes(path.read_bytes(), str(path.relative_to(data)))
+    return target.uri
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="a dataset written by jobs.preprocess with the flow modality")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--modality", default="tvl1")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=3, help="passes over the split per loader (best one reported)")
-    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--data", help="a local dataset with rgb and tvl1 and a train split (default: preprocess the real clips)")
+    parser.add_argument("--videos", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"))
+    parser.add_argument("--samples", type=int, default=96, help="training samples per source and recipe")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=2, help="runs per source (best one reported)")
     args = parser.parse_args()
-    try:
-        urls = shard_urls(args.data, args.split)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    cfg = ExampleConfig(arch="tsn", modality=args.modality, segments=25, new_length=5, input_size=args.input_size, crops=1)
+    from tests.conftest import s3_env, start_moto, stop_process
+
     work = Path(tempfile.mkdtemp(prefix="flowshard-loader-"))
+    server = None
     try:
-        videos = export_rawframes(urls, work / "rawframes", args.modality)
-        shard_seconds = min(
-            timed(make_loader(args.data, args.split, cfg, train=False, batch_size=1, workers=args.workers))[0] for _ in range(args.repeat)
-        )
-        raw_loader = torch.utils.data.DataLoader(RawframesFlow(work / "rawframes", cfg), batch_size=1, num_workers=args.workers)
-        raw_seconds = min(timed(raw_loader)[0] for _ in range(args.repeat))
-        shard_files = [Path(u) for u in urls]
-        raw = [p for p in (work / "rawframes").rglob("*") if p.is_file()]
-        print(
-            f"{videos} {args.split} videos of {args.data}; TSN flow test sampling: 25 segments x 5 flows, "
-            f"{args.input_size}px centre crop; {args.workers} loader workers; best of {args.repeat}\n"
-        )
-        print("| source | clips/s | ratio | files | MB on disk |")
-        print("|---|---|---|---|---|")
-        print(f"| rawframes tree (cv2.imread) | {videos / raw_seconds:.1f} | 1.00 | {len(raw)} | {disk_usage(raw) / 2**20:.1f} |")
-        print(
-            f"| flowshard shards (webdataset) | {videos / shard_seconds:.1f} | {raw_seconds / shard_seconds:.2f} | "
-            f"{len(shard_files)} | {disk_usage(shard_files) / 2**20:.1f} |"
-        )
+        data = args.data or preprocess_clips(Path(args.videos), str(work))
+        info = read_dataset_info(data)
+        videos = export_rawframes(shard_urls(data, "train"), work / "rawframes")
+        server, port = start_moto()
+        os.environ.update(s3_env(port))
+        bucket = f"s3://bench-{uuid.uuid4().hex[:8]}"
+        boto3.client("s3").create_bucket(Bucket=bucket.removeprefix("s3://"))
+        s3_data = upload(data, bucket)
+        results = {}
+        for name, cfg in RECIPES.items():
+            runs = [source_rates(data, s3_data, videos, cfg, args.samples, args.batch_size) for _ in range(args.repeat)]
+            results[name] = {source: max(r[source] for r in runs) for source in runs[0]}
+            print(f"{name}: " + ", ".join(f"{s} {v:.1f}/s" for s, v in results[name].items()), flush=True)
     finally:
+        if server is not None:
+            stop_process(server)
         shutil.rmtree(work, ignore_errors=True)
+    frames = sum(v[1] for v in videos)
+    size = f"{videos[0][5]}x{videos[0][4]}"
+    print(
+        f"\n{len(videos)} train videos of {data} ({frames} frames, {size} and alike, {', '.join(info.modalities)}); "
+        f"{args.samples} training samples per run, batch {args.batch_size}, ONE loader worker, best of {args.repeat}; "
+        "224 px multi-scale crops, flips\n"
+    )
+    sources = list(next(iter(results.values())))
+    print("| recipe | " + " | ".join(f"{s} (samples/s per worker)" for s in sources) + " |")
+    print("|---|" + "---|" * len(sources))
+    for name, r in results.items():
+        base = r["rawframes"]
+        print(f"| {name} | " + " | ".join(f"{v:.1f} ({v / base:.2f}x)" for v in r.values()) + " |")
+    print("\nCores per GPU: loader workers (one core each) a GPU needs to be kept fed, at MMAction2's published rates\n")
+    print("| recipe | GPU consumes (samples/s) | rawframes | shards, local | shards, S3 (moto) | shards, decode on device |")
+    print("|---|---|---|---|---|---|")
+    for name, r in results.items():
+        need = GPU_DEMAND[name]
+        print(f"| {name} | {need:.1f} | " + " | ".join(f"{need / r[s]:.1f}" for s in sources) + " |")
     return 0
 
 

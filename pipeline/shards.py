@@ -46,7 +46,7 @@ from .video_flow import VideoFlow
 
 PROGRESS_DIR = "_progress"  # one completion record per finished shard
 DONE_SUFFIX = ".done.json"
-TAR_MTIME = 0.0  # fixed member times: the same input gives byte-identical shards
+TAR_MTIME = 0  # fixed member times: the same input gives byte-identical shards (an int: a float adds a PAX record per member)
 FRAME_CHUNK = 64  # frames decoded at a time when no flow is computed
 
 
