@@ -1,8 +1,9 @@
 """No behaviour change from a refactor: this checkout and a reference commit, given the same videos and the same
 command lines, write the same manifest and the same shards, byte for byte.
 
-The reference is the last commit before the code-health refactor. Move it forward only in a commit that
-changes the output on purpose, and say there what changed and why.
+The reference is the last commit that changed the output on purpose (29b3dfc: member times as an int, so no PAX
+record per member; before it, the last commit before the code-health refactor). Move it forward only in a commit
+that changes the output on purpose, and say there what changed and why.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tests.conftest import REPO, run_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
-REFERENCE = "efab90968b113d0f1aabe896e3e5830195316359"
+REFERENCE = "29b3dfca5c27189e16126d06520c9200392bf6e4"
 
 # A probe appended to the reference copy's pipeline/shards.py wraps `process_shard`: every call writes its pid and
 # the file it came from, so the test can prove the shard tasks ran the reference code, not this checkout.
