@@ -120,11 +120,12 @@ def source_rates(data: str, s3_data: str, videos: list, cfg: ExampleConfig, samp
     raw = torch.utils.data.DataLoader(Rawframes(videos, cfg), batch_size=batch, sampler=sampler, num_workers=1)
     kwargs = dict(train=True, batch_size=batch, workers=1, epoch_samples=samples)
     selections = example_pipeline(shard_urls(data, "train"), cfg, True, epoch_samples=samples, workers=1, decode=False)
+    choosing = torch.utils.data.DataLoader(selections, batch_size=batch, num_workers=1, collate_fn=as_list)
     return {
         "rawframes": rate(raw, batch),
         "shards, local": rate(make_loader(data, "train", cfg, **kwargs), batch),
         "shards, S3 (moto)": rate(make_loader(s3_data, "train", cfg, **kwargs), batch),
-        "shards, decode on device": rate(torch.utils.data.DataLoader(selections, batch_size=batch, num_workers=1, collate_fn=as_list), batch),
+        "shards, decode on device": rate(choosing, batch),
     }
 
 
