@@ -32,7 +32,7 @@ def _number(field: bytes) -> int:
 
 
 def _read(stream: BinaryIO, size: int, offset: int) -> bytes:
-    data = stream.read(size)
+    data = stream.read(size) if size else b""
     if len(data) != size:
         raise TarError(f"the tar ends inside a member at byte {offset + len(data)}")
     return data
@@ -80,11 +80,9 @@ def read_members(stream: BinaryIO, select: Callable[[str], bool] | None = None) 
                 name = header[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape") + "/" + name
         next_name = None
         offset += BLOCK
-        if kind in _LONG_NAME:
-            next_name = _long_name(kind, _read(stream, size, offset))
-        elif kind in _REGULAR and (select is None or select(name)):
-            yield name, _read(stream, size, offset)
-        else:
-            _read(stream, size, offset)
-        _read(stream, padding, offset + size)
+        data = _read(stream, size + padding, offset)  # one read: the data and its padding to the next block
         offset += size + padding
+        if kind in _LONG_NAME:
+            next_name = _long_name(kind, data[:size])
+        elif kind in _REGULAR and (select is None or select(name)):
+            yield name, data[:size] if padding else data

@@ -56,8 +56,8 @@ def test_unselected_members_are_read_past():
 
 
 def test_a_corrupt_or_cut_tar_is_an_error_naming_the_byte():
-    data, _ = tar_bytes(tarfile.PAX_FORMAT, 0)
-    second = 512 + (-(-len(_[0][1]) // 512)) * 512  # the second member's header
+    data, members = tar_bytes(tarfile.PAX_FORMAT, 0)
+    second = 512 + -(-len(members[0][1]) // 512) * 512  # the second member's header: after the first's data blocks
     broken = bytearray(data)
     broken[second + 10] ^= 0xFF
     reader = read_members(io.BytesIO(bytes(broken)))
