@@ -200,7 +200,8 @@ def main() -> int:
         "224 px multi-scale crops, flips\n"
     )
     sources = list(next(iter(results.values())))
-    print("| recipe | " + " | ".join(f"{s} (samples/s per worker)" for s in sources) + " |")
+    print("Samples/s per loader worker (against the rawframes tree)\n")
+    print("| recipe | " + " | ".join(sources) + " |")
     print("|---|" + "---|" * len(sources))
     for name, r in results.items():
         base = r["rawframes"]

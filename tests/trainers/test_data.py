@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import multiprocessing as mp
 from dataclasses import replace
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from schemas.sample import Sample, encode_flow, encode_jpeg
+from tests.conftest import REPO
 from tests.helpers import H, W, synthetic_sample, write_dataset
 from trainers.data import ExampleConfig, example_pipeline, make_example, make_loader, shard_urls
 
@@ -180,3 +182,23 @@ def test_uneven_shards_across_ranks_do_not_hang(tmp_path):
         p.kill()
     assert not alive, "a rank hung"
     assert dict(results) == {0: 5, 1: 5}
+
+
+def test_the_loader_benchmarks_rawframes_tree_makes_the_same_examples(tmp_path):
+    """bench/loader_throughput.py compares storage layouts only if its mmaction2-style rawframes reader makes
+    the examples the shard loader makes: the same frames, crops, flips and decoding, from files."""
+    spec = importlib.util.spec_from_file_location("loader_throughput", REPO / "bench" / "loader_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    samples = [textured_sample(f"v{i}", i, "jpeg", i) for i in range(2)]
+    write_dataset(tmp_path / "data", {"train-000000.tar": samples})
+    videos = bench.export_rawframes(shard_urls(tmp_path / "data", "train"), tmp_path / "raw")
+    assert len(list((tmp_path / "raw" / "v1").glob("flow_x_*.jpg"))) == 11 and (tmp_path / "raw" / "v1" / "img_00012.jpg").is_file()
+    for cfg in bench.RECIPES.values():
+        cfg = replace(cfg, input_size=24)
+        raw = bench.Rawframes(videos, cfg)
+        for i, sample in enumerate(samples):
+            raw.rng = np.random.default_rng(i)
+            x, label, key = raw[i]
+            expected = make_example(sample, cfg, True, np.random.default_rng(i))
+            assert torch.equal(x, expected[0]) and (label, key) == expected[1:]
