@@ -31,6 +31,7 @@ demo: $(STAMP)
 	$(PY) -m jobs.make_synthetic --out $(DEMO_DIR)/videos --classes 4 --videos-per-class 12 --size 96x72 --frames 12
 	$(PY) -m jobs.manifest ucf101 --annotations $(DEMO_DIR)/videos --videos $(DEMO_DIR)/videos --split 1 --out $(DEMO_DIR)/manifest.parquet
 	$(PY) -m jobs.preprocess --manifest $(DEMO_DIR)/manifest.parquet --out $(DEMO_DIR)/data --modalities rgb,tvl1 --videos-per-shard 8 --progress-seconds 15
+	$(PY) -m jobs.inspect $(DEMO_DIR)/data
 	$(PY) -m jobs.train --data $(DEMO_DIR)/data --model tsn_flow --out $(DEMO_DIR)/runs/flow $(DEMO_TRAIN) --epochs 20
 	$(PY) -m jobs.train --data $(DEMO_DIR)/data --model tsn_rgb --out $(DEMO_DIR)/runs/rgb $(DEMO_TRAIN) --epochs 4
 	$(PY) -m jobs.evaluate --data $(DEMO_DIR)/data --run rgb=$(DEMO_DIR)/runs/rgb --run flow=$(DEMO_DIR)/runs/flow --segments 25 --fusion rgb=1,flow=1.5 --loader-workers 1 --json $(DEMO_DIR)/metrics.json

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import cv2
+import io
+
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+COUNTS_UP_TO = 30  # classes up to which confusion.png writes every cell's count and every class's name
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -54,19 +59,52 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int
     return cm
 
 
-def confusion_png(cm: np.ndarray, classes: list[str], cell: int = 24) -> bytes:
-    """A row-normalised confusion matrix as PNG bytes (rows: true class, columns: predicted), classes labelled."""
+def most_confused(cm: np.ndarray, classes: list[str], k: int = 20) -> list[tuple[str, str, int, float]]:
+    """The `k` largest off-diagonal cells: (true class, predicted class, videos, fraction of the true class)."""
+    off = cm.astype(np.int64).copy()
+    np.fill_diagonal(off, 0)
+    totals = np.maximum(cm.sum(axis=1), 1)
+    order = np.argsort(off, axis=None, kind="stable")[::-1][:k]
+    pairs = [np.unravel_index(i, cm.shape) for i in order]
+    return [(classes[t], classes[p], int(off[t, p]), off[t, p] / totals[t]) for t, p in pairs if off[t, p] > 0]
+
+
+def confusion_png(cm: np.ndarray, classes: list[str], title: str = "") -> bytes:
+    """A confusion matrix as PNG bytes: rows the true class, columns the predicted one, coloured by the fraction
+    of the true class's videos. Up to `COUNTS_UP_TO` classes every cell shows its count and every class its
+    name; beyond, the most-confused pairs are listed beside the heat map. The size grows with the classes."""
     n = len(classes)
     rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    grid = cv2.resize((255 * (1 - rows)).astype(np.uint8), (n * cell, n * cell), interpolation=cv2.INTER_NEAREST)
-    margin = 8 * max(len(c) for c in classes) + 8 if n <= 60 else 0
-    image = np.full((n * cell + margin, n * cell + margin, 3), 255, np.uint8)
-    image[margin:, margin:] = cv2.applyColorMap(grid, cv2.COLORMAP_BONE)
-    if margin:
-        for i, name in enumerate(classes):
-            label = np.full((cell, margin, 3), 255, np.uint8)
-            cv2.putText(label, name, (2, cell // 2 + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
-            span = slice(margin + i * cell, margin + (i + 1) * cell)
-            image[span, :margin] = label  # true class, left of its row
-            image[:margin, span] = cv2.rotate(label, cv2.ROTATE_90_COUNTERCLOCKWISE)  # predicted, above its column
-    return cv2.imencode(".png", image)[1].tobytes()
+    side = min(max(5.0, 0.42 * n + 2.5), 16.0)  # inches of the heat map: ~0.4 per class, then denser
+    listed = most_confused(cm, classes) if n > COUNTS_UP_TO else []
+    figure = Figure(figsize=(side + (6.5 if listed else 1.5), side + 1.0), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    heat, *rest = figure.subplots(1, 2, width_ratios=[side, 6.0]) if listed else [figure.subplots()]
+    image = heat.imshow(rows, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    figure.colorbar(image, ax=heat, fraction=0.04, pad=0.02, label="fraction of the true class's videos")
+    heat.set(xlabel="predicted class", ylabel="true class")
+    total = int(cm.sum())
+    accuracy = np.trace(cm) / max(total, 1)
+    heat.set_title(title or f"confusion matrix: {total} videos, {n} classes, top-1 {100 * accuracy:.1f}%")
+    names = n <= 120  # UCF101's 101 names still fit, small; Kinetics' 400 would be a black smear
+    font = min(9.0, 0.55 * 72 * side / n)  # points: about half a cell's height
+    if names:
+        heat.set_xticks(range(n), classes, rotation=90, fontsize=font)
+        heat.set_yticks(range(n), classes, fontsize=font)
+    else:
+        heat.set(xticks=[], yticks=[])
+    if n <= COUNTS_UP_TO:
+        for t in range(n):
+            for p in range(n):
+                if cm[t, p]:
+                    dark = rows[t, p] > 0.5
+                    heat.text(p, t, str(int(cm[t, p])), ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    if listed:
+        table = rest[0]
+        table.axis("off")
+        lines = ["most confused pairs", "videos  % of true  true class -> predicted", ""]
+        lines += [f"{v:>6}  {100 * f:7.1f}%  {t} -> {p}" for t, p, v, f in listed]
+        table.text(0, 0.98, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=9, transform=table.transAxes)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()

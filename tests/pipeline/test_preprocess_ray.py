@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,11 +13,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
+from pipeline.report import failure_reason
 from pipeline.synthetic import SyntheticConfig, class_direction, class_names, generate_dataset
 from schemas.dataset import read_dataset_info
 from schemas.manifest import read_manifest
@@ -113,6 +116,28 @@ def test_embedded_run_records_every_bad_input(dataset, embedded_run):
         row = results[name]
         assert row["status"] == "failed" and row["reason"].startswith(reason), row
         assert "\n" not in row["reason"]
+
+
+def test_inspect_summarises_the_run_from_its_tables(dataset, embedded_run):
+    """jobs.inspect: the counts printed are index.parquet's and results.parquet's, failures by reason with their
+    videos; summary.png drawn."""
+    out, _ = embedded_run
+    result = run_job("jobs.inspect", str(out), "--png", str(out.parent / "summary.png"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    index = pq.read_table(out / "index.parquet").to_pylist()
+    results = pq.read_table(out / "results.parquet").to_pylist()
+    failed = [r for r in results if r["status"] != "ok"]
+    assert f"{len(index)} videos in the shards, {len(failed)} failed" in result.stdout
+    for split in {r["split"] for r in results}:
+        videos = sum(r["split"] == split for r in index)
+        frames = sum(r["frames"] for r in index if r["split"] == split)
+        bad = sum(r["split"] == split for r in failed)
+        assert re.search(rf"^{split}\s+{videos}\s+{bad}\s+{frames}\s", result.stdout, re.M), result.stdout
+    for row in failed:
+        assert re.search(rf"^\s+\d+\s+{re.escape(failure_reason(row['reason']))}: .*{row['video_id']}", result.stdout, re.M)
+    assert "took " in result.stdout and "built with: " in result.stdout
+    image = cv2.imread(str(out.parent / "summary.png"))
+    assert image is not None and image.shape[:2] == (900, 1600)
 
 
 def test_index_and_dataset_json_match_the_shards(dataset, embedded_run):

@@ -18,7 +18,7 @@ import torch
 from tests.conftest import REPO, run_job
 from tests.helpers import flags, synthetic_sample, write_dataset
 from trainers.loop import BEST, CHECKPOINT, TrainConfig, get_lr, load_checkpoint, run_training
-from trainers.metrics import confusion_matrix, confusion_png, fuse, mean_class_accuracy, topk_accuracy, video_metrics
+from trainers.metrics import confusion_matrix, confusion_png, fuse, mean_class_accuracy, most_confused, topk_accuracy, video_metrics
 
 
 def test_lr_warmup_then_cosine_or_steps():
@@ -45,11 +45,20 @@ def test_metrics():
         fuse({"a": scores}, {"a": 1, "c": 1})
 
 
-def test_confusion_matrix_png():
+def test_confusion_matrix_png_grows_with_the_classes_and_lists_the_most_confused():
     cm = confusion_matrix(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), 3)
     assert cm.tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
-    image = cv2.imdecode(np.frombuffer(confusion_png(cm, ["walk", "run", "jump"]), np.uint8), cv2.IMREAD_COLOR)
-    assert image is not None and image.shape[0] == image.shape[1] > 3 * 24
+    small = cv2.imdecode(np.frombuffer(confusion_png(cm, ["walk", "run", "jump"]), np.uint8), cv2.IMREAD_COLOR)
+    assert small is not None and min(small.shape[:2]) >= 500
+    rng = np.random.default_rng(0)
+    big = np.diag(rng.integers(5, 30, 101)) + rng.poisson(0.2, (101, 101))
+    big[7, 3] = 40  # the most confused pair: 40 of class 7's videos predicted as class 3
+    classes = [f"class{i}" for i in range(101)]
+    pairs = most_confused(big, classes)
+    assert pairs[0] == ("class7", "class3", 40, 40 / big[7].sum()) and len(pairs) == 20
+    assert [p[2] for p in pairs] == sorted((p[2] for p in pairs), reverse=True)
+    image = cv2.imdecode(np.frombuffer(confusion_png(big, classes), np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape[0] > 2 * small.shape[0] and image.shape[1] > image.shape[0]  # larger, the pairs listed beside
 
 
 @pytest.fixture
