@@ -28,7 +28,10 @@ def _number(field: bytes) -> int:
     if field[0] & 0x80:
         return int.from_bytes(field[1:], "big")
     text = field.split(b"\0", 1)[0].strip()
-    return int(text, 8) if text else 0
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:
+        raise TarError(f"not an octal number in a tar header: {text[:12]!r}") from None
 
 
 def _read(stream: BinaryIO, size: int, offset: int) -> bytes:
@@ -43,7 +46,9 @@ def _long_name(kind: bytes, data: bytes) -> str | None:
     if kind == b"L":
         return data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
     while data:  # records "LENGTH key=value\n"
-        length, _, rest = data.partition(b" ")
+        length = data.partition(b" ")[0]
+        if not length.isdigit():
+            raise TarError(f"a corrupt PAX record (length {length[:12]!r})")
         n = int(length)
         record, data = data[:n][len(length) + 1 : -1], data[n:]
         key, _, value = record.partition(b"=")

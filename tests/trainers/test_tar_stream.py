@@ -66,3 +66,13 @@ def test_a_corrupt_or_cut_tar_is_an_error_naming_the_byte():
         next(reader)
     with pytest.raises(TarError, match="the tar ends inside a member"):
         list(read_members(io.BytesIO(data[: second + 600])))
+
+
+def test_a_corrupt_pax_record_is_a_tar_error():
+    """The PAX record's body is not under the header checksum: its damage must still be a TarError (which the
+    loader skips with a warning), not a bare ValueError that would stop the training."""
+    data, _ = tar_bytes(tarfile.PAX_FORMAT, 0.0)  # a PAX record before every member
+    start = data.index(b" mtime=") - 2  # the record's length digits
+    broken = data[:start] + b"z" + data[start + 1 :]
+    with pytest.raises(TarError, match="corrupt PAX record"):
+        list(read_members(io.BytesIO(broken)))
