@@ -17,12 +17,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 
 import torch
 import torch.fx.experimental._config as fx_config
-from torch._dynamo.utils import counters
 
 from .ops import (
     divergence,
@@ -182,7 +182,12 @@ class Kernels:
 
     @property
     def compiles(self) -> int:
-        """Graphs compiled so far in this process (by any compiled function)."""
+        """Graphs compiled so far in this process (by any compiled function). Dynamo is imported only by a
+        first compile: importing it costs every process ~3 s of CPU, which a solver that never compiles skips."""
+        if "torch._dynamo" not in sys.modules:
+            return 0
+        from torch._dynamo.utils import counters
+
         return counters["frames"]["ok"]
 
     def params(self, cfg: TVL1Config, device: torch.device) -> torch.Tensor:

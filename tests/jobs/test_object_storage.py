@@ -23,14 +23,14 @@ from schemas.manifest import read_manifest
 from schemas.sample import decode_sample
 from storage import TMP_MARK, Location, join
 from tests.conftest import REPO, incomplete_uploads, run_job
-from tests.helpers import BAD_REASONS, write_bad_inputs
+from tests.helpers import BAD_REASONS, QUICK_FLOW, write_bad_inputs
 from trainers.data import read_samples
 from trainers.metrics import video_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 SMALL = SyntheticConfig(classes=4, videos_per_class=4, width=64, height=48, frames=8, seed=7)
-PREPROCESS = ["--videos-per-shard", "5", "--modalities", "rgb,tvl1", "--size", "64x48", "--progress-seconds", "2"]
+PREPROCESS = ["--videos-per-shard", "5", "--modalities", "rgb,tvl1", "--size", "64x48", "--progress-seconds", "2", *QUICK_FLOW]
 
 
 def upload_tree(local: Path, uri: str) -> None:

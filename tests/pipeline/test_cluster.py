@@ -26,6 +26,7 @@ import webdataset as wds
 from pipeline.synthetic import SyntheticConfig, class_names, generate_dataset
 from storage import Location, join
 from tests.conftest import REPO, free_port, incomplete_uploads, run_job, wait_for
+from tests.helpers import QUICK_FLOW
 from trainers.data import read_samples
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -33,7 +34,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 RAY = str(Path(sys.executable).parent / "ray")
 TINY = SyntheticConfig(classes=2, videos_per_class=3, width=64, height=48, frames=6, seed=11)
 LONGER = SyntheticConfig(classes=3, videos_per_class=4, width=96, height=72, frames=16, seed=12)
-FAST = ["--progress-seconds", "2", "--modalities", "rgb,tvl1"]
+FAST = ["--progress-seconds", "2", "--modalities", "rgb,tvl1", *QUICK_FLOW]
 
 
 @dataclass

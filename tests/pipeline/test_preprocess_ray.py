@@ -25,12 +25,12 @@ from schemas.dataset import read_dataset_info
 from schemas.manifest import read_manifest
 from schemas.sample import decode_sample
 from tests.conftest import REPO, SHARED_DATA, free_port, run_job, wait_for
-from tests.helpers import BAD_REASONS, flags, write_bad_inputs
+from tests.helpers import BAD_REASONS, QUICK_FLOW, flags, write_bad_inputs
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 SMALL = SyntheticConfig(classes=4, videos_per_class=4, width=64, height=48, frames=8, seed=2)
-FAST = ["--progress-seconds", "2", "--size", "64x48"]
+FAST = ["--progress-seconds", "2", "--size", "64x48", *QUICK_FLOW]
 EMBEDDED = dict(videos_per_shard=5, modalities="rgb,tvl1,warp_tvl1")  # the module's embedded run
 
 
