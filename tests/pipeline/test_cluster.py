@@ -138,8 +138,10 @@ def stop_two_nodes(nodes: TwoNodes) -> None:
 
 
 @pytest.fixture(scope="module")
-def two_nodes(tmp_path_factory):
-    nodes = start_two_nodes(tmp_path_factory.mktemp("cluster"))
+def two_nodes(tmp_path_factory, s3_server):
+    """One two-node cluster for the module (a node costs most of a minute here), its nodes able to reach the test
+    S3 server. The last test kills and replaces the second node; `worker_sid` follows the replacement."""
+    nodes = start_two_nodes(tmp_path_factory.mktemp("cluster"), extra_env=s3_server.env)
     try:
         yield nodes
     finally:
@@ -196,60 +198,57 @@ def test_a_shared_local_out_is_verified_and_used_by_both_nodes(two_nodes):
     assert Counter(keys) == Counter(e.relpath.rsplit("/", 1)[-1].removesuffix(".mp4") for e in entries)
 
 
-def test_preprocessing_and_training_on_s3_survive_losing_the_second_node(s3_server, bucket, tmp_path):
+def test_preprocessing_and_training_on_s3_survive_losing_the_second_node(two_nodes, bucket):
     """A preprocessing run to S3 loses the second node mid-upload; then DDP training with a rank on each node,
     from those shards to an S3 run folder, loses its (replacement) second node after the first checkpoint and
-    goes on from that checkpoint once a new node joins. One cluster for both: a node costs a minute here."""
-    nodes = start_two_nodes(tmp_path / "cluster", extra_env=s3_server.env)
+    goes on from that checkpoint once a new node joins. Last in the module: it replaces the second node."""
+    nodes = two_nodes
+    manifest = nodes.shared / "m.parquet"
+    entries = csv_manifest(nodes.shared / "videos", manifest, LONGER)
+    out = f"{bucket}/out"
+    job = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jobs.preprocess",
+            "--manifest",
+            str(manifest),
+            "--out",
+            out,
+            "--address",
+            nodes.address,
+            "--videos-per-shard",
+            "2",
+            "--progress-seconds",
+            "1",
+            "--modalities",
+            "rgb,tvl1",
+        ],
+        cwd=REPO,
+        env=nodes.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        manifest = nodes.shared / "m.parquet"
-        entries = csv_manifest(nodes.shared / "videos", manifest, LONGER)
-        out = f"{bucket}/out"
-        job = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "jobs.preprocess",
-                "--manifest",
-                str(manifest),
-                "--out",
-                out,
-                "--address",
-                nodes.address,
-                "--videos-per-shard",
-                "2",
-                "--progress-seconds",
-                "1",
-                "--modalities",
-                "rgb,tvl1",
-            ],
-            cwd=REPO,
-            env=nodes.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            busy = wait_for(lambda: [p for p in session_pids(nodes.worker_sid) if "ray::_run_shard" in process_args(p)], timeout=180)
-            assert busy, "no shard task ran on the second node"
-            time.sleep(1.0)  # into its videos, mid-upload
-            kill_session(nodes.worker_sid)  # the node is gone: raylet, workers, everything
-            output, _ = job.communicate(timeout=600)
-        finally:
-            if job.poll() is None:
-                os.killpg(job.pid, signal.SIGKILL)
-                job.wait()
-        assert job.returncode == 0, output
-        assert f"{len(entries)} ok, 0 failed" in output, output
-        shards = Location(out).list("shards")
-        assert shards and all(name.endswith(".tar") for name in shards), shards
-        keys = [m["__key__"] for m in read_samples([join(out, "shards", n) for n in shards])]
-        assert Counter(keys) == Counter(e.relpath.rsplit("/", 1)[-1].removesuffix(".mp4") for e in entries)
-        assert incomplete_uploads(bucket) == [], "the lost attempt's upload was aborted"
-        train_and_lose_the_second_node(nodes, out, join(bucket, "runs", "flow"), sum(e.split == "train" for e in entries))
+        busy = wait_for(lambda: [p for p in session_pids(nodes.worker_sid) if "ray::_run_shard" in process_args(p)], timeout=180)
+        assert busy, "no shard task ran on the second node"
+        time.sleep(1.0)  # into its videos, mid-upload
+        kill_session(nodes.worker_sid)  # the node is gone: raylet, workers, everything
+        output, _ = job.communicate(timeout=600)
     finally:
-        stop_two_nodes(nodes)
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    assert job.returncode == 0, output
+    assert f"{len(entries)} ok, 0 failed" in output, output
+    shards = Location(out).list("shards")
+    assert shards and all(name.endswith(".tar") for name in shards), shards
+    keys = [m["__key__"] for m in read_samples([join(out, "shards", n) for n in shards])]
+    assert Counter(keys) == Counter(e.relpath.rsplit("/", 1)[-1].removesuffix(".mp4") for e in entries)
+    assert incomplete_uploads(bucket) == [], "the lost attempt's upload was aborted"
+    train_and_lose_the_second_node(nodes, out, join(bucket, "runs", "flow"), sum(e.split == "train" for e in entries))
 
 
 def replace_second_node(nodes: TwoNodes) -> None:
