@@ -285,9 +285,9 @@ def write_long_video(path, frames: int, h: int = 360, w: int = 480) -> None:
 
 
 @pytest.mark.slow
-def test_a_video_twice_as_long_raises_peak_memory_by_less_than_a_quarter(tmp_path):
+def test_a_video_twice_as_long_raises_peak_memory_by_less_than_15_percent(tmp_path):
     peaks = {}
-    for frames in (1000, 2000):
+    for frames in (500, 1000):
         path = tmp_path / f"long{frames}.mp4"
         write_long_video(path, frames)
         script = MEMORY_SCRIPT.format(repo=str(REPO))
@@ -296,9 +296,9 @@ def test_a_video_twice_as_long_raises_peak_memory_by_less_than_a_quarter(tmp_pat
         )
         assert result.returncode == 0, result.stderr[-3000:]
         peaks[frames] = int(result.stdout.strip().splitlines()[-1]) / 1024  # MB
-    # Holding every decoded frame (RGB and gray, as flowshard 0.1 did) would add 1000 * 480 * 360 * 4 bytes = 690 MB,
-    # over a third of such a worker's peak; chunks and encoded bytes add a few percent.
-    assert peaks[2000] < 1.25 * peaks[1000], peaks
+    # Holding every decoded frame (RGB and gray, as flowshard 0.1 did) would add 500 * 480 * 360 * 4 bytes = 345 MB,
+    # over a quarter of such a worker's ~1.2 GB peak; chunks and encoded bytes add a few percent (1.04-1.07 here).
+    assert peaks[1000] < 1.15 * peaks[500], peaks
 
 
 # --- the run report --------------------------------------------------------------------------------------
