@@ -13,6 +13,14 @@ EXIT_USAGE = 2  # bad flags or input files, as argparse uses
 USER_ERRORS = (ValueError, StorageError)  # what a job reports as one sentence (no traceback)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse.ArgumentParser whose errors are one `error:` line and exit status 2, as every job promises: the
+    usage block is for --help, not for a mistyped flag."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
+
+
 def fail(message: str) -> int:
     """Print a one-sentence error for the user (no traceback) and return the usage exit code."""
     print(f"error: {message}", file=sys.stderr)
@@ -32,13 +40,13 @@ def check_locations(*paths: str | None) -> None:
             Location(path).check()
 
 
-def cli(get_args_parser, config_from_args, main) -> int:
-    """Run a job from the command line: parse flags, build the config, run `main`.
+def cli(get_args_parser, config_from_args, main, argv: list[str] | None = None) -> int:
+    """Run a job from the command line (or `argv`): parse flags, build the config, run `main`.
 
     A ValueError while building the config (a flag value the config rejects), or a user error (ValueError,
     StorageError) that `main` lets through, becomes a one-sentence error.
     """
-    args = get_args_parser().parse_args()
+    args = get_args_parser().parse_args(argv)
     try:
         return main(config_from_args(args))
     except USER_ERRORS as exc:

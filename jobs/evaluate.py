@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from jobs.common import check_locations, cli, write_config
+from jobs.common import ArgumentParser, check_locations, cli, write_config
 from schemas.dataset import read_dataset_info
-from storage import Location, parent
+from storage import Location, join, parent
 from trainers.data import CROPS, make_loader
 from trainers.loop import build, config_from_checkpoint, evaluate, load_checkpoint
 from trainers.metrics import confusion_matrix, confusion_png, fuse, softmax, video_metrics
@@ -60,7 +60,7 @@ def _weights(text: str) -> tuple[tuple[str, float], ...]:
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m jobs.evaluate",
         description="Segment-sampled (TSN) evaluation of one or more trained streams, with late fusion.",
         add_help=add_help,
@@ -142,6 +142,8 @@ def score_stream(cfg: EvaluateConfig, run: str, num_classes: int, device) -> tup
 
 def main(cfg: EvaluateConfig) -> int:
     check_locations(cfg.data, cfg.json, cfg.out, *(run for _, run in cfg.runs))
+    if cfg.json and Location(cfg.json).is_dir():  # refused before the evaluation, not when writing after it
+        raise ValueError(f"--json {cfg.json} is a folder; give a file such as {join(cfg.json, 'metrics.json')}")
     device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
     info = read_dataset_info(cfg.data)
     keys, labels, scores = score_streams(cfg, len(info.classes), device)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from jobs.common import check_locations, cli
+from jobs.common import ArgumentParser, check_locations, cli
 from pipeline.summary import summarize, summary_lines, summary_png
 from storage import Location, join
 
@@ -25,7 +25,7 @@ class InspectConfig:
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m jobs.inspect",
         description="Print what a preprocessed dataset holds and draw it as summary.png (reads its tables, not its shards).",
         add_help=add_help,

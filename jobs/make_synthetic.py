@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.common import cli, parse_size, write_config
+from jobs.common import ArgumentParser, cli, parse_size, write_config
 from pipeline.synthetic import SyntheticConfig, class_names, generate_dataset
 
 
@@ -25,7 +25,7 @@ class MakeSyntheticConfig:
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     d = SyntheticConfig()
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m jobs.make_synthetic",
         description="Write a synthetic action dataset whose classes differ only in motion direction "
         "(one frame carries no class information; optical flow does).",

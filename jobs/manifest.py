@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from jobs.common import check_locations, cli, fail, write_config
+from jobs.common import ArgumentParser, check_locations, cli, fail, write_config
 from pipeline.datasets import DATASETS, load_dataset, summarize
 from schemas.manifest import manifest_table, write_manifest
 from storage import basename
@@ -28,7 +28,7 @@ class ManifestConfig:
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m jobs.manifest",
         description="Read a dataset's official annotation files into one manifest (one row per video).",
         add_help=add_help,

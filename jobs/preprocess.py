@@ -10,7 +10,7 @@ import argparse
 import ast
 from dataclasses import dataclass
 
-from jobs.common import check_locations, cli, parse_size, write_config
+from jobs.common import ArgumentParser, check_locations, cli, parse_size, write_config
 from pipeline.decode import PIXEL_GRIDS, DecodeConfig
 from pipeline.flow import PRESETS
 from pipeline.preprocess import PreprocessConfig, format_summary, run_preprocess
@@ -52,7 +52,7 @@ def _flow_param(text: str) -> tuple[str, object]:
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m jobs.preprocess",
         description="Decode the videos of a manifest, compute optical flow, and write WebDataset shards "
         "(OUT/shards/<split>-NNNNNN.tar) with OUT/index.parquet, OUT/results.parquet and OUT/dataset.json. "

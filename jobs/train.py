@@ -16,7 +16,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 
-from jobs.common import check_locations, cli
+from jobs.common import ArgumentParser, check_locations, cli
 from storage import Location, join
 from trainers.loop import BEST, CHECKPOINT, CURVES_PNG, METRICS_CSV, TrainConfig, check_dataset, run_training
 from trainers.models import MODELS
@@ -50,7 +50,7 @@ class RunStopped(Exception):
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     d = TrainConfig(data="", model="tsn_rgb", out="")
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m jobs.train", description="Train a two-stream (TSN) or I3D stream from flowshard shards.", add_help=add_help
     )
     parser.add_argument(

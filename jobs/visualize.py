@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from jobs.common import check_locations, cli, fail
+from jobs.common import ArgumentParser, check_locations, cli, fail
 from pipeline.flow import flow_to_color
 from schemas.sample import FLOW_MODALITIES, decode_sample
 from storage import Location
@@ -30,7 +30,7 @@ class VisualizeConfig:
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m jobs.visualize",
         description="Write an RGB frame and its optical flows (colour wheel) of one sample as a PNG.",
         add_help=add_help,

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from storage import Location
@@ -104,7 +105,10 @@ def read_manifest(path: str) -> tuple[list[VideoRecord], list[str]]:
         StorageError: its store cannot be reached.
     """
     source = Location(path)
-    if not source.is_file():
+    kind = source.info().type
+    if kind == pafs.FileType.Directory:
+        raise ValueError(f"manifest {path} is a folder, not a file; pass the .parquet file `python -m jobs.manifest --out` wrote")
+    if kind != pafs.FileType.File:
         raise ValueError(f"manifest {path} does not exist; build one with `python -m jobs.manifest`")
     try:
         table = pq.read_table(source.open_input_file())

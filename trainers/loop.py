@@ -140,10 +140,27 @@ def build(cfg: TrainConfig, num_classes: int) -> nn.Module:
         weights = Location(cfg.pretrained)
         if not weights.is_file():
             raise ValueError(f"pretrained weights {cfg.pretrained} not found; pass a .pth state dict (nothing is downloaded)")
-        pretrained = torch.load(io.BytesIO(weights.read_bytes()), map_location="cpu", weights_only=True)
+        pretrained = read_state_dict(cfg.pretrained, weights.read_bytes())
     return build_model(
         cfg.model, num_classes=num_classes, backbone=cfg.backbone, new_length=cfg.new_length, pretrained=pretrained, dropout=cfg.dropout
     )
+
+
+def read_state_dict(name: str, data: bytes) -> dict:
+    """A state dict from a file's bytes (a plain one, or the "model"/"state_dict" entry of a checkpoint); a file
+    that is none is a ValueError in one sentence, not an unpickling traceback."""
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle, zip and torch errors alike mean "not a PyTorch file"
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        fix = "pass a .pth file of torch.save(model.state_dict())"
+        raise ValueError(f"pretrained weights {name} are not a PyTorch state dict ({reason}); {fix}") from None
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"pretrained weights {name} hold no state dict of tensors; pass a .pth file of torch.save(model.state_dict())")
+    return state
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -360,6 +377,8 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
     info, epoch_samples = check_dataset(cfg)
     out = Location(cfg.out)
     model = build(cfg, len(info.classes)).to(device)
+    if cfg.pretrained and rank == 0:
+        print(f"pretrained weights {cfg.pretrained}: {model.pretrained_summary}", flush=True)
     optimizer = make_optimizer(cfg, model)
     start_epoch, step, best = _resume(cfg, out, model, optimizer, len(info.classes), verbose=rank == 0)
     val_split = validation_split(cfg, info.counts.get("samples", {}))

@@ -35,9 +35,32 @@ def resolve_params(preset: str, params: dict) -> tuple[TVL1Config, HomographyCon
     if unknown:
         valid = ", ".join(sorted(tvl1_names | homography_names))
         raise ValueError(f"unknown flow parameter(s) {', '.join(unknown)}; valid: {valid}")
+    params = {k: _typed(TVL1Config if k in tvl1_names else HomographyConfig, k, v) for k, v in params.items()}
     tvl1 = PRESETS[preset].replace(**{k: v for k, v in params.items() if k in tvl1_names})
     homography = HomographyConfig(**{k: v for k, v in params.items() if k in homography_names})
     return tvl1, homography
+
+
+_KINDS = {"float": "a number", "int": "a whole number", "bool": "true or false", "str": "a word", "None": "none"}
+
+
+def _typed(cls, name: str, value):
+    """`value` as the type `cls` declares for `name` (an int where a float is declared becomes a float), or a
+    ValueError naming the parameter and what it takes: warps=abc is refused here, not by a comparison deep inside."""
+    declared = [t.strip() for t in str({f.name: f.type for f in dataclasses.fields(cls)}[name]).split("|")]
+    if value is None and "None" in declared:
+        return None
+    if isinstance(value, bool):
+        if "bool" in declared:
+            return value
+    elif isinstance(value, int) and ("int" in declared or "float" in declared):
+        return value if "int" in declared else float(value)
+    elif isinstance(value, float) and "float" in declared:
+        return value
+    elif isinstance(value, str) and "str" in declared:
+        return value
+    kinds = " or ".join(_KINDS.get(t, t) for t in declared)
+    raise ValueError(f"flow parameter {name} takes {kinds}, got {value!r}")
 
 
 def _check_pair(prev, nxt) -> None:

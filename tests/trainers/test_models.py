@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 
 import pytest
 import torch
@@ -105,3 +106,32 @@ def test_load_pretrained_adapts_the_stem_and_drops_a_foreign_classifier(tmp_path
     assert i3d.backbone.conv1.conv.conv.weight.shape == (64, 3, 7, 7, 7)
     with pytest.raises(ValueError, match="has shape"):
         load_pretrained(nn.Linear(3, 4), {"weight": torch.zeros(5, 3)}, in_chans=3, num_classes=4, classifier="head")
+
+
+def test_pretrained_weights_say_what_was_loaded_and_foreign_ones_are_refused(tmp_path):
+    resnet = torchvision.models.resnet18(weights=None).state_dict()
+    model = build_model("tsn_flow", num_classes=7, pretrained=resnet)
+    summary = model.pretrained_summary
+    assert f"of the model's {len(model.state_dict())} tensors loaded" in summary and "\n" not in summary
+    assert "backbone.conv1.weight adapted from 3 to 10 input channels" in summary and "for 7 classes" in summary
+    googlenet = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True).state_dict()
+    assert (
+        "inflated to 3D, the stem adapted to 2 channels" in build_model("i3d_flow", num_classes=7, pretrained=googlenet).pretrained_summary
+    )
+    with pytest.raises(ValueError, match="none of the .* tensors of the pretrained weights"):
+        build_model("i3d_rgb", num_classes=7, pretrained=resnet)  # ResNet weights for an Inception network
+
+
+def test_a_file_that_is_not_a_state_dict_is_one_sentence(tmp_path):
+    from trainers.loop import read_state_dict
+
+    with pytest.raises(ValueError, match=r"^pretrained weights w.csv are not a PyTorch state dict \(.*\); pass a \.pth") as error:
+        read_state_dict("w.csv", b"a,b\n1,2\n")
+    assert "\n" not in str(error.value)
+    buffer = io.BytesIO()
+    torch.save([1, 2], buffer)
+    with pytest.raises(ValueError, match="hold no state dict of tensors"):
+        read_state_dict("list.pth", buffer.getvalue())
+    buffer = io.BytesIO()
+    torch.save({"model": {"w": torch.ones(2)}, "epoch": 3}, buffer)  # a checkpoint: its model's weights
+    assert torch.equal(read_state_dict("ckpt.pt", buffer.getvalue())["w"], torch.ones(2))

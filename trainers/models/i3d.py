@@ -110,15 +110,19 @@ def kaiming_init(net: nn.Module) -> None:
 class I3D(nn.Module):
     """Inflated Inception-v1 for clips (B, C, T, H, W), C = 3 (RGB) or 2 (flow x, y)."""
 
+    pretrained_summary: str | None = None  # what `pretrained` loaded into the 2D network, in one line
+
     def __init__(self, in_chans: int, num_classes: int, dropout: float = 0.5, pretrained: dict | None = None):
         super().__init__()
         net = torchvision.models.googlenet(weights=None, aux_logits=False, transform_input=False, init_weights=False)
         if pretrained is None:
             kaiming_init(net)
         else:
-            load_pretrained(
+            self.pretrained_summary = load_pretrained(
                 net, {k: v for k, v in pretrained.items() if not k.startswith(("fc.", "aux"))}, in_chans=3, num_classes=num_classes
             )
+            stem = f", the stem adapted to {in_chans} channels" if in_chans != 3 else ""
+            self.pretrained_summary += f"; inflated to 3D{stem}, a new classifier for {num_classes} classes"
         if in_chans != 3:
             old = net.conv1.conv
             net.conv1.conv = nn.Conv2d(in_chans, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 
 def adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
@@ -37,31 +33,50 @@ def inflate_conv_weight(weight: torch.Tensor, time: int) -> torch.Tensor:
     return weight.unsqueeze(2).repeat(1, 1, time, 1, 1) / time
 
 
-def load_pretrained(model: nn.Module, state_dict: dict, *, in_chans: int, num_classes: int, classifier: str = "fc") -> None:
+def load_pretrained(model: nn.Module, state_dict: dict, *, in_chans: int, num_classes: int, classifier: str = "fc") -> str:
     """Copy 2D (ImageNet) weights into `model`, adapting the first conv's channels and inflating 2D kernels
-    where the model's are 3D; a classifier of another size is dropped. Logs missing/unexpected keys.
+    where the model's are 3D; a classifier of another size is dropped. Returns one line saying what was loaded,
+    adapted, inflated, dropped and left unused.
 
     Raises:
-        ValueError: a weight whose shape cannot be adapted (names the key).
+        ValueError: a weight whose shape cannot be adapted (names the key), or no weight of the file fits a
+            layer of the model (weights of another architecture).
     """
     own = model.state_dict()
-    loaded = {}
+    loaded, adapted, inflated, dropped = {}, [], 0, []
     for key, value in state_dict.items():
         if key not in own:
             continue
         target = own[key]
         if key.startswith(classifier + ".") and value.shape != target.shape:
-            log.info("dropping classifier %s %s (model has %s for %d classes)", key, tuple(value.shape), tuple(target.shape), num_classes)
+            dropped.append(key)
             continue
         if value.ndim in (4, 5) and value.shape[1] == 3 and target.shape[1] == in_chans != 3:
             value = adapt_input_conv(in_chans, value)
+            adapted.append(key)
         if value.ndim == 4 and target.ndim == 5:
             value = inflate_conv_weight(value, target.shape[2])
+            inflated += 1
         if value.shape != target.shape:
             raise ValueError(f"pretrained weight {key} has shape {tuple(value.shape)}, the model needs {tuple(target.shape)}")
         loaded[key] = value
-    missing, unexpected = model.load_state_dict(loaded, strict=False)
-    unused = sorted(set(state_dict) - set(loaded))
-    log.info("loaded %d pretrained tensors; %d missing in the file, %d in the file unused", len(loaded), len(missing), len(unused))
+    if not loaded:
+        theirs = ", ".join(list(state_dict)[:3])
+        raise ValueError(
+            f"none of the {len(state_dict)} tensors of the pretrained weights (such as {theirs}) is a layer of this model; "
+            "pass weights of its architecture with torchvision's names"
+        )
+    missing, _ = model.load_state_dict(loaded, strict=False)
+    unused = len(state_dict) - len(loaded) - len(dropped)
+    parts = [f"{len(loaded)} of the model's {len(own)} tensors loaded"]
+    if adapted:
+        parts.append(f"{', '.join(adapted)} adapted from 3 to {in_chans} input channels (cross-modality init)")
+    if inflated:
+        parts.append(f"{inflated} kernels inflated to 3D")
+    if dropped:
+        parts.append(f"classifier {', '.join(dropped)} dropped (the model has {num_classes} classes)")
+    if unused:
+        parts.append(f"{unused} tensors of the file unused")
     if missing:
-        log.info("missing: %s", ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+        parts.append(f"{len(missing)} left as initialised (such as {missing[0]})")
+    return "; ".join(parts)

@@ -14,6 +14,8 @@ BACKBONES = {"resnet18": torchvision.models.resnet18, "resnet50": torchvision.mo
 class TSN(nn.Module):
     """TSN over a torchvision ResNet. Input (B, K, C, H, W) with C = 3 (RGB) or 2L (stacked flow)."""
 
+    pretrained_summary: str | None = None  # what `tsn(pretrained=...)` loaded, in one line
+
     def __init__(self, backbone: str, in_chans: int, num_classes: int, dropout: float = 0.5):
         super().__init__()
         if backbone not in BACKBONES:
@@ -64,5 +66,6 @@ def tsn(
     model = TSN(backbone, in_chans, num_classes, dropout)
     if pretrained is not None:
         backbone_state = {f"backbone.{k}": v for k, v in pretrained.items() if not k.startswith("fc.")}
-        load_pretrained(model, backbone_state, in_chans=in_chans, num_classes=num_classes)
+        model.pretrained_summary = load_pretrained(model, backbone_state, in_chans=in_chans, num_classes=num_classes)
+        model.pretrained_summary += f"; the file's classifier replaced by one for {num_classes} classes"
     return model

@@ -1,0 +1,81 @@
+"""Every wrong input is one sentence: each command, given a bad flag or a file of the wrong kind, prints exactly
+one stderr line, `error:` first, exits with status 2 and writes nothing.
+
+The commands run in this process through `jobs.common.cli`, the entry `python -m jobs.X` uses (a process per row
+would spend 5-10 s importing torch each); `tests/pipeline/test_preprocess_ray.py` runs the same errors as processes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+from jobs.common import cli
+from tests.helpers import synthetic_sample, write_dataset
+
+PRE = ["--manifest", "{tmp}/m.parquet", "--out", "{tmp}/o"]
+TRAIN = ["--data", "{tmp}/data", "--model", "tsn_rgb", "--out", "{tmp}/run"]
+# (command, flags with {tmp} for the test's folder, what the one line must say)
+CASES = [
+    (
+        "preprocess",
+        [*PRE, "--flow-param", "warps=abc"],
+        "flow parameter warps takes a whole number",
+    ),
+    (
+        "preprocess",
+        [*PRE, "--flow-param", "lambda=abc"],
+        "flow parameter lambda_ takes a number",
+    ),
+    ("preprocess", [*PRE, "--flow-param", "warps=0"], "warps must be at least 1"),
+    ("preprocess", [*PRE, "--modalities", "rgb,farneback"], "unknown modality 'farneback'"),
+    ("preprocess", [*PRE, "--size", "40"], "WIDTHxHEIGHT"),
+    ("preprocess", [*PRE, "--flow-param", "lamda=0.1"], "unknown flow parameter(s) lamda"),
+    ("preprocess", [*PRE, "--address", "http://127.0.0.1:8265"], "is a dashboard URL"),
+    ("preprocess", [*PRE, "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    ("preprocess", ["--out", "{tmp}/o"], "the following arguments are required: --manifest"),
+    ("preprocess", ["--manifest", "{tmp}/data", "--out", "{tmp}/o"], "is a folder, not a file"),
+    ("manifest", ["kinetics9", "--annotations", "{tmp}", "--videos", "{tmp}", "--out", "{tmp}/m.parquet"], "invalid choice: 'kinetics9'"),
+    ("train", ["--data", "{tmp}/data", "--model", "tsn_sound", "--out", "{tmp}/run"], "invalid choice: 'tsn_sound'"),
+    ("train", [*TRAIN, "--epochs", "two"], "invalid int value: 'two'"),
+    (
+        "train",
+        [*TRAIN, "--pretrained", "{tmp}/w.csv"],
+        "not a PyTorch state dict",
+    ),
+    ("evaluate", ["--data", "{tmp}/data", "--run", "x={tmp}/run", "--json", "{tmp}/data"], "is a folder; give a file such as"),
+    ("evaluate", ["--data", "{tmp}/data"], "the following arguments are required: --run"),
+    ("inspect", ["{tmp}/data", "--colour"], "unrecognized arguments: --colour"),
+    ("make_synthetic", ["--out", "{tmp}/v", "--size", "big"], "WIDTHxHEIGHT"),
+    ("visualize", ["--data", "{tmp}/data", "--out", "{tmp}/f.png", "--index", "middle"], "invalid int value: 'middle'"),
+]
+
+
+def files(root: Path) -> set[Path]:
+    return set(root.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """A small dataset and a CSV posing as weights; the rows name only these and paths that do not exist."""
+    tmp = tmp_path_factory.mktemp("inputs")
+    write_dataset(tmp / "data", {"train-000000.tar": [synthetic_sample(f"v{i}", i % 2) for i in range(2)]})
+    (tmp / "w.csv").write_text("a,b\n1,2\n")
+    return tmp
+
+
+@pytest.mark.parametrize("command,argv,message", CASES, ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(CASES)])
+def test_a_wrong_input_is_one_error_line_exit_2_and_nothing_written(inputs, command, argv, message, capsys):
+    job = importlib.import_module(f"jobs.{command}")
+    before = files(inputs)
+    try:
+        status = cli(job.get_args_parser, job.config_from_args, job.main, [a.format(tmp=inputs) for a in argv])
+    except SystemExit as exit:  # argparse's errors exit (with jobs.common.ArgumentParser: one line, status 2)
+        status = exit.code
+    err = capsys.readouterr().err
+    assert status == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert files(inputs) == before, "a refused command wrote files"
