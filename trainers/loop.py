@@ -18,7 +18,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -352,12 +352,49 @@ def validate(model: nn.Module, cfg: TrainConfig, split: str, device) -> dict:
     return {"val_top1": metrics["top1"], "val_top5": metrics["top5"], "val_mean_class": metrics["mean_class"]}
 
 
-def _resume(cfg: TrainConfig, out: Location, model: nn.Module, optimizer, num_classes: int, verbose: bool) -> tuple[int, int, dict]:
-    """Load the run's checkpoint into the model and optimizer when there is one: (first epoch to run, step, the best
-    validation so far: {"epoch", "val_top1"} or {})."""
-    if not out.is_file(CHECKPOINT):
+# What a resumed run may change: where its data and run folder are, how it runs (loader workers, device, mixed
+# precision, printing), when and how it validates, and --epochs (raised, to extend the run). Every other setting
+# shapes the model or its training recipe; --pretrained only matters before the first checkpoint.
+RUNTIME_FIELDS = (
+    "data",
+    "out",
+    "epochs",
+    "loader_workers",
+    "decode_on_device",
+    "use_gpu",
+    "amp",
+    "print_freq",
+    "eval_every",
+    "eval_split",
+    "eval_segments",
+)
+
+
+def resumed_config(cfg: TrainConfig, saved: TrainConfig) -> TrainConfig:
+    """The configuration a run resumes with: the saved run's recipe with this invocation's runtime settings (so
+    config.json keeps saying how the run was trained).
+
+    Raises:
+        ValueError: a recipe setting differs from the run's (each change named, with the ways out).
+    """
+    changes = [
+        f"{f.name} {getattr(saved, f.name)!r} -> {getattr(cfg, f.name)!r}"
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in (*RUNTIME_FIELDS, "pretrained") and getattr(cfg, f.name) != getattr(saved, f.name)
+    ]
+    if changes:
+        raise ValueError(
+            f"{cfg.out} holds a run trained with other settings ({', '.join(changes)}); to resume it, pass the settings "
+            "of its config.json (--epochs may be raised to extend it), or train into another --out"
+        )
+    return replace(saved, **{name: getattr(cfg, name) for name in RUNTIME_FIELDS})
+
+
+def _resume(cfg: TrainConfig, state: dict | None, model: nn.Module, optimizer, num_classes: int, verbose: bool) -> tuple[int, int, dict]:
+    """Load the run's checkpoint (`state`, None for a new run) into the model and optimizer: (first epoch to run,
+    step, the best validation so far: {"epoch", "val_top1"} or {})."""
+    if state is None:
         return 0, 0, {}
-    state = load_checkpoint(out.uri_of(CHECKPOINT))
     if state["config"]["model"] != cfg.model or state["num_classes"] != num_classes:
         raise ValueError(f"{cfg.out} holds a {state['config']['model']} run for {state['num_classes']} classes; choose another --out")
     model.load_state_dict(state["model"])
@@ -372,15 +409,18 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank = torch.distributed.get_rank() if distributed else 0
     world = torch.distributed.get_world_size() if distributed else 1
+    out = Location(cfg.out)
+    saved = load_checkpoint(out.uri_of(CHECKPOINT)) if out.is_file(CHECKPOINT) else None
+    if saved is not None:
+        cfg = resumed_config(cfg, config_from_checkpoint(saved))
     device = _device(cfg)
     torch.manual_seed(cfg.seed)
     info, epoch_samples = check_dataset(cfg)
-    out = Location(cfg.out)
-    model = build(cfg, len(info.classes)).to(device)
-    if cfg.pretrained and rank == 0:
+    model = build(cfg if saved is None else replace(cfg, pretrained=None), len(info.classes)).to(device)  # resumed: its weights
+    if cfg.pretrained and saved is None and rank == 0:
         print(f"pretrained weights {cfg.pretrained}: {model.pretrained_summary}", flush=True)
     optimizer = make_optimizer(cfg, model)
-    start_epoch, step, best = _resume(cfg, out, model, optimizer, len(info.classes), verbose=rank == 0)
+    start_epoch, step, best = _resume(cfg, saved, model, optimizer, len(info.classes), verbose=rank == 0)
     val_split = validation_split(cfg, info.counts.get("samples", {}))
     if distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -137,12 +138,39 @@ def test_validation_keeps_the_best_checkpoint_and_draws_the_curves(tmp_path, cap
     assert load_checkpoint(out)["best"]["val_top1"] >= max(scores)
 
 
-def test_resume_refuses_a_different_model(tiny_dataset, tmp_path):
+RECIPE_CHANGES = [
+    {"model": "tsn_rgb"},
+    {"backbone": "resnet50"},
+    {"new_length": 3},
+    {"flow_modality": "warp_tvl1"},
+    {"optimizer": "adamw"},
+    {"lr": 0.1},
+    {"schedule": "step", "step_epochs": (1,)},
+    {"input_size": 48},
+    {"flip": False},
+]
+
+
+def test_resume_refuses_a_changed_recipe_and_keeps_the_runs_record(tiny_dataset, tmp_path):
     out = tmp_path / "run"
     run_training(tiny_config(tiny_dataset, out, epochs=1))
-    other = TrainConfig(**{**tiny_config(tiny_dataset, out, 2).__dict__, "model": "tsn_rgb"})
-    with pytest.raises(ValueError, match="holds a tsn_flow run"):
-        run_training(other)
+    record = {name: (out / name).read_bytes() for name in ("config.json", "checkpoint.pt", "metrics.csv")}
+    for change in RECIPE_CHANGES:  # refused before any work: one run serves them all
+        name = next(iter(change))
+        with pytest.raises(ValueError, match=rf"holds a run trained with other settings \(.*{name} .* -> .*\); to resume it"):
+            run_training(dataclasses.replace(tiny_config(tiny_dataset, out, epochs=2), **change))
+        assert {name: (out / name).read_bytes() for name in record} == record, f"a refused resume ({change}) changed the run folder"
+
+
+def test_resume_takes_new_runtime_settings_and_more_epochs(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    run_training(tiny_config(tiny_dataset, out, epochs=1))
+    runtime = dict(epochs=2, print_freq=5, eval_segments=3, pretrained=str(tmp_path / "gone.pth"))  # weights: the checkpoint's
+    run_training(dataclasses.replace(tiny_config(tiny_dataset, out, epochs=1), **runtime))
+    config = json.loads((out / "config.json").read_text())
+    assert (config["epochs"], config["print_freq"], config["eval_segments"]) == (2, 5, 3)
+    assert config["pretrained"] is None and config["lr"] == 0.01  # what the run was trained with
+    assert load_checkpoint(out)["epoch"] == 1
 
 
 @pytest.mark.slow
