@@ -32,6 +32,7 @@ class EvaluateConfig:
     split: str = "test"
     segments: int = 25
     crops: int = 1
+    mirror: str = "run"  # with 10 crops, the 5 mirrored views: "run" = as the run trained (none after --no-flip), "yes", "no"
     clips: int = 10  # I3D clips per video
     fusion: tuple[tuple[str, float], ...] = ()  # default: every stream weight 1
     json: str | None = None
@@ -84,7 +85,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         type=int,
         choices=CROPS,
         default=d.crops,
-        help="1 centre crop, 3 crops along the long side, or 10 (corners + centre, flipped) (default %(default)s)",
+        help="1 centre crop, 3 crops along the long side, or 10 (corners + centre, and their mirror images) (default %(default)s)",
+    )
+    parser.add_argument(
+        "--mirror",
+        choices=["run", "yes", "no"],
+        default=d.mirror,
+        help="with --crops 10, the mirrored views: as each run trained (run: none for a run trained with --no-flip, where "
+        "direction can be the class; 5 views then), or forced on or off (default %(default)s)",
     )
     parser.add_argument("--clips", type=int, default=d.clips, help="I3D: clips per video (default %(default)s)")
     parser.add_argument(
@@ -113,6 +121,7 @@ def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
         split=args.split,
         segments=args.segments,
         crops=args.crops,
+        mirror=args.mirror,
         clips=args.clips,
         fusion=args.fusion,
         json=args.json,
@@ -132,12 +141,28 @@ def score_stream(cfg: EvaluateConfig, run: str, num_classes: int, device) -> tup
     model = build(dataclasses.replace(train_cfg, pretrained=None), state["num_classes"])  # weights come from the checkpoint
     model.load_state_dict(state["model"])
     model.to(device)
-    example = train_cfg.example_config(crops=cfg.crops, segments=cfg.segments, clips=cfg.clips)
+    mirrored = mirrors(cfg, train_cfg)
+    example = dataclasses.replace(train_cfg.example_config(crops=cfg.crops, segments=cfg.segments, clips=cfg.clips), flip=mirrored)
     loader = make_loader(cfg.data, cfg.split, example, train=False, batch_size=cfg.batch_size, workers=cfg.loader_workers)
     keys, labels, logits = evaluate(model, loader, device)
     order = np.argsort(keys)  # loader workers interleave videos; align streams by key
     sampling = f"{example.segments} segments" if example.arch == "tsn" else f"{example.clips} clips"
-    return [keys[i] for i in order], labels[order], softmax(logits[order]), f"{sampling} x {cfg.crops} crops"
+    return [keys[i] for i in order], labels[order], softmax(logits[order]), f"{sampling} x {_views(cfg, train_cfg, mirrored)}"
+
+
+def mirrors(cfg: EvaluateConfig, train_cfg) -> bool:
+    """Whether a run's test views include mirror images: as it trained (--mirror run), or as forced."""
+    return train_cfg.flip if cfg.mirror == "run" else cfg.mirror == "yes"
+
+
+def _views(cfg: EvaluateConfig, train_cfg, mirrored: bool) -> str:
+    """The test-time views, as the header states them: which crops, and whether mirrored ones are among them."""
+    if cfg.crops != 10:
+        return f"{cfg.crops} crop{'s' if cfg.crops > 1 else ''}"
+    if mirrored:
+        return "10 crops (corners + centre, mirrored too)"
+    why = "the run trained without flips" if cfg.mirror == "run" and not train_cfg.flip else "--mirror no"
+    return f"5 crops (corners + centre, not mirrored: {why})"
 
 
 def main(cfg: EvaluateConfig) -> int:

@@ -60,8 +60,8 @@ class ExampleConfig:
     interval: int = 2  # I3D: step between them
     clips: int = 1  # I3D: clips per video at test time
     input_size: int = 224
-    crops: int = 1  # test: 1 (centre), 3 (along the long side) or 10 (corners + centre, flipped)
-    flip: bool = True  # training: random horizontal flips (flow x negated on every flow)
+    crops: int = 1  # test: 1 (centre), 3 (along the long side) or 10 (corners + centre, and their mirror images)
+    flip: bool = True  # training: random horizontal flips (flow x negated on every flow); test: 10 crops mirror too
 
     def __post_init__(self):
         if self.arch not in ("tsn", "i3d"):
@@ -121,7 +121,8 @@ def choose(length: int, height: int, width: int, cfg: ExampleConfig, train: bool
         return idx, [(*center_box(height, width, cfg.input_size), False)]
     if cfg.crops == 3:
         return idx, [(*box, False) for box in three_crop_boxes(height, width, cfg.input_size)]
-    return idx, ten_crop_boxes(height, width, cfg.input_size)
+    boxes = ten_crop_boxes(height, width, cfg.input_size)
+    return idx, boxes if cfg.flip else [box for box in boxes if not box[4]]  # no mirror images for a run without flips
 
 
 def _member(sample: Sample, cfg: ExampleConfig, index: int):

@@ -35,6 +35,19 @@ def test_tsn_examples_take_the_sampled_frames_and_stack_flows():
     assert np.allclose(v[1::2].numpy(), [0.1, 0.2, 0.3], atol=2 * STEP)  # y channels: consecutive flows i/10 from i = 1
 
 
+def test_ten_crops_mirror_only_for_runs_trained_with_flips():
+    """A run trained with --no-flip (direction can be the class) is never shown a mirror image: 10 crops are then
+    the 5 unmirrored views, which equal the first 5 of the mirrored set."""
+    sample = synthetic_sample("v", 1)
+    cfg = ExampleConfig(arch="tsn", modality="tvl1", segments=2, new_length=2, input_size=32, crops=10)
+    mirrored, _, _ = make_example(sample, cfg, train=False, rng=np.random.default_rng(0))
+    plain, _, _ = make_example(sample, replace(cfg, flip=False), train=False, rng=np.random.default_rng(0))
+    assert mirrored.shape[0] == 2 * 10 and plain.shape[0] == 2 * 5
+    views = mirrored.view(10, 2, *mirrored.shape[1:])  # crop-major: (crops, segments, 2L, S, S)
+    assert torch.equal(plain.view(5, 2, *plain.shape[1:]), views[:5])
+    assert not torch.equal(views[5], views[0]) and torch.equal(views[5, :, 1], views[0, :, 1].flip(-1))  # a mirror image
+
+
 def test_i3d_examples():
     sample = synthetic_sample("v", 1, frames=20)
     cfg = ExampleConfig(arch="i3d", modality="tvl1", clip_len=4, interval=2, clips=3, input_size=32, crops=1)
