@@ -35,7 +35,7 @@ def _modalities(text: str) -> tuple[str, ...]:
     unknown = [m for m in names if m not in MODALITIES]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown modality {','.join(unknown) or text!r}; choose from {','.join(MODALITIES)}")
-    return names
+    return tuple(m for m in MODALITIES if m in names)  # one order: tvl1,rgb is the run rgb,tvl1 is
 
 
 def _flow_param(text: str) -> tuple[str, object]:

@@ -79,8 +79,9 @@ def run_parameters(cfg: PreprocessConfig, records: list[VideoRecord], videos_per
     }
 
 
-def _refuse_other_parameters(out: Location, params: dict) -> None:
-    """Raise ValueError when `out` holds shards built with other output parameters."""
+def _refuse_other_parameters(out: Location, params: dict, estimated_per_shard: bool = False) -> None:
+    """Raise ValueError when `out` holds shards built with other output parameters. An estimated videos per
+    shard (no --videos-per-shard) is named only when nothing else changed: it follows the other settings."""
     if not out.exists(PROGRESS_DIR, RUN_FILE):
         return
     previous = json.loads(out.read_bytes(PROGRESS_DIR, RUN_FILE))
@@ -90,6 +91,8 @@ def _refuse_other_parameters(out: Location, params: dict) -> None:
         old, new = _flatten(previous), _flatten(params)
         keys = sorted(set(old) | set(new), key=lambda k: (k.count("."), k))  # top-level changes (modalities) first
         changed = [f"{k}: {old.get(k)} -> {new.get(k)}" for k in keys if old.get(k) != new.get(k)]
+        if estimated_per_shard and len(changed) > 1:
+            changed = [c for c in changed if not c.startswith("videos_per_shard:")]
         raise ValueError(
             f"{out.uri} holds shards built with other parameters ({'; '.join(changed[:4])}); "
             "pass --overwrite to rebuild them, or choose another --out"
@@ -126,7 +129,7 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
     videos_per_shard = cfg.videos_per_shard or max(1, math.floor(cfg.shard_size_mb / estimate_video_mb(cfg.process)))
     params = run_parameters(cfg, records, videos_per_shard)
     if not cfg.overwrite:
-        _refuse_other_parameters(out, params)
+        _refuse_other_parameters(out, params, estimated_per_shard=cfg.videos_per_shard is None)
     specs = plan_shards(records, videos_per_shard)
     done = _finished_shards(out, specs, cfg.overwrite)
     todo = [s for s in specs if s.name not in done]

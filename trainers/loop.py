@@ -92,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"schedule must be cosine or step, got {self.schedule!r}")
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError("epochs and batch size must be at least 1 and lr positive")
+        if self.schedule == "step" and not self.step_epochs:
+            raise ValueError("--schedule step needs --step-epochs, the epochs where the lr drops x0.1 (e.g. --step-epochs 30 60)")
         if self.eval_every < 0 or self.eval_segments < 1:
             raise ValueError(f"--eval-every must be 0 or more and --eval-segments at least 1, got {self.eval_every}, {self.eval_segments}")
 

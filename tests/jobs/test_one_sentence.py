@@ -45,6 +45,7 @@ CASES = [
         [*TRAIN, "--pretrained", "{tmp}/w.csv"],
         "not a PyTorch state dict",
     ),
+    ("train", [*TRAIN, "--schedule", "step"], "--schedule step needs --step-epochs"),
     ("evaluate", ["--data", "{tmp}/data", "--run", "x={tmp}/run", "--json", "{tmp}/data"], "is a folder; give a file such as"),
     ("evaluate", ["--data", "{tmp}/data"], "the following arguments are required: --run"),
     ("inspect", ["{tmp}/data", "--colour"], "unrecognized arguments: --colour"),
@@ -79,3 +80,31 @@ def test_a_wrong_input_is_one_error_line_exit_2_and_nothing_written(inputs, comm
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
     assert files(inputs) == before, "a refused command wrote files"
+
+
+def test_modalities_in_any_order_are_one_run():
+    from jobs.preprocess import get_args_parser
+
+    parse = get_args_parser().parse_args
+    assert parse(["--manifest", "m", "--out", "o", "--modalities", "tvl1,rgb"]).modalities == ("rgb", "tvl1")
+    assert parse(["--manifest", "m", "--out", "o", "--modalities", "rgb,tvl1"]).modalities == ("rgb", "tvl1")
+
+
+def test_a_refused_resume_names_what_the_user_changed_not_the_estimate_that_followed(tmp_path):
+    import json
+
+    from pipeline.preprocess import FINGERPRINT_VERSION, RUN_FILE, _refuse_other_parameters
+    from pipeline.shards import PROGRESS_DIR
+    from storage import Location
+
+    before = {"fingerprint_version": FINGERPRINT_VERSION, "process": {"short_side": 256}, "videos_per_shard": 650, "manifest": "x"}
+    (tmp_path / PROGRESS_DIR).mkdir()
+    (tmp_path / PROGRESS_DIR / RUN_FILE).write_text(json.dumps(before))
+    smaller = {**before, "process": {"short_side": 128}, "videos_per_shard": 1040}
+    with pytest.raises(ValueError) as refused:
+        _refuse_other_parameters(Location(str(tmp_path)), smaller, estimated_per_shard=True)
+    assert "process.short_side: 256 -> 128" in str(refused.value) and "videos_per_shard" not in str(refused.value)
+    with pytest.raises(ValueError, match="videos_per_shard: 650 -> 1040"):  # set by hand, it is a change of its own
+        _refuse_other_parameters(Location(str(tmp_path)), smaller, estimated_per_shard=False)
+    with pytest.raises(ValueError, match="videos_per_shard: 650 -> 520"):  # the only change (--shard-size-mb)
+        _refuse_other_parameters(Location(str(tmp_path)), {**before, "videos_per_shard": 520}, estimated_per_shard=True)
