@@ -152,9 +152,14 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
     progress.update(len(videos), sum(v.frames for r in new for v in r.videos), sum(v.status != "ok" for v in videos), force=True)
     _write_outputs(out, cfg, classes, params, results)
     if report:
+        report["written"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         out.write_bytes(json.dumps(report, indent=2).encode(), REPORT_FILE)
-        for line in format_report(report):
-            print_fn(line)
+    elif not todo and out.is_file(REPORT_FILE):  # nothing ran: the report stays the one of the run that did the work
+        report = json.loads(out.read_bytes(REPORT_FILE))
+        when = report.get("written", "an earlier run")
+        print_fn(f"nothing to run; {REPORT_FILE} is the report of the run that built the shards ({when}):")
+    for line in format_report(report) if report else []:
+        print_fn(line)
     return _summary(results, new, time.monotonic() - start)
 
 

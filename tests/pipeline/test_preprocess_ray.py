@@ -159,9 +159,13 @@ def test_rerun_does_no_work_and_strict_reports_failures(dataset, embedded_run):
     _, manifest, _ = dataset
     out, _ = embedded_run
     before = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in (out / "shards").iterdir()}
+    report = (out / "report.json").read_bytes()
     result = run_job("jobs.preprocess", *flags(manifest=manifest, out=out, **EMBEDDED, strict=True), *FAST)
     assert result.returncode == 1  # --strict with failed videos
     assert "0 to run" in result.stdout and "(0 written in this run)" in result.stdout
+    written = json.loads(report)["written"]
+    assert f"nothing to run; report.json is the report of the run that built the shards ({written}):" in result.stdout
+    assert "report: " in result.stdout and (out / "report.json").read_bytes() == report
     assert {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in (out / "shards").iterdir()} == before
 
 
