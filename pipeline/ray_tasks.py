@@ -14,6 +14,7 @@ run on several nodes, `check_visible` proves that every node sees a local output
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import uuid
 from collections import Counter
@@ -198,9 +199,23 @@ def connect(address: str | None, dashboard: bool = False) -> bool:
         return False
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, log_to_driver=True)
-    else:
+        return True
+    notices = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    quiet = _EmbeddedTokenNotice()
+    notices.addFilter(quiet)
+    try:
         ray.init(address="local", include_dashboard=dashboard, log_to_driver=True)
+    finally:
+        notices.removeFilter(quiet)
     return True
+
+
+class _EmbeddedTokenNotice(logging.Filter):
+    """Drops Ray's notice that a local Ray it starts uses token authentication (the safe default): a user who
+    started no cluster has nothing to act on. Its warning when authentication is turned off stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
 
 
 @contextlib.contextmanager

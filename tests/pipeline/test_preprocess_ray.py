@@ -83,6 +83,7 @@ def test_embedded_run_writes_readable_shards(dataset, embedded_run):
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{len(entries)} ok, {len(BAD_REASONS)} failed" in result.stdout
     assert "videos (" in result.stdout and "frames/s" in result.stdout and "ETA" in result.stdout
+    assert "Token authentication" not in result.stdout + result.stderr  # no third-party notice a user cannot act on
     assert_every_good_video_exactly_once(out, manifest)
     report = json.loads((out / "report.json").read_text())
     # one flow worker per core, each pair of each good video computed once (the cut-off file's pairs too)
