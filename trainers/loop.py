@@ -463,7 +463,18 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
                 decode_on=_decode_on(cfg, device),
             )
             stats, step = train_one_epoch(
-                model, criterion, optimizer, lr_at, loader, device, epoch, step, cfg.print_freq, scaler, cfg.clip_grad, on_step
+                model,
+                criterion,
+                optimizer,
+                lr_at,
+                loader,
+                device,
+                epoch,
+                step,
+                cfg.print_freq if rank == 0 else 0,
+                scaler,
+                cfg.clip_grad,
+                on_step,
             )
             plain = model.module if distributed else model
             if cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1):

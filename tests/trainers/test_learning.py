@@ -58,8 +58,9 @@ def test_flow_learns_on_two_ddp_ranks_rgb_does_not_and_fusion_keeps_flow(synthet
     the RGB stream's), so one 20-epoch run proves both that the ranks learn together and that flow learns."""
     root = synthetic_data
     # Half the per-rank batch keeps the global batch, and so the number of steps, of a single-process run.
-    output = train(root, "tsn_flow", "flow", epochs=20, lr=0.001, workers=2, batch_size=4, loader_workers=0)
+    output = train(root, "tsn_flow", "flow", epochs=20, lr=0.001, workers=2, batch_size=4, loader_workers=0, print_freq=2)
     assert "world_rank=1" in output  # two ranks really ran
+    assert output.count("epoch 0 step 0:") == 1 and output.count("epoch 0: loss") == 1  # progress printed once, by rank 0
     train(root, "tsn_rgb", "rgb", epochs=4, lr=0.001)
     metrics = evaluate(root, f"rgb={root / 'rgb'}", f"flow={root / 'flow'}", extra=("--segments", "25", "--fusion", "rgb=1,flow=1.5"))
     assert metrics["videos"] == 16
