@@ -232,7 +232,8 @@ def _write_outputs(out: Location, cfg: PreprocessConfig, classes: list[str], par
         if v.status == "ok"
     ]
     _write_parquet(out, INDEX_FILE, pa.Table.from_pylist(index_rows, schema=INDEX_SCHEMA))
-    _write_parquet(out, RESULTS_FILE, pa.Table.from_pylist([asdict(v) for v in videos], schema=RESULTS_SCHEMA))
+    result_rows = [{**asdict(v), "shard": f"{v.shard}.tar"} for v in videos]  # named as index.parquet names them
+    _write_parquet(out, RESULTS_FILE, pa.Table.from_pylist(result_rows, schema=RESULTS_SCHEMA))
     shards: dict[str, list[str]] = {}
     for r in results:
         if r.tar is not None:

@@ -37,7 +37,8 @@ RESULTS_SCHEMA = pa.schema(
     [
         pa.field("video_id", pa.string(), nullable=False),
         pa.field("split", pa.string(), nullable=False),
-        pa.field("shard", pa.string(), nullable=False),  # the shard the video was planned into
+        pa.field("shard", pa.string(), nullable=False),  # the tar file under shards/ the video was planned into
+        # (as index.parquet names it; earlier flowshard wrote it without ".tar"; no such file where all its videos failed)
         pa.field("status", pa.string(), nullable=False),  # "ok" or "failed"
         pa.field("reason", pa.string(), nullable=False),  # one line; "" when ok
         pa.field("seconds", pa.float64(), nullable=False),

@@ -146,6 +146,8 @@ def test_index_and_dataset_json_match_the_shards(dataset, embedded_run):
     out, _ = embedded_run
     index = pq.read_table(out / "index.parquet").to_pylist()
     by_shard = Counter(r["shard"] for r in index)
+    results = pq.read_table(out / "results.parquet").to_pylist()
+    assert Counter(r["shard"] for r in results if r["status"] == "ok") == by_shard  # one naming in both tables
     for tar in (out / "shards").glob("*.tar"):
         keys = [m["__key__"] for m in wds.WebDataset(str(tar), shardshuffle=False)]
         assert by_shard[tar.name] == len(keys)
