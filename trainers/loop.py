@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -121,6 +122,14 @@ class TrainConfig:
             crops=crops,
             flip=self.flip,
         )
+
+
+def say(line: str) -> None:
+    """A progress line on stdout, written to the stream rather than with `print`: Ray Train replaces `print` in
+    its workers with one that logs each line and, where stdout is redirected (as Ray does), prints it too, so
+    every line would reach the driver twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def get_lr(
@@ -247,7 +256,7 @@ def train_one_epoch(
         if on_step is not None:
             on_step(row)
         if print_freq and i % print_freq == 0:
-            print(f"epoch {epoch} step {step}: loss {loss_value:.4f}, lr {row['lr']:.5f}, {rate:.1f} samples/s", flush=True)
+            say(f"epoch {epoch} step {step}: loss {loss_value:.4f}, lr {row['lr']:.5f}, {rate:.1f} samples/s")
         step += 1
     stats = {
         "epoch": epoch,
@@ -402,7 +411,7 @@ def _resume(cfg: TrainConfig, state: dict | None, model: nn.Module, optimizer, n
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if verbose:
-        print(f"resuming {cfg.out} after epoch {state['epoch']} (step {state['step']})", flush=True)
+        say(f"resuming {cfg.out} after epoch {state['epoch']} (step {state['step']})")
     return state["epoch"] + 1, state["step"], state.get("best") or {}
 
 
@@ -420,7 +429,7 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
     info, epoch_samples = check_dataset(cfg)
     model = build(cfg if saved is None else replace(cfg, pretrained=None), len(info.classes)).to(device)  # resumed: its weights
     if cfg.pretrained and saved is None and rank == 0:
-        print(f"pretrained weights {cfg.pretrained}: {model.pretrained_summary}", flush=True)
+        say(f"pretrained weights {cfg.pretrained}: {model.pretrained_summary}")
     optimizer = make_optimizer(cfg, model)
     start_epoch, step, best = _resume(cfg, saved, model, optimizer, len(info.classes), verbose=rank == 0)
     val_split = validation_split(cfg, info.counts.get("samples", {}))
@@ -485,7 +494,7 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
             if rank == 0:
                 schedule = {"step": step, "total": total, "warmup": warmup}
                 best = _save_epoch(out, cfg, plain, optimizer, schedule, epoch, info.classes, metrics, stats, best)
-                print(_epoch_line(epoch, stats, best, val_split) + f"; checkpoint {out.uri_of(CHECKPOINT)}", flush=True)
+                say(_epoch_line(epoch, stats, best, val_split) + f"; checkpoint {out.uri_of(CHECKPOINT)}")
             if report is not None:
                 report(stats)
     finally:

@@ -46,6 +46,8 @@ CASES = [
         "not a PyTorch state dict",
     ),
     ("train", [*TRAIN, "--schedule", "step"], "--schedule step needs --step-epochs"),
+    ("train", ["--data", "{tmp}", "--model", "tsn_flow", "--out", "{tmp}/run"], "not a finished flowshard dataset"),
+    ("evaluate", ["--data", "{tmp}", "--run", "flow={tmp}/none"], "not a finished flowshard dataset"),
     ("evaluate", ["--data", "{tmp}/data", "--run", "x={tmp}/run", "--json", "{tmp}/data"], "is a folder; give a file such as"),
     ("evaluate", ["--data", "{tmp}/data"], "the following arguments are required: --run"),
     ("inspect", ["{tmp}/data", "--colour"], "unrecognized arguments: --colour"),

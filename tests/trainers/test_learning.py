@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import SHARED_DATA, run_job
+from tests.conftest import SHARED_DATA, run_inline, run_job
 from tests.helpers import flags
 from trainers.metrics import fuse, video_metrics
 
@@ -23,8 +23,10 @@ TRAIN = dict(batch_size=8, input_size=64, no_flip=True, loader_workers=1, print_
 
 
 def train(root: Path, model: str, out: str, **options) -> str:
-    """`jobs.train` on root/data into root/out with TRAIN's settings (options override them); its output."""
-    result = ok(run_job("jobs.train", *flags(data=root / "data", model=model, out=root / out, **{**TRAIN, **options})))
+    """`jobs.train` on root/data into root/out with TRAIN's settings (options override them); its output. In this
+    process unless it trains on Ray (workers > 1)."""
+    run = run_job if options.get("workers", 1) > 1 else run_inline
+    result = ok(run("jobs.train", *flags(data=root / "data", model=model, out=root / out, **{**TRAIN, **options})))
     return result.stdout + result.stderr
 
 
@@ -37,8 +39,8 @@ def ok(result):
 def synthetic_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("learn")
     videos = root / "videos"
-    ok(run_job("jobs.make_synthetic", *flags(out=videos, classes=4, videos_per_class=12, size="96x72", frames=12)))
-    ok(run_job("jobs.manifest", "ucf101", *flags(annotations=videos, videos=videos, out=root / "manifest.parquet")))
+    ok(run_inline("jobs.make_synthetic", *flags(out=videos, classes=4, videos_per_class=12, size="96x72", frames=12)))
+    ok(run_inline("jobs.manifest", "ucf101", *flags(annotations=videos, videos=videos, out=root / "manifest.parquet")))
     settings = dict(modalities="rgb,tvl1", videos_per_shard=8, progress_seconds=30, flow_param="warps=1")  # QUICK_FLOW
     ok(run_job("jobs.preprocess", *flags(manifest=root / "manifest.parquet", out=root / "data", **settings)))
     return root
@@ -48,7 +50,7 @@ def evaluate(root: Path, *runs: str, extra: tuple = ()) -> dict:
     args = ["--data", str(root / "data"), "--json", str(root / "metrics.json"), "--loader-workers", "1", *extra]
     for run in runs:
         args += ["--run", run]
-    ok(run_job("jobs.evaluate", *args))
+    ok(run_inline("jobs.evaluate", *args))
     return json.loads((root / "metrics.json").read_text())
 
 
@@ -73,7 +75,7 @@ def test_flow_learns_on_two_ddp_ranks_rgb_does_not_and_fusion_keeps_flow(synthet
 
 def test_i3d_flow_learns(synthetic_data):
     root = synthetic_data
-    train(root, "i3d_flow", "i3d", epochs=20, lr=0.003, clip_len=8, interval=1)
+    train(root, "i3d_flow", "i3d", epochs=20, lr=0.003, clip_len=8, interval=1, input_size=32)  # 3D convs: 32 px is enough
     metrics = evaluate(root, f"i3d={root / 'i3d'}", extra=("--clips", "3"))
     assert metrics["i3d"]["top1"] >= 0.8, metrics
 
@@ -92,14 +94,14 @@ def test_real_clips_train_and_evaluate_end_to_end(tmp_path):
     ]
     (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
     manifest, data = tmp_path / "m.parquet", tmp_path / "data"
-    ok(run_job("jobs.manifest", "csv", *flags(annotations=tmp_path / "list.csv", videos=videos, out=manifest)))
+    ok(run_inline("jobs.manifest", "csv", *flags(annotations=tmp_path / "list.csv", videos=videos, out=manifest)))
     small = dict(modalities="rgb,tvl1", short_side=64, max_frames=12, videos_per_shard=2, progress_seconds=30, flow_param="warps=1")
     ok(run_job("jobs.preprocess", *flags(manifest=manifest, out=data, **small)))
     for model in ("tsn_rgb", "tsn_flow"):
         train_flags = flags(
             data=data, model=model, out=tmp_path / model, epochs=1, batch_size=2, input_size=48, loader_workers=0, print_freq=0
         )
-        ok(run_job("jobs.train", *train_flags))
+        ok(run_inline("jobs.train", *train_flags))
     metrics = evaluate(tmp_path, f"rgb={tmp_path / 'tsn_rgb'}", f"flow={tmp_path / 'tsn_flow'}", extra=("--segments", "3", "--crops", "10"))
     assert metrics["videos"] == 2 and metrics["fused"]["top5"] == 1.0  # 2 classes: both are in any top 5
     saved = np.load(tmp_path / "scores.npz")  # the per-video scores: fusion and metrics recomputed from them
