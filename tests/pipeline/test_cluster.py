@@ -259,7 +259,7 @@ def replace_second_node(nodes: TwoNodes) -> None:
 
 def train_and_lose_the_second_node(nodes: TwoNodes, data: str, run: str, train_videos: int) -> None:
     replace_second_node(nodes)
-    epochs, batch = 4, 2
+    epochs, batch = 3, 2
     command = [sys.executable, "-m", "jobs.train", "--data", data, "--model", "tsn_flow", "--out", run, "--address", nodes.address]
     command += ["--workers", "2", "--epochs", str(epochs), "--batch-size", str(batch), "--input-size", "32", "--loader-workers", "0"]
     command += ["--print-freq", "0", "--no-flip", "--rank-wait", "180", "--eval-every", "2", "--eval-segments", "2"]
@@ -286,7 +286,7 @@ def train_and_lose_the_second_node(nodes: TwoNodes, data: str, run: str, train_v
     rows = list(csv.DictReader(io.StringIO(runs.read_text("metrics.csv"))))
     trained = [(int(r["epoch"]), int(r["step"])) for r in rows if r["loss"]]
     assert trained == [(s // steps, s) for s in range(epochs * steps)]  # each step once, none lost or repeated
-    assert [int(r["epoch"]) for r in rows if r["val_top1"]] == [1, 3]  # validated on both ranks' shards, gathered
+    assert [int(r["epoch"]) for r in rows if r["val_top1"]] == [1, 2]  # every 2nd and the last, both ranks' shards gathered
     assert runs.is_file("best.pt") and runs.is_file("curves.png")
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.decode import DecodeConfig, VideoError, decode_video
 from storage import TMP_MARK, Location, StorageError, basename, join, parent
-from tests.conftest import REPO, free_port, incomplete_uploads, run_job, s3_env, start_moto, stop_process
+from tests.conftest import REPO, free_port, incomplete_uploads, run_inline, run_job, s3_env, start_moto, stop_process
 from tests.helpers import noise_frames, write_mp4
 
 
@@ -101,7 +101,7 @@ def test_store_errors_are_one_sentence(s3_server, tmp_path):
     # a missing bucket, in the library and from a job
     with pytest.raises(StorageError, match="does not exist; create it or fix the URI"):
         Location("s3://no-such-bucket/data").check()
-    result = run_job("jobs.train", "--data", "s3://no-such-bucket/data", "--model", "tsn_flow", "--out", str(tmp_path / "run"))
+    result = run_inline("jobs.train", "--data", "s3://no-such-bucket/data", "--model", "tsn_flow", "--out", str(tmp_path / "run"))
     assert result.returncode == 2 and "bucket 'no-such-bucket'" in result.stderr and "Traceback" not in result.stderr
 
     # an endpoint nobody listens on
