@@ -160,17 +160,17 @@ def build(cfg: TrainConfig, num_classes: int) -> nn.Module:
 def read_state_dict(name: str, data: bytes) -> dict:
     """A state dict from a file's bytes (a plain one, or the "model"/"state_dict" entry of a checkpoint); a file
     that is none is a ValueError in one sentence, not an unpickling traceback."""
+    fix = "pass a .pth file of torch.save(model.state_dict())"
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle, zip and torch errors alike mean "not a PyTorch file"
         reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        fix = "pass a .pth file of torch.save(model.state_dict())"
         raise ValueError(f"pretrained weights {name} are not a PyTorch state dict ({reason}); {fix}") from None
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"pretrained weights {name} hold no state dict of tensors; pass a .pth file of torch.save(model.state_dict())")
+        raise ValueError(f"pretrained weights {name} hold no state dict of tensors; {fix}")
     return state
 
 
@@ -406,7 +406,7 @@ def _resume(cfg: TrainConfig, state: dict | None, model: nn.Module, optimizer, n
     step, the best validation so far: {"epoch", "val_top1"} or {})."""
     if state is None:
         return 0, 0, {}
-    if state["config"]["model"] != cfg.model or state["num_classes"] != num_classes:
+    if state["num_classes"] != num_classes:  # a changed model or recipe was refused by `resumed_config`
         raise ValueError(f"{cfg.out} holds a {state['config']['model']} run for {state['num_classes']} classes; choose another --out")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])

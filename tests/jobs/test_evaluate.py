@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.evaluate import EvaluateConfig, _views, get_args_parser, mirrors
+from jobs.evaluate import _views, config_from_args, get_args_parser, mirrors
 from trainers.loop import TrainConfig
 
 
@@ -18,8 +18,7 @@ from trainers.loop import TrainConfig
     ],
 )
 def test_the_header_states_the_views_each_run_gets(mirror, trained_with_flips, header):
-    args = get_args_parser().parse_args(["--data", "d", "--run", "flow=r", "--crops", "10", "--mirror", mirror])
-    cfg = EvaluateConfig(data=args.data, runs=tuple(args.run), crops=args.crops, mirror=args.mirror)
+    cfg = config_from_args(get_args_parser().parse_args(["--data", "d", "--run", "flow=r", "--crops", "10", "--mirror", mirror]))
     train = TrainConfig(data="d", model="tsn_flow", out="r", flip=trained_with_flips)
     assert mirrors(cfg, train) == header.startswith("10 crops")
     assert _views(cfg, train, mirrors(cfg, train)) == header

@@ -1,18 +1,18 @@
 """Every wrong input is one sentence: each command, given a bad flag or a file of the wrong kind, prints exactly
 one stderr line, `error:` first, exits with status 2 and writes nothing.
 
-The commands run in this process through `jobs.common.cli`, the entry `python -m jobs.X` uses (a process per row
-would spend 5-10 s importing torch each); `tests/pipeline/test_preprocess_ray.py` runs the same errors as processes.
+The commands run in this process (`tests.conftest.run_inline`, through `jobs.common.cli` as `python -m jobs.X`
+runs them; a process per row would spend 5-10 s importing torch each); `tests/pipeline/test_preprocess_ray.py`
+runs some of the same errors as processes.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pytest
 
-from jobs.common import cli
+from tests.conftest import run_inline
 from tests.helpers import synthetic_sample, write_dataset
 
 PRE = ["--manifest", "{tmp}/m.parquet", "--out", "{tmp}/o"]
@@ -70,17 +70,12 @@ def inputs(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("command,argv,message", CASES, ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(CASES)])
-def test_a_wrong_input_is_one_error_line_exit_2_and_nothing_written(inputs, command, argv, message, capsys):
-    job = importlib.import_module(f"jobs.{command}")
+def test_a_wrong_input_is_one_error_line_exit_2_and_nothing_written(inputs, command, argv, message):
     before = files(inputs)
-    try:
-        status = cli(job.get_args_parser, job.config_from_args, job.main, [a.format(tmp=inputs) for a in argv])
-    except SystemExit as exit:  # argparse's errors exit (with jobs.common.ArgumentParser: one line, status 2)
-        status = exit.code
-    err = capsys.readouterr().err
-    assert status == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    result = run_inline(f"jobs.{command}", *[a.format(tmp=inputs) for a in argv])
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert files(inputs) == before, "a refused command wrote files"
 
 
