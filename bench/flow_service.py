@@ -50,7 +50,8 @@ from pipeline.flow import PRESETS, TVL1Config, compute_flow, default_device, tvl
 from pipeline.flow.flo import MIDDLEBURY_PAIRS, end_point_error, read_flo  # noqa: E402
 from pipeline.flow.host_reads import HostReads  # noqa: E402
 from pipeline.flow.tvl1 import SolveTrace  # noqa: E402
-from pipeline.flow_service import FlowRequest, FlowSpec, FlowWorker  # noqa: E402
+from pipeline.flow_requests import FlowRequest, FlowSpec  # noqa: E402
+from pipeline.flow_service import FlowWorker  # noqa: E402
 from schemas.manifest import VideoRecord, manifest_table, write_manifest  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"

@@ -13,7 +13,8 @@ of device memory retries the launch in halves and lowers the batch size; a devic
 (a sticky CUDA error) makes a Ray flow worker exit, so Ray restarts it and re-sends its callers' requests.
 
 `FlowWorker` is plain Python and thread-safe: concurrent `compute` calls share launches. `pipeline.ray_tasks`
-runs one per GPU (or per CPU core) as a threaded Ray actor; `LocalFlow` runs one inside the calling process.
+runs one per GPU (or per CPU core) as a threaded Ray actor; `pipeline.flow_requests.LocalFlow` runs one inside the
+calling process. What callers send and get back is defined in `pipeline.flow_requests` (no torch needed there).
 """
 
 from __future__ import annotations
@@ -24,75 +25,18 @@ import socket
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 import torch
 
-from .flow import ALGORITHMS, default_device, resolve_params, tvl1_flow
+from .flow import default_device, resolve_params, tvl1_flow
 from .flow.compute import quantize_on_device
 from .flow.tvl1 import SolveTrace, kernels_for
 from .flow.warped import homography_seconds
+from .flow_requests import FlowChunk, FlowRequest, FlowSpec, default_batch
 
 log = logging.getLogger(__name__)
-
-CPU_BATCH = 8  # pairs per launch on the CPU: larger batches gain nothing there, smaller ones keep more workers busy
-GPU_BATCH = 256  # pairs per launch on a GPU: enough to fill one at 340x256
-
-
-@dataclass(frozen=True)
-class FlowSpec:
-    """How a flow worker solves and stores flow; the same for every request of a run."""
-
-    preset: str = "opencv"
-    params: tuple[tuple[str, object], ...] = ()  # TV-L1 overrides (homography ones are the shard tasks')
-    encoding: str = "jpeg"  # what the flows are quantized for (schemas.sample.quantize_flow)
-    bound: float = 20.0
-
-
-@dataclass
-class FlowRequest:
-    """Frame pairs to solve: consecutive `frames` (pair i = frame i -> i + 1), or, with `targets`, frames[i] ->
-    targets[i]. All (n, H, W) uint8 gray (n + 1 consecutive frames for n pairs)."""
-
-    frames: np.ndarray
-    targets: np.ndarray | None = None
-    store_as: str | None = "tvl1"  # the modality whose quantized values to return; None: no stored flow
-    points: list[np.ndarray] | None = None  # per pair, (M, 2) int (x, y) pixels whose float flow to return
-
-    @property
-    def pairs(self) -> int:
-        """How many pairs the request holds."""
-        return len(self.frames) - (1 if self.targets is None else 0)
-
-    def check(self) -> None:
-        """Raise ValueError describing what is malformed."""
-        ok = isinstance(self.frames, np.ndarray) and self.frames.dtype == np.uint8 and self.frames.ndim == 3 and self.pairs >= 1
-        if self.targets is not None:
-            ok = ok and isinstance(self.targets, np.ndarray) and self.targets.shape == self.frames.shape and self.targets.dtype == np.uint8
-        if not ok:
-            raise ValueError(
-                "flow requests are (n + 1, H, W) uint8 gray frames with n >= 1, or (n, H, W) frames and targets of one shape, "
-                f"got {getattr(self.frames, 'shape', self.frames)} and {getattr(self.targets, 'shape', self.targets)}"
-            )
-        if self.store_as is not None and self.store_as not in ALGORITHMS:
-            raise ValueError(f"store_as must be one of {', '.join(ALGORITHMS)} or None, got {self.store_as!r}")
-        if self.points is not None and len(self.points) != self.pairs:
-            raise ValueError(f"points must give one (M, 2) array per pair ({self.pairs}), got {len(self.points)}")
-
-
-@dataclass
-class FlowChunk:
-    """A worker's answer to one request, pair by pair."""
-
-    flows: dict[str, np.ndarray]  # {store_as: (n, H, W, 2) as schemas.sample.quantize_flow stores it}, or {}
-    points: list[np.ndarray] = field(default_factory=list)  # per pair, (M, 2) float32 flow (dx, dy) at the asked points
-
-
-def default_batch(device_type: str) -> int:
-    """Pairs per launch when none is configured: CPU_BATCH on the CPU, GPU_BATCH on a GPU."""
-    return CPU_BATCH if device_type == "cpu" else GPU_BATCH
 
 
 class _Pending:
@@ -371,30 +315,6 @@ def _spread(counts: Counter) -> dict:
     total = int(times[-1])
     p99 = values[int(np.searchsorted(times, 0.99 * total))]
     return {"mean": sum(v * n for v, n in counts.items()) / total, "p99": p99, "max": values[-1], "count": total}
-
-
-class LocalFlow:
-    """Flow computed in the calling process by its own worker (tests, and runs without a flow service)."""
-
-    in_flight = 1
-
-    def __init__(self, worker: FlowWorker):
-        self.worker = worker
-        self.batch_size = worker.batch_size
-
-    def submit(self, request: FlowRequest):
-        """Compute now; returns a function that gives the FlowChunk, or raises what computing it raised (the
-        interface of a remote request)."""
-        try:
-            chunk = self.worker.compute(request)
-        except Exception as exc:  # noqa: BLE001 - handed to the caller when it collects, as a remote error would be
-            error = exc
-
-            def fail():
-                raise error
-
-            return fail
-        return lambda: chunk
 
 
 def _device_name(device: torch.device) -> str:

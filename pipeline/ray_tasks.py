@@ -27,7 +27,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from storage import Location, is_uri
 
-from .flow_service import FlowWorker, default_batch
+from .flow_requests import default_batch
 from .plan import ShardSpec
 from .shards import ProcessConfig, ShardResult, VideoResult, process_shard
 
@@ -73,8 +73,20 @@ class ProgressTracker:
         return dict(self.shards)
 
 
-class _FlowActor(FlowWorker):
-    """A flow worker as a Ray actor: its stats say which node it runs on."""
+class _FlowActor:
+    """A flow worker (`pipeline.flow_service.FlowWorker`) as a Ray actor; its stats say which node it runs on.
+
+    The worker, and with it torch, is imported in the actor's own process: the driver and the shard tasks, which
+    only hold its handle, start without torch."""
+
+    def __init__(self, *args, **kwargs):
+        from .flow_service import FlowWorker
+
+        self.worker = FlowWorker(*args, **kwargs)
+
+    def compute(self, request):
+        """`FlowWorker.compute` (called concurrently: the actor is threaded, the worker thread-safe)."""
+        return self.worker.compute(request)
 
     def node(self) -> str:
         """The Ray node this worker runs on."""
@@ -82,7 +94,7 @@ class _FlowActor(FlowWorker):
 
     def stats(self) -> dict:
         """`FlowWorker.stats()` and the node."""
-        return {**super().stats(), "node": self.node()}
+        return {**self.worker.stats(), "node": self.node()}
 
 
 FlowActor = ray.remote(_FlowActor)

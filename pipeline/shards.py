@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import tarfile
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 
 import cv2
 import numpy as np
-import webdataset as wds
 
 from schemas.dataset import SHARDS_DIR
 from schemas.manifest import VideoRecord
@@ -34,19 +34,19 @@ from schemas.sample import (
     encode_jpeg,
     encode_quantized_flow,
     encode_sample,
+    write_sample,
 )
 from storage import HashingWriter, Location
 
 from .decode import DecodeConfig, VideoError, VideoStream
 from .flow import HomographyConfig, resolve_params
-from .flow_service import FlowSpec, FlowWorker, LocalFlow
+from .flow_requests import FlowSpec, LocalFlow
 from .plan import ShardSpec
 from .time_limit import TimeLimitExceeded, call_with_time_limit
 from .video_flow import VideoFlow
 
 PROGRESS_DIR = "_progress"  # one completion record per finished shard
 DONE_SUFFIX = ".done.json"
-TAR_MTIME = 0  # fixed member times: the same input gives byte-identical shards (an int: a float adds a PAX record per member)
 FRAME_CHUNK = 64  # frames decoded at a time when no flow is computed
 
 
@@ -96,8 +96,10 @@ class ProcessConfig:
         """How warped flow finds the camera motion (in the shard tasks)."""
         return resolve_params(self.flow_preset, dict(self.flow_params))[1]
 
-    def flow_worker(self) -> FlowWorker:
-        """A flow worker for this process (when no flow service computes the flow)."""
+    def flow_worker(self):
+        """A flow worker for this process (when no flow service computes the flow); imports torch."""
+        from .flow_service import FlowWorker
+
         return FlowWorker(self.flow_spec(), self.flow_batch, self.device)
 
     def output_parameters(self) -> dict:
@@ -199,7 +201,7 @@ def process_video(
     or chunk.
 
     Args:
-        flow: where flow is computed (`pipeline.flow_service.LocalFlow`, or the flow service's client); None:
+        flow: where flow is computed (`pipeline.flow_requests.LocalFlow`, or the flow service's client); None:
             a worker in this process.
     Raises:
         VideoError: the video cannot be used, or was stopped (the reason is one line).
@@ -278,7 +280,7 @@ def process_shard(
     tar_name, samples, size, digest = f"{spec.name}.tar", 0, 0, ""
     with out.atomic_write(SHARDS_DIR, tar_name) as stream:
         writer = HashingWriter(stream)
-        with wds.TarWriter(writer, mtime=TAR_MTIME) as sink:
+        with tarfile.open(fileobj=writer, mode="w|") as sink:  # a stream: no seeks, so any store takes it
             for record in spec.records:
                 result = _add_video(record, spec, cfg, flow, timings, sink, writer)
                 samples += result.status == "ok"
@@ -311,7 +313,7 @@ def _add_video(record: VideoRecord, spec: ShardSpec, cfg: ProcessConfig, flow, t
         return VideoResult(record.video_id, spec.split, spec.name, "failed", str(exc), time.monotonic() - start, label=record.label)
     with timings.stage("write"):
         before = writer.bytes
-        sink.write(encode_sample(sample))
+        write_sample(sink, encode_sample(sample))
     seconds, written = time.monotonic() - start, writer.bytes - before
     return VideoResult(record.video_id, spec.split, spec.name, "ok", "", seconds, sample.meta.num_frames, written, record.label)
 

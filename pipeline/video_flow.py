@@ -19,7 +19,7 @@ import numpy as np
 
 from .decode import VideoError
 from .flow.warped import HomographyConfig, fit_homography, frame_features, prev_corners, warp_to_previous_view
-from .flow_service import FlowChunk, FlowRequest
+from .flow_requests import FlowChunk, FlowRequest
 
 RETRIES = 2  # a failed request is sent again (to the next worker) before its video fails: a launch can fail for
 # reasons that pass (another caller's pairs, a fault of one worker); one that fails three times is this video's failure
@@ -30,7 +30,7 @@ class VideoFlow:
 
     Args:
         client: where flow is solved: `submit(FlowRequest)` returns a callable that waits for the FlowChunk
-            (`pipeline.flow_service.LocalFlow`, or the flow service's client); `in_flight` requests may wait.
+            (`pipeline.flow_requests.LocalFlow`, or the flow service's client); `in_flight` requests may wait.
         modalities: the flow modalities stored ("tvl1", "warp_tvl1" or both).
         homography: how warped flow finds the camera motion.
         encode: a quantized (H, W, 2) flow -> its stored members' bytes.

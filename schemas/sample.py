@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import tarfile
 from dataclasses import asdict, dataclass, field
 
 import cv2
@@ -212,7 +213,7 @@ class Sample:
 
 
 def encode_sample(sample: Sample) -> dict[str, bytes]:
-    """Sample -> {"__key__": key, member suffix: bytes}, ready for `webdataset.TarWriter.write`.
+    """Sample -> {"__key__": key, member suffix: bytes}, ready for `write_sample` (or `webdataset.TarWriter.write`).
 
     Raises:
         ValueError: the key is not a valid WebDataset key, a flow modality is unknown, or frame/flow counts disagree
@@ -235,6 +236,21 @@ def encode_sample(sample: Sample) -> dict[str, bytes]:
             for name, data in zip(flow_members(modality, i, meta.flow_encoding), parts, strict=True):
                 out[name] = data
     return out
+
+
+def write_sample(tar: tarfile.TarFile, members: dict[str, bytes], mtime: int = 0) -> None:
+    """Append an encoded sample to a shard tar: members `<key>.<suffix>` in sorted order, laid out byte for byte as
+    `webdataset.TarWriter` lays them out (mode 0444, owner bigdata), with a fixed time so that the same sample
+    always gives the same bytes (an int: a float adds a PAX record per member). The standard library writes it:
+    webdataset's writer imports torch, which a shard task otherwise never needs."""
+    key = members["__key__"]
+    for suffix in sorted(members):
+        if suffix == "__key__":
+            continue
+        data = members[suffix]
+        info = tarfile.TarInfo(f"{key}.{suffix}")
+        info.size, info.mtime, info.mode, info.uname, info.gname = len(data), mtime, 0o444, "bigdata", "bigdata"
+        tar.addfile(info, io.BytesIO(data))
 
 
 def member_filter(modalities: tuple[str, ...]):

@@ -2,65 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from .tvl1 import PRESETS, TVL1Config, tvl1_flow
+from .params import ALGORITHMS, TVL1Config, resolve_params
+from .tvl1 import tvl1_flow
 from .warped import HomographyConfig, HomographyResult, estimate_homography, warp_to_previous_view
-
-ALGORITHMS = ("tvl1", "warp_tvl1")
-_ALIASES = {"lambda": "lambda_"}
 
 
 def default_device() -> torch.device:
     """`cuda` when a GPU is visible, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_params(preset: str, params: dict) -> tuple[TVL1Config, HomographyConfig]:
-    """A preset plus individual overrides -> the solver and homography configurations.
-
-    Raises:
-        ValueError: an unknown preset or parameter name (the message lists the valid ones).
-    """
-    if preset not in PRESETS:
-        raise ValueError(f"unknown flow preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    params = {_ALIASES.get(k, k): v for k, v in params.items()}
-    tvl1_names = {f.name for f in dataclasses.fields(TVL1Config)}
-    homography_names = {f.name for f in dataclasses.fields(HomographyConfig)}
-    unknown = sorted(set(params) - tvl1_names - homography_names)
-    if unknown:
-        valid = ", ".join(sorted(tvl1_names | homography_names))
-        raise ValueError(f"unknown flow parameter(s) {', '.join(unknown)}; valid: {valid}")
-    params = {k: _typed(TVL1Config if k in tvl1_names else HomographyConfig, k, v) for k, v in params.items()}
-    tvl1 = PRESETS[preset].replace(**{k: v for k, v in params.items() if k in tvl1_names})
-    homography = HomographyConfig(**{k: v for k, v in params.items() if k in homography_names})
-    return tvl1, homography
-
-
-_KINDS = {"float": "a number", "int": "a whole number", "bool": "true or false", "str": "a word", "None": "none"}
-
-
-def _typed(cls, name: str, value):
-    """`value` as the type `cls` declares for `name` (an int where a float is declared becomes a float), or a
-    ValueError naming the parameter and what it takes: warps=abc is refused here, not by a comparison deep inside."""
-    declared = [t.strip() for t in str({f.name: f.type for f in dataclasses.fields(cls)}[name]).split("|")]
-    if value is None and "None" in declared:
-        return None
-    if isinstance(value, bool):
-        if "bool" in declared:
-            return value
-    elif isinstance(value, int) and ("int" in declared or "float" in declared):
-        return value if "int" in declared else float(value)
-    elif isinstance(value, float) and "float" in declared:
-        return value
-    elif isinstance(value, str) and "str" in declared:
-        return value
-    kinds = " or ".join(_KINDS.get(t, t) for t in declared)
-    raise ValueError(f"flow parameter {name} takes {kinds}, got {value!r}")
 
 
 def _check_pair(prev, nxt) -> None:
@@ -104,7 +58,7 @@ def compute_flow(
         algorithm: "tvl1", or "warp_tvl1" (camera motion removed by a homography, TSN's warped flow); or a
             sequence of them, computed together (warped TV-L1 starts from plain TV-L1, so both cost one more
             solve, not two) and returned as {algorithm: flow}.
-        preset: "opencv" (OpenCV's DualTVL1 defaults) or "accurate" (see `pipeline.flow.tvl1.PRESETS`).
+        preset: "opencv" (OpenCV's DualTVL1 defaults) or "accurate" (see `pipeline.flow.params.PRESETS`).
         device: where to compute; default `cuda` when available, else the CPU (ignored for tensors,
             which are computed where they are).
         return_homographies: with warp_tvl1, also return one HomographyResult per pair.

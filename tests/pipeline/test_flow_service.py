@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from pipeline.flow import ALGORITHMS, compute_flow
-from pipeline.flow_service import FlowRequest, FlowSpec, FlowWorker, LocalFlow
+from pipeline.flow_requests import FlowRequest, FlowSpec, LocalFlow
+from pipeline.flow_service import FlowWorker
 from pipeline.report import build_report, format_report
 from pipeline.shards import ShardResult, VideoResult
 from pipeline.video_flow import RETRIES
@@ -205,7 +206,8 @@ COMPILE_SCRIPT = """
 import json, logging, sys
 import numpy as np
 sys.path.insert(0, {repo!r})
-from pipeline.flow_service import FlowRequest, FlowSpec, FlowWorker
+from pipeline.flow_requests import FlowRequest, FlowSpec
+from pipeline.flow_service import FlowWorker
 from tests.helpers import moving_video
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 params = (("compile", {compile}), ("opencv_cpu_ops", False))  # iteration, median and warp all compiled

@@ -4,6 +4,8 @@ and without the flow service on an embedded Ray."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import webdataset as wds
@@ -15,6 +17,7 @@ from pipeline.shards import ProcessConfig
 from pipeline.synthetic import SyntheticConfig, generate_dataset
 from schemas.dataset import SHARDS_DIR
 from schemas.manifest import VideoRecord
+from tests.conftest import REPO
 
 
 def test_cluster_config_refuses_a_dashboard_url_and_negative_counts():
@@ -42,6 +45,17 @@ def test_a_failed_shard_fails_every_video_with_the_reason():
         (r.video_id, "failed", "worker died 4 times: killed", r.label) for r in spec.records
     ]
     assert _last_line(RuntimeError("Traceback ...\n  File x\nValueError: the real reason\n")) == "ValueError: the real reason"
+
+
+def test_the_driver_and_the_shard_tasks_start_without_torch():
+    """The processes that only decode, write and pass frames on (the preprocessing driver, shard tasks and the
+    progress actor, which import these modules) never import torch or webdataset (which imports torch): seconds of
+    start-up and hundreds of MB per process. Only flow workers, and tasks that compute their own flow, load it."""
+    code = "import sys, jobs.preprocess, pipeline.ray_tasks; print(sorted(m for m in ('torch', 'webdataset') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+    loaded = "import sys, pipeline.shards as s; s.ProcessConfig().flow_worker(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", loaded], cwd=REPO, capture_output=True, text=True, timeout=120).stdout.strip() == "True"
 
 
 @pytest.mark.slow

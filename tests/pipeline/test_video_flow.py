@@ -12,7 +12,8 @@ import pytest
 from pipeline import video_flow
 from pipeline.decode import DecodeConfig, VideoError, decode_video
 from pipeline.flow import HomographyConfig, compute_flow
-from pipeline.flow_service import FlowSpec, FlowWorker, LocalFlow
+from pipeline.flow_requests import FlowSpec, LocalFlow
+from pipeline.flow_service import FlowWorker
 from schemas.sample import quantize_flow
 from tests.conftest import shared_path
 from tests.helpers import moving_video

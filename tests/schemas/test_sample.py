@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
+
 import numpy as np
 import pytest
 import webdataset as wds
@@ -19,6 +22,7 @@ from schemas.sample import (
     flow_members,
     member_filter,
     rgb_member,
+    write_sample,
 )
 
 
@@ -82,9 +86,9 @@ def make_sample(key="v_Move000_g01_c01", frames=3, encoding="jpeg") -> Sample:
 def test_sample_round_trip_through_a_tar_read_by_plain_webdataset(tmp_path, encoding):
     samples = [make_sample(f"video_{i}", frames=3 + i, encoding=encoding) for i in range(3)]
     path = str(tmp_path / "train-000000.tar")
-    with wds.TarWriter(path) as sink:
+    with tarfile.open(path, "w|") as sink:
         for s in samples:
-            sink.write(encode_sample(s))
+            write_sample(sink, encode_sample(s))
     read = list(wds.WebDataset(path, shardshuffle=False))
     assert [r["__key__"] for r in read] == ["video_0", "video_1", "video_2"]
     for original, members in zip(samples, read):
@@ -95,6 +99,20 @@ def test_sample_round_trip_through_a_tar_read_by_plain_webdataset(tmp_path, enco
         assert back.rgb_frame(1).shape == (24, 32, 3)
         assert back.flow_frame("tvl1", 0).shape == (24, 32, 2)
         assert len(back.rgb) == original.meta.num_frames and len(back.flow["tvl1"]) == original.meta.num_frames - 1
+
+
+def test_write_sample_writes_the_bytes_webdatasets_tar_writer_writes():
+    """Shards are written with the standard library (webdataset's writer imports torch); their bytes stay those
+    webdataset's TarWriter gives, so shards written before and after the change are identical."""
+    samples = [make_sample(f"video_{i}", frames=2 + i, encoding=e) for i, e in enumerate(("jpeg", "png16", "float16"))]
+    ours, theirs = io.BytesIO(), io.BytesIO()
+    with tarfile.open(fileobj=ours, mode="w|") as sink:
+        for s in samples:
+            write_sample(sink, encode_sample(s))
+    with wds.TarWriter(theirs, mtime=0) as sink:
+        for s in samples:
+            sink.write(encode_sample(s))
+    assert len(ours.getvalue()) > 10240 and ours.getvalue() == theirs.getvalue()
 
 
 def test_plain_webdataset_decoders_read_the_images(tmp_path):
