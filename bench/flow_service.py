@@ -116,13 +116,13 @@ def shifted_pairs(frame: np.ndarray, device: torch.device) -> tuple[torch.Tensor
     return as_batch(np.stack([frame] * 8), device), as_batch(nxt, device)
 
 
-def read_rows(frame: np.ndarray, device: torch.device) -> list[dict]:
-    """Blocking host reads of one launch (opencv preset, eager, the GPU code path), per check interval."""
+def read_rows(frame: np.ndarray, device: torch.device, overrides: dict) -> list[dict]:
+    """Blocking host reads of one launch (opencv preset with `overrides`, eager, the GPU code path), per check interval."""
     I0, I1 = shifted_pairs(frame, device)
     rows = []
     for check_every in (1, 10):
         trace = SolveTrace()
-        cfg = PRESETS["opencv"].replace(compile=False, opencv_cpu_ops=False, check_every=check_every)
+        cfg = PRESETS["opencv"].replace(compile=False, opencv_cpu_ops=False, check_every=check_every, **overrides)
         with torch.no_grad(), HostReads() as reads:  # not inference mode, where .item() escapes the count
             tvl1_flow(I0, I1, cfg, trace)
         row = {
@@ -235,15 +235,16 @@ def solver_rows(frames: np.ndarray, batches: list[int], device: torch.device, la
     return rows
 
 
-def accuracy_rows(root: Path, device: torch.device, sequences: list[str]) -> list[dict]:
+def accuracy_rows(root: Path, device: torch.device, sequences: list[str], compile: bool | None = None) -> list[dict]:
+    """End-point errors per Middlebury sequence; `compile` for both paths (None: where it pays, False: eager)."""
     rows = []
     for name in sequences:
         a, b, f = MIDDLEBURY_PAIRS[name]
         prev, nxt = (cv2.imread(str(root / name / x), cv2.IMREAD_GRAYSCALE) for x in (a, b))
         truth = read_flo(root / name / f)
         # the device path: tensor ops (the GPU code, also on the CPU), compiled where the device allows
-        on_device = compute_flow(prev, nxt, device=str(device), opencv_cpu_ops=False)
-        cpu = compute_flow(prev, nxt, device="cpu")
+        on_device = compute_flow(prev, nxt, device=str(device), opencv_cpu_ops=False, compile=compile)
+        cpu = compute_flow(prev, nxt, device="cpu", compile=compile)
         opencv = cv2.optflow.DualTVL1OpticalFlow_create().calc(prev, nxt, None)
         row = {
             "sequence": name,
@@ -383,9 +384,11 @@ def main() -> int:
         print("| frames | check every | us per iteration | vs a check every iteration |\n|---|---|---|---|")
         figures["host"] = host_rows(device, args.smoke)
     if "reads" in sections:
-        print("\nBlocking host reads of one launch (8 real pairs at 128x96 shifted 0-2 px, opencv preset, eager):\n")
+        reads_size = (64, 48) if args.smoke else (128, 96)
+        w, h = reads_size
+        print(f"\nBlocking host reads of one launch (8 real pairs at {w}x{h} shifted 0-2 px, opencv preset, eager):\n")
         print("| check every | blocking reads (by op) | checks | compactions | iterations |\n|---|---|---|---|---|")
-        figures["reads"] = read_rows(gray_frames(videos[0], (128, 96), 2)[0], device)
+        figures["reads"] = read_rows(gray_frames(videos[0], reads_size, 2)[0], device, {"nscales": 1, "warps": 2, "epsilon": 0.05} if args.smoke else {})
     if "tails" in sections:
         print("\nTails: iterations per warp of one launch (opencv preset; cap 300):\n")
         print("| pairs | mean / p99 / max | warps at the cap | seconds | device busy |\n|---|---|---|---|---|")
@@ -397,7 +400,8 @@ def main() -> int:
     if "accuracy" in sections:
         print("\nAccuracy on Middlebury (end-point error, px): device path vs CPU path vs OpenCV's DualTVL1:\n")
         print("| sequence | device | CPU path | device vs CPU | OpenCV | device / OpenCV |\n|---|---|---|---|---|---|")
-        figures["accuracy"] = accuracy_rows(Path(args.middlebury), device, ["RubberWhale"] if args.smoke else list(MIDDLEBURY_PAIRS))
+        sequences = ["Yosemite"] if args.smoke else list(MIDDLEBURY_PAIRS)  # the smoke run: the smallest pair, eager
+        figures["accuracy"] = accuracy_rows(Path(args.middlebury), device, sequences, compile=False if args.smoke else None)
     if "end_to_end" in sections:
         warm = "no warm-up (smoke)" if args.smoke else "after one warm-up run of each code (compiles cached)"
         print(
