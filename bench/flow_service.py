@@ -388,7 +388,8 @@ def main() -> int:
         w, h = reads_size
         print(f"\nBlocking host reads of one launch (8 real pairs at {w}x{h} shifted 0-2 px, opencv preset, eager):\n")
         print("| check every | blocking reads (by op) | checks | compactions | iterations |\n|---|---|---|---|---|")
-        figures["reads"] = read_rows(gray_frames(videos[0], reads_size, 2)[0], device, {"nscales": 1, "warps": 2, "epsilon": 0.05} if args.smoke else {})
+        quick = {"nscales": 1, "warps": 2, "epsilon": 0.05} if args.smoke else {}  # the smoke run: a few dozen iterations
+        figures["reads"] = read_rows(gray_frames(videos[0], reads_size, 2)[0], device, quick)
     if "tails" in sections:
         print("\nTails: iterations per warp of one launch (opencv preset; cap 300):\n")
         print("| pairs | mean / p99 / max | warps at the cap | seconds | device busy |\n|---|---|---|---|---|")

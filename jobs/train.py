@@ -190,7 +190,7 @@ def train_with_ray(cfg: TrainJobConfig) -> None:
     Raises:
         RunStopped: the run could not finish (failures used up, or no room for the ranks in time).
     """
-    from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     from pipeline.ray_tasks import connect
@@ -207,6 +207,9 @@ def train_with_ray(cfg: TrainJobConfig) -> None:
             storage_path=join(cfg.train.out, "ray"),
             name="train",
             failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=0),
+            # Ray Train's own INFO lines (a "Reporting training result ..." per rank and epoch) would bury the run's;
+            # rank 0 says where the ranks run instead, and Ray Train's warnings and errors still show.
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
     try:

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -415,6 +416,14 @@ def _resume(cfg: TrainConfig, state: dict | None, model: nn.Module, optimizer, n
     return state["epoch"] + 1, state["step"], state.get("best") or {}
 
 
+def _say_where_ranks_run(rank: int, world: int, device: torch.device) -> None:
+    """Rank 0 prints one line naming every rank's host, process and device (gathered from all ranks)."""
+    places: list = [None] * world
+    torch.distributed.all_gather_object(places, f"{socket.gethostname()} pid {os.getpid()} {device}")
+    if rank == 0:
+        say(f"{world} ranks ({torch.distributed.get_backend()}): " + ", ".join(f"rank {i} on {p}" for i, p in enumerate(places)))
+
+
 def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None) -> dict:
     """Train (or resume) the run `cfg.out`; returns the last epoch's stats. Works in one process or as a DDP rank."""
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -435,6 +444,7 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
     val_split = validation_split(cfg, info.counts.get("samples", {}))
     if distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        _say_where_ranks_run(rank, world, device)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
     criterion = nn.CrossEntropyLoss()
 

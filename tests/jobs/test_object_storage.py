@@ -22,7 +22,7 @@ from pipeline.synthetic import SyntheticConfig, generate_dataset
 from schemas.manifest import read_manifest
 from schemas.sample import decode_sample
 from storage import TMP_MARK, Location, join
-from tests.conftest import REPO, incomplete_uploads, run_job
+from tests.conftest import REPO, incomplete_uploads, run_inline, run_job
 from tests.helpers import BAD_REASONS, QUICK_FLOW, write_bad_inputs
 from trainers.data import read_samples
 from trainers.metrics import video_metrics
@@ -137,7 +137,7 @@ def test_resume_on_s3_redoes_only_the_missing_shard_and_cleans_leftovers(s3_data
 def test_train_evaluate_visualize_from_s3(s3_dataset):
     bucket, _, out, entries, _, _ = s3_dataset
     run = join(bucket, "runs", "flow")
-    trained = run_job(
+    trained = run_inline(  # in this process, whose environment reaches the S3 server: no second interpreter's imports
         "jobs.train",
         "--data",
         out,
@@ -169,7 +169,7 @@ def test_train_evaluate_visualize_from_s3(s3_dataset):
     assert runs.is_file("curves.png")
 
     metrics_uri = join(bucket, "eval", "metrics.json")
-    evaluated = run_job(
+    evaluated = run_inline(
         "jobs.evaluate", "--data", out, "--run", f"flow={run}", "--segments", "3", "--json", metrics_uri, "--loader-workers", "1"
     )
     assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
@@ -180,7 +180,7 @@ def test_train_evaluate_visualize_from_s3(s3_dataset):
     assert Location(join(bucket, "eval")).list() == ["confusion.png", "evaluate.config.json", "metrics.json", "scores.npz"]
 
     picture = join(bucket, "flow.png")
-    shown = run_job("jobs.visualize", "--data", out, "--out", picture)
+    shown = run_inline("jobs.visualize", "--data", out, "--out", picture)
     assert shown.returncode == 0, shown.stderr
     image = cv2.imdecode(np.frombuffer(Location(picture).read_bytes(), np.uint8), cv2.IMREAD_COLOR)
     assert image.shape == (48, 2 * 64, 3)  # an RGB frame beside its tvl1 flow

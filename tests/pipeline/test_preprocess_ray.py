@@ -24,7 +24,7 @@ from pipeline.synthetic import SyntheticConfig, class_direction, class_names, ge
 from schemas.dataset import read_dataset_info
 from schemas.manifest import read_manifest
 from schemas.sample import decode_sample
-from tests.conftest import REPO, SHARED_DATA, free_port, run_job, wait_for
+from tests.conftest import REPO, SHARED_DATA, free_port, run_inline, run_job, wait_for
 from tests.helpers import BAD_REASONS, QUICK_FLOW, flags, write_bad_inputs
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -123,7 +123,7 @@ def test_inspect_summarises_the_run_from_its_tables(dataset, embedded_run):
     """jobs.inspect: the counts printed are index.parquet's and results.parquet's, failures by reason with their
     videos; summary.png drawn."""
     out, _ = embedded_run
-    result = run_job("jobs.inspect", str(out), "--png", str(out.parent / "summary.png"))
+    result = run_inline("jobs.inspect", str(out), "--png", str(out.parent / "summary.png"))
     assert result.returncode == 0, result.stdout + result.stderr
     index = pq.read_table(out / "index.parquet").to_pylist()
     results = pq.read_table(out / "results.parquet").to_pylist()
