@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 from storage import Location, StorageError, is_uri
@@ -32,10 +33,24 @@ def write_config(cfg, path: str) -> None:
     Location(path).write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str) + "\n")
 
 
-def check_locations(*paths: str | None) -> None:
+def in_ray_job() -> bool:
+    """Whether this process is the entrypoint of a `ray job submit` job (Ray's job supervisor sets these)."""
+    return "RAY_JOB_ID" in os.environ or "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def check_locations(*inputs: str | None, outputs: tuple[str | None, ...] = ()) -> None:
     """Fail early, in one sentence, when the object store behind any of these URIs is unreachable, refuses the
-    credentials or lacks the bucket (local paths are checked where they are used)."""
-    for path in paths:
+    credentials or lacks the bucket, or, inside a `ray job submit` job, when an input is a relative local path that
+    does not exist (the usual cause: `--working-dir` leaves out git-ignored folders). Other local paths are checked
+    where they are used."""
+    for path in inputs if in_ray_job() else ():
+        if path and not is_uri(path) and not os.path.isabs(path) and not os.path.exists(path):
+            raise ValueError(
+                f"{path} does not exist in this Ray job's working directory ({os.getcwd()}): `ray job submit --working-dir` "
+                "uploads the folder without its git-ignored files; pass an absolute path that every node sees, or a URI "
+                "such as s3://bucket/path"
+            )
+    for path in (*inputs, *outputs):
         if path and is_uri(path):
             Location(path).check()
 

@@ -166,7 +166,7 @@ def _views(cfg: EvaluateConfig, train_cfg, mirrored: bool) -> str:
 
 
 def main(cfg: EvaluateConfig) -> int:
-    check_locations(cfg.data, cfg.json, cfg.out, *(run for _, run in cfg.runs))
+    check_locations(cfg.data, *(run for _, run in cfg.runs), outputs=(cfg.json, cfg.out))
     if cfg.json and Location(cfg.json).is_dir():  # refused before the evaluation, not when writing after it
         raise ValueError(f"--json {cfg.json} is a folder; give a file such as {join(cfg.json, 'metrics.json')}")
     device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")

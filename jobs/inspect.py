@@ -41,7 +41,7 @@ def config_from_args(args: argparse.Namespace) -> InspectConfig:
 
 def main(cfg: InspectConfig) -> int:
     png = cfg.png or join(cfg.data, SUMMARY_PNG)
-    check_locations(cfg.data, png)
+    check_locations(cfg.data, outputs=(png,))
     summary = summarize(cfg.data)
     print("\n".join(summary_lines(summary)))
     Location(png).write_bytes(summary_png(summary))

@@ -79,7 +79,7 @@ def config_path(out: str) -> str:
 
 
 def main(cfg: ManifestConfig) -> int:
-    check_locations(cfg.annotations, cfg.videos, cfg.label_map, cfg.out)
+    check_locations(cfg.annotations, cfg.videos, cfg.label_map, outputs=(cfg.out,))
     manifest = load_dataset(cfg.dataset, cfg.annotations, cfg.videos, split=cfg.split, label_map=cfg.label_map)
     table = manifest_table(manifest.records, manifest.classes, manifest.dataset)
     print(summarize(manifest))

@@ -206,7 +206,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessJobConfig:
 
 
 def main(cfg: PreprocessJobConfig) -> int:
-    check_locations(cfg.run.manifest, cfg.run.out)
+    check_locations(cfg.run.manifest, outputs=(cfg.run.out,))
     summary = run_preprocess(cfg.run, print_fn=lambda line: print(line, flush=True))
     write_config(cfg, join(cfg.run.out, "preprocess.config.json"))
     print(format_summary(summary, cfg.run.out), flush=True)

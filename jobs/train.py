@@ -12,6 +12,8 @@ ends the run with one sentence, the checkpoint kept for a later resume.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -179,8 +181,19 @@ def _ray_train_loop(config: dict) -> None:
     """Runs on every Ray Train worker; Ray Train has set up torch.distributed (gloo on CPU, nccl on GPU)."""
     import ray.train
 
+    _quiet_reports()
     config["step_epochs"] = tuple(config["step_epochs"])
     run_training(TrainConfig(**config), report=ray.train.report)
+
+
+def _quiet_reports() -> None:
+    """Silence Ray Train's "Reporting training result ..." INFO line (one per rank and epoch). Its logger is named
+    after its file, outside the `ray.train` logger that RunConfig's LoggingConfig sets, and a restarted worker
+    group logs it at INFO again; where a Ray version moves it, nothing breaks, the lines just show."""
+    with contextlib.suppress(ImportError, AttributeError):
+        from ray.train.v2._internal.execution import context
+
+        context.logger.setLevel(logging.WARNING)
 
 
 def train_with_ray(cfg: TrainJobConfig) -> None:
@@ -235,7 +248,7 @@ def _stopped_sentence(cfg: TrainJobConfig, exc: Exception) -> str:
 
 def main(cfg: TrainJobConfig) -> int:
     """Train (or resume) the run; a distributed run that cannot finish exits 1 with one sentence."""
-    check_locations(cfg.train.data, cfg.train.out, cfg.train.pretrained)
+    check_locations(cfg.train.data, cfg.train.pretrained, outputs=(cfg.train.out,))
     check_dataset(cfg.train)  # a wrong --data or modality is one sentence here, not a failure on every rank
     if cfg.workers > 1:
         try:

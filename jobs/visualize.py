@@ -49,7 +49,7 @@ def config_from_args(args: argparse.Namespace) -> VisualizeConfig:
 
 
 def main(cfg: VisualizeConfig) -> int:
-    check_locations(cfg.data, cfg.out)
+    check_locations(cfg.data, outputs=(cfg.out,))
     urls = shard_urls(cfg.data, cfg.split)
     sample = next((decode_sample(m) for m in read_samples(urls) if cfg.key in (None, m["__key__"])), None)
     if sample is None:

@@ -192,15 +192,28 @@ def save_checkpoint(out: Location, state: dict, name: str = CHECKPOINT) -> None:
 def load_checkpoint(path: str) -> dict:
     """A checkpoint written by `run_training`: a run folder or a checkpoint file (a local path or URI).
 
+    Loaded with `weights_only=True`: tensors and plain values only, which is all a flowshard checkpoint holds, so
+    a run folder from someone else (a shared bucket) cannot run code when it is loaded.
+
     Raises:
-        ValueError: no checkpoint, or one from another format version.
+        ValueError: no checkpoint, one that holds anything else (refused, not unpickled), or one from another
+            format version.
     """
     where = Location(path)
     if where.is_dir():
         where = where.child(CHECKPOINT)
     if not where.is_file():
         raise ValueError(f"no checkpoint at {where.uri_of()}; train one with `python -m jobs.train`")
-    state = torch.load(io.BytesIO(where.read_bytes()), map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(io.BytesIO(where.read_bytes()), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - an unpickling refusal, a zip or a torch error: not a checkpoint we load
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:160]
+        raise ValueError(
+            f"{where.uri_of()} is not a flowshard checkpoint of tensors and plain values ({reason}); it was not loaded, "
+            "since unpickling anything more could run code: use a checkpoint written by `python -m jobs.train`"
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{where.uri_of()} is not a flowshard checkpoint (it holds a {type(state).__name__}, not a dict)")
     if state.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path} was trained on sample format {state.get('format_version')}, this flowshard reads {FORMAT_VERSION}")
     return state

@@ -8,10 +8,13 @@ runs some of the same errors as processes.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
+from schemas.sample import FORMAT_VERSION
 from tests.conftest import run_inline
 from tests.helpers import synthetic_sample, write_dataset
 
@@ -53,7 +56,20 @@ CASES = [
     ("inspect", ["{tmp}/data", "--colour"], "unrecognized arguments: --colour"),
     ("make_synthetic", ["--out", "{tmp}/v", "--size", "big"], "WIDTHxHEIGHT"),
     ("visualize", ["--data", "{tmp}/data", "--out", "{tmp}/f.png", "--index", "middle"], "invalid int value: 'middle'"),
+    # a run folder whose checkpoint unpickles into a call (os.mkdir here): refused, never run (no new folder)
+    ("evaluate", ["--data", "{tmp}/data", "--run", "x={tmp}/tampered"], "was not loaded, since unpickling anything more could run code"),
+    ("train", ["--data", "{tmp}/data", "--model", "tsn_rgb", "--out", "{tmp}/tampered"], "is not a flowshard checkpoint of tensors"),
 ]
+
+
+class _Tampered:
+    """Unpickles into os.mkdir(path): what a malicious checkpoint could do with any callable."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
 
 
 def files(root: Path) -> set[Path]:
@@ -62,10 +78,14 @@ def files(root: Path) -> set[Path]:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
-    """A small dataset and a CSV posing as weights; the rows name only these and paths that do not exist."""
+    """A small dataset, a CSV posing as weights and a tampered run folder; the rows name only these and paths that
+    do not exist."""
     tmp = tmp_path_factory.mktemp("inputs")
     write_dataset(tmp / "data", {"train-000000.tar": [synthetic_sample(f"v{i}", i % 2) for i in range(2)]})
     (tmp / "w.csv").write_text("a,b\n1,2\n")
+    (tmp / "tampered").mkdir()
+    state = {"format_version": FORMAT_VERSION, "model": {}, "config": {}, "epoch": 0, "hook": _Tampered(str(tmp / "pwned"))}
+    torch.save(state, tmp / "tampered" / "checkpoint.pt")
     return tmp
 
 
@@ -105,3 +125,25 @@ def test_a_refused_resume_names_what_the_user_changed_not_the_estimate_that_foll
         _refuse_other_parameters(Location(str(tmp_path)), smaller, estimated_per_shard=False)
     with pytest.raises(ValueError, match="videos_per_shard: 650 -> 520"):  # the only change (--shard-size-mb)
         _refuse_other_parameters(Location(str(tmp_path)), {**before, "videos_per_shard": 520}, estimated_per_shard=True)
+
+
+@pytest.mark.parametrize(
+    "command,argv",
+    [
+        ("preprocess", ["--manifest", "demo_out/manifest.parquet", "--out", "{tmp}/o"]),
+        ("train", ["--data", "demo_out/data", "--model", "tsn_rgb", "--out", "/abs/run"]),
+        ("evaluate", ["--data", "{tmp}/data", "--run", "flow=demo_out/runs/flow"]),
+    ],
+)
+def test_a_relative_path_missing_inside_a_ray_job_names_working_dir(inputs, monkeypatch, command, argv):
+    """Inside `ray job submit` (the supervisor sets RAY_JOB_ID), a relative input the job's working directory lacks
+    is most often a git-ignored folder --working-dir did not upload: the one line says so and what to pass."""
+    monkeypatch.setenv("RAY_JOB_ID", "02000000")
+    monkeypatch.chdir(inputs)
+    result = run_inline(f"jobs.{command}", *[a.format(tmp=inputs) for a in argv])
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: demo_out/") and "does not exist in this Ray job's working directory" in lines[0]
+    assert "--working-dir" in lines[0] and "absolute path" in lines[0] and "s3://" in lines[0]
+    monkeypatch.delenv("RAY_JOB_ID")  # outside a job the same path gets the command's own message
+    assert "Ray job" not in run_inline(f"jobs.{command}", *[a.format(tmp=inputs) for a in argv]).stderr

@@ -9,6 +9,7 @@ import csv
 import io
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -280,7 +281,10 @@ def train_and_lose_the_second_node(nodes: TwoNodes, data: str, run: str, train_v
             job.wait()
     assert job.returncode == 0, output
     assert "resuming" in output, "the ranks did not restart from the checkpoint"
-    state = torch.load(io.BytesIO(runs.read_bytes("checkpoint.pt")), weights_only=False)
+    assert re.search(r"2 ranks \(gloo\): rank 0 on \S+ pid \d+ cpu, rank 1 on \S+ pid \d+ cpu", output), output
+    # progress printed once, by rank 0, and none of Ray Train's INFO lines
+    assert output.count(f"epoch {epochs - 1}: loss") == 1 and "Reporting training result" not in output, output
+    state = torch.load(io.BytesIO(runs.read_bytes("checkpoint.pt")), weights_only=True)  # as flowshard loads it
     assert state["epoch"] == epochs - 1  # every epoch ran (0-based)
     steps = math.ceil(math.ceil(train_videos / 2) / batch)  # per epoch, each rank its half
     rows = list(csv.DictReader(io.StringIO(runs.read_text("metrics.csv"))))
