@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import sys
 
-from storage import Location, StorageError, is_uri
+from storage import Location, StorageError, is_uri, redact, redacted
 
 EXIT_USAGE = 2  # bad flags or input files, as argparse uses
 USER_ERRORS = (ValueError, StorageError)  # what a job reports as one sentence (no traceback)
@@ -24,13 +25,46 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def fail(message: str) -> int:
     """Print a one-sentence error for the user (no traceback) and return the usage exit code."""
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {redact(message)}", file=sys.stderr)
     return EXIT_USAGE
 
 
 def write_config(cfg, path: str) -> None:
-    """Write a job's resolved configuration as JSON (a local path or URI) next to its outputs, for reproducing the run."""
-    Location(path).write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str) + "\n")
+    """Write a job's resolved configuration as JSON (a local path or URI) next to its outputs, for reproducing the
+    run; credentials in its URIs are redacted (pass them again, or through the environment, to re-run)."""
+    Location(path).write_text(json.dumps(redacted(dataclasses.asdict(cfg)), indent=2, default=str) + "\n")
+
+
+class _Redacting:
+    """A text stream that redacts credentials in URIs (`storage.redact`) on the way to the one it wraps; anything
+    else (encoding, fileno, isatty, ...) is the wrapped stream's."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(redact(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def redacted_output():
+    """While a job runs, everything it prints to stdout and stderr (its lines, progress, the Ray workers' lines the
+    driver relays) has credentials in URIs replaced by ***."""
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Redacting(sys.stdout), _Redacting(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = streams
 
 
 def in_ray_job() -> bool:
@@ -59,13 +93,14 @@ def cli(get_args_parser, config_from_args, main, argv: list[str] | None = None) 
     """Run a job from the command line (or `argv`): parse flags, build the config, run `main`.
 
     A ValueError while building the config (a flag value the config rejects), or a user error (ValueError,
-    StorageError) that `main` lets through, becomes a one-sentence error.
+    StorageError) that `main` lets through, becomes a one-sentence error. Nothing it prints shows credentials.
     """
-    args = get_args_parser().parse_args(argv)
-    try:
-        return main(config_from_args(args))
-    except USER_ERRORS as exc:
-        return fail(str(exc))
+    with redacted_output():
+        args = get_args_parser().parse_args(argv)
+        try:
+            return main(config_from_args(args))
+        except USER_ERRORS as exc:
+            return fail(str(exc))
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from schemas.dataset import DATASET_FILE, INDEX_FILE, INDEX_SCHEMA, RESULTS_FILE, RESULTS_SCHEMA, SHARDS_DIR, DatasetInfo
 from schemas.manifest import VideoRecord, read_manifest
-from storage import Location
+from storage import Location, join
 
 from . import __version__
 from .plan import ShardSpec, estimate_video_mb, plan_shards
@@ -272,6 +272,6 @@ def format_summary(summary: RunSummary, out: str, show_failures: int = 10) -> st
         lines.append("failures by reason: " + "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common()))
         lines += [f"  {v.video_id}: {v.reason}" for v in summary.failures[:show_failures]]
         if len(summary.failures) > show_failures:
-            lines.append(f"  ... {len(summary.failures) - show_failures} more in {out}/{RESULTS_FILE}")
-    lines.append(f"shards in {out}/{SHARDS_DIR}/, index {out}/{INDEX_FILE}, per-video results {out}/{RESULTS_FILE}")
+            lines.append(f"  ... {len(summary.failures) - show_failures} more in {join(out, RESULTS_FILE)}")
+    lines.append(f"shards in {join(out, SHARDS_DIR)}, index {join(out, INDEX_FILE)}, per-video results {join(out, RESULTS_FILE)}")
     return "\n".join(lines)

@@ -36,7 +36,7 @@ from schemas.sample import (
     encode_sample,
     write_sample,
 )
-from storage import HashingWriter, Location
+from storage import HashingWriter, Location, redact
 
 from .decode import DecodeConfig, VideoError, VideoStream
 from .flow import HomographyConfig, resolve_params
@@ -141,6 +141,9 @@ class VideoResult:
     frames: int = 0
     bytes: int = 0
     label: int = -1
+
+    def __post_init__(self):
+        self.reason = redact(self.reason)  # it may name a video's URI, credentials and all; results are stored and printed
 
 
 @dataclass

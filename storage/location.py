@@ -14,6 +14,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -32,6 +33,29 @@ class StorageError(RuntimeError):
     """A location cannot be used; str(error) is one sentence naming it and the fix."""
 
 
+# Credentials in a URI: the user-info part (`s3://KEY:SECRET@bucket/...`, as pyarrow's FileSystem.from_uri takes
+# them) and query options that hold secrets; other options (endpoint_override, scheme, region) are not secret.
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s?#'\"]*@", re.IGNORECASE)
+_SECRET_OPTION = re.compile(r"([?&][a-z_]*(?:key|secret|token|password|credential)[a-z_]*=)[^&\s'\"]*", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` (a URI, or any line naming URIs) with the credentials in its URIs replaced by ***:
+    `s3://***@bucket/out?endpoint_override=host:9000`. What flowshard prints or stores passes through here."""
+    return _SECRET_OPTION.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
+
+
+def redacted(value: T) -> T:
+    """A JSON-like value (dicts, lists, tuples, strings) with every string redacted, for stored configurations."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redacted(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redacted(v) for v in value)
+    return value
+
+
 def is_uri(path: str | os.PathLike) -> bool:
     """Whether `path` is a URI (`scheme://...`) rather than a local path."""
     return "://" in os.fspath(path)
@@ -44,28 +68,30 @@ def join(base: str | os.PathLike, *parts: str) -> str:
     if not parts:
         return base
     if is_uri(base):
-        return "/".join([base.rstrip("/"), *parts])
+        base, mark, options = base.partition("?")  # query options (endpoint_override=...) stay at the end
+        return "/".join([base.rstrip("/"), *parts]) + mark + options
     return os.path.join(base, *parts)
 
 
 def parent(path: str) -> str:
     """The folder holding `path` (a local path or a URI)."""
     if is_uri(path):
+        path, mark, options = path.partition("?")
         scheme, rest = path.split("://", 1)
         head = rest.rstrip("/").rsplit("/", 1)[0] if "/" in rest.rstrip("/") else rest
-        return f"{scheme}://{head}"
+        return f"{scheme}://{head}{mark}{options}"
     return os.path.dirname(os.path.abspath(path))
 
 
 def basename(path: str) -> str:
     """The last part of `path` (a local path or a URI)."""
-    return path.rstrip("/").rsplit("/", 1)[-1] if is_uri(path) else os.path.basename(path.rstrip(os.sep))
+    return path.partition("?")[0].rstrip("/").rsplit("/", 1)[-1] if is_uri(path) else os.path.basename(path.rstrip(os.sep))
 
 
 def explain(exc: OSError, uri: str) -> str:
     """One sentence for a failed storage call: unreachable store, missing bucket, refused credentials, or the
     store's own first line."""
-    text = str(exc)
+    text, uri = redact(str(exc)), redact(uri)
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
     if "NETWORK_CONNECTION" in text or "curlCode" in text:
         where = f"at {endpoint} (AWS_ENDPOINT_URL)" if endpoint else "(no AWS_ENDPOINT_URL set: the AWS default)"
@@ -86,15 +112,19 @@ def explain(exc: OSError, uri: str) -> str:
 
 
 def _resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it); one filesystem per bucket and endpoint in a process, as creating an S3
-    one costs a request (it looks up the bucket's region)."""
+    """(filesystem, path inside it); one filesystem per bucket, credentials, options and endpoint in a process, as
+    creating an S3 one costs a request (it looks up the bucket's region)."""
     scheme, rest = uri.split("://", 1)
     rest, _, query = rest.partition("?")
     if scheme not in ("s3", "gs", "gcs"):
         fs, path = pafs.FileSystem.from_uri(uri)
         return fs, path.rstrip("/") or path
+    userinfo = ""
+    if "@" in rest.split("/", 1)[0]:  # s3://KEY:SECRET@bucket/...: the credentials are the filesystem's, not the path's
+        userinfo, _, rest = rest.partition("@")
+        userinfo += "@"
     bucket = rest.split("/", 1)[0]
-    fs = _object_store(f"{scheme}://{bucket}" + (f"?{query}" if query else ""), os.environ.get("AWS_ENDPOINT_URL"))
+    fs = _object_store(f"{scheme}://{userinfo}{bucket}" + (f"?{query}" if query else ""), os.environ.get("AWS_ENDPOINT_URL"))
     return fs, rest.rstrip("/")
 
 
@@ -142,14 +172,14 @@ class Location:
                 raise StorageError(explain(exc, uri)) from None
             except (pa.ArrowInvalid, ValueError) as exc:
                 raise StorageError(
-                    f"{uri} is not a usable location ({str(exc).splitlines()[0]}); use a local path or s3://, gs://, hdfs://"
+                    redact(f"{uri} is not a usable location ({str(exc).splitlines()[0]}); use a local path or s3://, gs://, hdfs://")
                 ) from None
         else:
             self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(uri)
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
 
     def __repr__(self) -> str:
-        return f"Location({self.uri!r})"
+        return f"Location({redact(self.uri)!r})"
 
     def __reduce__(self):  # pickled (to Ray tasks, loader workers) as its URI; the filesystem is rebuilt there
         return (Location, (self.uri,))
@@ -162,7 +192,7 @@ class Location:
         return "/".join([self.root, *parts]) if parts else self.root
 
     def uri_of(self, *parts: str) -> str:
-        """The user-facing name of a path below this location (for messages and manifests)."""
+        """The full name of a path below this location, credentials included (to open it; `redact` it to show it)."""
         return join(self.uri, *parts) if is_uri(self.uri) else self.path(*parts)
 
     def child(self, *parts: str) -> Location:
@@ -202,7 +232,7 @@ class Location:
             return
         bucket = self.root.split("/", 1)[0]
         if self._call(lambda: self.fs.get_file_info(bucket)).type == pafs.FileType.NotFound:
-            raise StorageError(f"bucket {bucket!r} of {self.uri} does not exist; create it or fix the URI")
+            raise StorageError(f"bucket {bucket!r} of {redact(self.uri)} does not exist; create it or fix the URI")
 
     def read_bytes(self, *parts: str) -> bytes:
         """The whole file."""
@@ -297,8 +327,9 @@ class Location:
         for name in stale:
             self.delete_file(*parts, name)
         if self.fs.type_name == "s3":
-            from .multipart import abort_incomplete_uploads
+            from .multipart import abort_incomplete_uploads, client_options
 
             bucket, _, key = self.path(*parts).partition("/")
-            stale += self._call(lambda: abort_incomplete_uploads(bucket, f"{key}/" if key else "", TMP_MARK), *parts)
+            options = client_options(self.uri)
+            stale += self._call(lambda: abort_incomplete_uploads(bucket, f"{key}/" if key else "", TMP_MARK, options), *parts)
         return len(stale)

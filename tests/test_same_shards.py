@@ -19,6 +19,7 @@ import pytest
 
 from pipeline.synthetic import SyntheticConfig, generate_dataset
 from tests.conftest import REPO, run_job
+from tests.helpers import QUICK_FLOW
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -59,7 +60,8 @@ def run_chain(tree: Path, videos: Path, work: Path, probe: Path, keep: Path) -> 
     manifest, data = work / "manifest.parquet", work / "data"
     commands = [
         ("jobs.manifest", "ucf101", "--annotations", videos, "--videos", videos, "--split", 1, "--out", manifest),
-        ("jobs.preprocess", "--manifest", manifest, "--out", data, "--modalities", "rgb,tvl1,warp_tvl1", "--videos-per-shard", 2),
+        ("jobs.preprocess", "--manifest", manifest, "--out", data, "--modalities", "rgb,tvl1,warp_tvl1", "--videos-per-shard", 2)
+        + tuple(QUICK_FLOW),
     ]
     for module, *args in commands:
         result = run_job(module, *map(str, args), env=env, cwd=tree)

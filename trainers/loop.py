@@ -28,7 +28,7 @@ from torch import nn
 
 from schemas.dataset import read_dataset_info
 from schemas.sample import FORMAT_VERSION
-from storage import Location
+from storage import Location, redact, redacted
 
 from .curves import curves_png
 from .data import ExampleConfig, make_loader
@@ -128,8 +128,8 @@ class TrainConfig:
 def say(line: str) -> None:
     """A progress line on stdout, written to the stream rather than with `print`: Ray Train replaces `print` in
     its workers with one that logs each line and, where stdout is redirected (as Ray does), prints it too, so
-    every line would reach the driver twice."""
-    sys.stdout.write(line + "\n")
+    every line would reach the driver twice. Credentials in the URIs it names are redacted."""
+    sys.stdout.write(redact(line) + "\n")
     sys.stdout.flush()
 
 
@@ -467,7 +467,7 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
     milestones = tuple(e * steps_per_epoch for e in cfg.step_epochs)
     lr_at = lambda s: get_lr(s, total, warmup, cfg.lr, cfg.schedule, milestones)  # noqa: E731
     if rank == 0:
-        out.write_text(json.dumps(asdict(cfg), indent=2) + "\n", "config.json")
+        out.write_text(json.dumps(redacted(asdict(cfg)), indent=2) + "\n", "config.json")
     # Rows of epochs after the checkpoint belong to an interrupted epoch that runs again.
     metrics = [r for r in read_metrics(out) if int(r["epoch"]) < start_epoch] if rank == 0 else []
     tensorboard = _tensorboard(out) if rank == 0 else None
@@ -540,7 +540,7 @@ def _save_epoch(
         "lr_scheduler": schedule,
         "epoch": epoch,
         "step": schedule["step"],
-        "config": asdict(cfg),
+        "config": redacted(asdict(cfg)),  # no credentials of a data or run URI in a file others may read
         "num_classes": len(classes),
         "classes": classes,
         "format_version": FORMAT_VERSION,

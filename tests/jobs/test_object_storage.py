@@ -185,3 +185,43 @@ def test_train_evaluate_visualize_from_s3(s3_dataset):
     image = cv2.imdecode(np.frombuffer(Location(picture).read_bytes(), np.uint8), cv2.IMREAD_COLOR)
     assert image.shape == (48, 2 * 64, 3)  # an RGB frame beside its tvl1 flow
     assert not (REPO / "s3:").exists()
+
+
+def test_credentials_in_a_uri_work_and_no_printed_or_stored_byte_holds_the_secret(s3_server, tmp_path, monkeypatch):
+    """Only the URIs carry the credentials and the endpoint (pyarrow's `s3://KEY:SECRET@bucket/...?endpoint_override=`
+    form): preprocess, train and evaluate through them, re-run, and fail once; then every line printed and every
+    file written, in the bucket and on disk, is searched for the secret."""
+    import boto3
+
+    secret = "FlowshardSecret0123"
+    name = f"creds-{tmp_path.name[-8:].lower().replace('_', '-')}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(variable)  # this process, the jobs it starts and their Ray workers
+    options = f"?endpoint_override={s3_server.endpoint.removeprefix('http://')}&scheme=http&region=us-east-1"
+    base = f"s3://AKIAFLOWSHARD:{secret}@{name}"
+    data, run, metrics = f"{base}/data{options}", f"{base}/runs/flow{options}", f"{base}/eval/metrics.json{options}"
+    entries = generate_dataset(SyntheticConfig(classes=2, videos_per_class=3, width=64, height=48, frames=6, seed=3), tmp_path / "v")
+    (tmp_path / "list.csv").write_text("".join(f"{tmp_path / 'v' / e.relpath},c{e.label},{e.split}\n" for e in entries))
+    manifest = tmp_path / "m.parquet"
+    listing = ["--annotations", str(tmp_path / "list.csv"), "--videos", str(tmp_path), "--out", str(manifest)]
+    outputs = [run_inline("jobs.manifest", "csv", *listing)]
+    outputs.append(run_job("jobs.preprocess", "--manifest", str(manifest), "--out", data, *PREPROCESS))
+    outputs.append(run_job("jobs.preprocess", "--manifest", str(manifest), "--out", data, *PREPROCESS))  # nothing to run
+    train = ["--data", data, "--model", "tsn_flow", "--out", run, "--epochs", "1", "--batch-size", "2", "--input-size", "32"]
+    outputs.append(run_inline("jobs.train", *train, "--loader-workers", "0", "--print-freq", "1", "--no-flip"))
+    outputs.append(run_inline("jobs.evaluate", "--data", data, "--run", f"flow={run}", "--segments", "2", "--json", metrics))
+    refused = run_inline("jobs.inspect", f"s3://AKIAFLOWSHARD:{secret}@no-such-bucket/data{options}")
+    assert [r.returncode for r in outputs] == [0, 0, 0, 0, 0] and refused.returncode == 2, [r.stderr[-500:] for r in outputs]
+    printed = "".join(r.stdout + r.stderr for r in [*outputs, refused])
+    assert f"shards in s3://***@{name}/data/shards?endpoint_override=" in printed  # shown, redacted, options kept
+    assert "no-such-bucket" in refused.stderr and secret not in printed
+    assert json.loads(Location(metrics).read_text())["videos"] == sum(e.split == "test" for e in entries)
+    s3 = boto3.client("s3", endpoint_url=s3_server.endpoint, aws_access_key_id="x", aws_secret_access_key="y")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=name)["Contents"]]
+    assert {"data/preprocess.config.json", "data/report.json", "runs/flow/config.json", "runs/flow/checkpoint.pt"} <= set(keys)
+    assert "eval/evaluate.config.json" in keys and "data/index.parquet" in keys and "data/results.parquet" in keys
+    for key in keys:  # checkpoint.pt is an uncompressed zip: its pickled config's strings are plain bytes
+        assert secret.encode() not in s3.get_object(Bucket=name, Key=key)["Body"].read(), key
+    for path in tmp_path.rglob("*"):
+        assert not path.is_file() or secret.encode() not in path.read_bytes(), path

@@ -26,6 +26,28 @@ def test_join_parent_basename_keep_uris_intact(s3_server):
     assert Location("rel/dir").uri_of("a") == os.path.abspath("rel/dir/a")
 
 
+def test_credentials_and_options_in_a_uri_are_kept_for_use_and_redacted_for_show():
+    from storage import redact, redacted
+    from storage.multipart import client_options
+
+    uri = "s3://AKIAEXAMPLE:SUPERSECRET@bucket/out?endpoint_override=127.0.0.1:9000&scheme=http&region=eu-west-1"
+    assert join(uri, "shards", "a.tar") == uri.replace("/out?", "/out/shards/a.tar?")  # options stay last
+    assert parent(join(uri, "m.parquet")) == uri and basename(join(uri, "m.parquet")) == "m.parquet"
+    shown = "s3://***@bucket/out?endpoint_override=127.0.0.1:9000&scheme=http&region=eu-west-1"
+    assert redact(uri) == shown and redact(f"error: cannot access {uri} (x)") == f"error: cannot access {shown} (x)"
+    assert redact("s3://b/k?secret_key=abc&region=r&session_token=t") == "s3://b/k?secret_key=***&region=r&session_token=***"
+    assert redact("gs://bucket/a@b.mp4 and /local/a@b") == "gs://bucket/a@b.mp4 and /local/a@b"  # an @ in a key is not a login
+    assert redacted({"out": uri, "n": [1, uri], "t": (uri,)}) == {"out": shown, "n": [1, shown], "t": (shown,)}
+    assert "SUPERSECRET" not in repr(Location(uri)) and Location(uri).root == "bucket/out"
+    assert client_options(uri) == {
+        "aws_access_key_id": "AKIAEXAMPLE",
+        "aws_secret_access_key": "SUPERSECRET",
+        "endpoint_url": "http://127.0.0.1:9000",
+        "region_name": "eu-west-1",
+    }
+    assert client_options("s3://bucket/out") == {}
+
+
 @pytest.fixture(params=["local", "s3"])
 def root(request, tmp_path) -> Location:
     if request.param == "local":
