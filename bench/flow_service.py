@@ -141,11 +141,11 @@ def read_rows(frame: np.ndarray, device: torch.device, overrides: dict) -> list[
 
 def tail_row(videos: list[Path], device: torch.device, smoke: bool) -> dict:
     """Iterations per warp of 8 real 340x256 pairs (frames 5->6 and 20->21 of four clips), and the device's busy share."""
-    size = (64, 48) if smoke else (340, 256)
+    size, picks = ((64, 48), (1, 2)) if smoke else ((340, 256), (5, 20))
     prev, nxt = [], []
     for path in (videos * 4)[:4]:
-        g = gray_frames(path, size, 22)
-        for i in (5, 20):
+        g = gray_frames(path, size, picks[1] + 2)
+        for i in picks:
             i = min(i, len(g) - 2)
             prev.append(g[i])
             nxt.append(g[i + 1])

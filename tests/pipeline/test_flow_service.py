@@ -22,11 +22,13 @@ from schemas.sample import quantize_flow
 from tests.conftest import REPO
 from tests.helpers import moving_video
 
-SPEC = FlowSpec(encoding="png16")  # 16-bit: a difference of 1/1600 px would show
+QUICK = (("warps", 1),)  # a fifth of the solver's work: batching and answering are what these tests check
+SPEC = FlowSpec(params=QUICK, encoding="png16")  # 16-bit: a difference of 1/1600 px would show
 
 
 def tvl1_of(prev: np.ndarray, nxt: np.ndarray, **params) -> np.ndarray:
-    return compute_flow(prev, nxt, "tvl1", "opencv", "cpu", **params)
+    """compute_flow's TV-L1 with SPEC's parameters (and `params`): what a flow worker must give, bit for bit."""
+    return compute_flow(prev, nxt, "tvl1", "opencv", "cpu", **{**dict(QUICK), **params})
 
 
 def ask_concurrently(worker: FlowWorker, requests: list[FlowRequest]) -> list:
@@ -152,7 +154,7 @@ def fake_compiled_kernels(monkeypatch, max_pairs: int):
 
 def test_out_of_memory_retries_in_halves_lowers_the_batch_and_stays_compiled(monkeypatch, caplog):
     kernels = fake_compiled_kernels(monkeypatch, max_pairs=3)
-    worker = FlowWorker(FlowSpec(params=(("compile", True),), encoding="png16"), batch_size=8, device="cpu")
+    worker = FlowWorker(FlowSpec(params=(("compile", True), *QUICK), encoding="png16"), batch_size=8, device="cpu")
     video = moving_video(9)
     with caplog.at_level("WARNING"):
         answer = worker.compute(FlowRequest(video))
@@ -221,14 +223,28 @@ print(json.dumps({{"compiles": compiles, "compile_seconds": worker.stats()["comp
 """
 
 
-def run_worker(tmp_path, compile: bool, videos, env: dict | None = None) -> tuple[dict, np.ndarray, str]:
+def start_worker(tmp_path, compile: bool, videos, env: dict | None = None):
+    """A fresh process running COMPILE_SCRIPT; `finish_worker` waits for it. (Two such processes run side by side.)"""
     script = COMPILE_SCRIPT.format(repo=str(REPO), compile=compile, videos=videos)
     flows = tmp_path / f"flows-{compile}.npy"
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(flows)], capture_output=True, text=True, timeout=900, cwd=REPO, env={**os.environ, **(env or {})}
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1]), np.load(flows), result.stderr
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-c", script, str(flows)], cwd=REPO, env={**os.environ, **(env or {})}, **pipes), flows
+
+
+def finish_worker(started) -> tuple[dict, np.ndarray, str]:
+    process, flows = started
+    try:
+        stdout, stderr = process.communicate(timeout=900)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr[-3000:]
+    return json.loads(stdout.strip().splitlines()[-1]), np.load(flows), stderr
+
+
+def run_worker(tmp_path, compile: bool, videos, env: dict | None = None) -> tuple[dict, np.ndarray, str]:
+    return finish_worker(start_worker(tmp_path, compile, videos, env))
 
 
 @pytest.mark.slow
@@ -247,8 +263,8 @@ def test_varied_lengths_and_resolutions_compile_each_kernel_once(tmp_path):
 def test_a_compile_failure_warns_once_and_gives_the_eager_flow(tmp_path):
     videos = [(3, 48, 64), (5, 48, 64)]
     no_compiler = {"CXX": "/bin/false", "CC": "/bin/false", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "empty-cache")}
-    report, flows, log = run_worker(tmp_path, True, videos, env=no_compiler)
-    _, eager, _ = run_worker(tmp_path, False, videos)
+    failing, plain = start_worker(tmp_path, True, videos, env=no_compiler), start_worker(tmp_path, False, videos)
+    (_, flows, log), (_, eager, _) = finish_worker(failing), finish_worker(plain)
     assert log.count("torch.compile failed") == 1, log[-3000:]
     np.testing.assert_array_equal(flows, eager)
 
@@ -288,16 +304,23 @@ def write_long_video(path, frames: int, h: int = 360, w: int = 480) -> None:
 
 @pytest.mark.slow
 def test_a_video_twice_as_long_raises_peak_memory_by_less_than_15_percent(tmp_path):
-    peaks = {}
-    for frames in (500, 1000):
+    peaks, running = {}, {}
+    script = MEMORY_SCRIPT.format(repo=str(REPO))
+    for frames in (500, 1000):  # both processes side by side: a process's peak is its own
         path = tmp_path / f"long{frames}.mp4"
         write_long_video(path, frames)
-        script = MEMORY_SCRIPT.format(repo=str(REPO))
-        result = subprocess.run(
-            [sys.executable, "-c", script, str(path), str(frames)], capture_output=True, text=True, timeout=600, cwd=REPO
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        peaks[frames] = int(result.stdout.strip().splitlines()[-1]) / 1024  # MB
+        command = [sys.executable, "-c", script, str(path), str(frames)]
+        running[frames] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        for frames, process in running.items():
+            stdout, stderr = process.communicate(timeout=600)
+            assert process.returncode == 0, stderr[-3000:]
+            peaks[frames] = int(stdout.strip().splitlines()[-1]) / 1024  # MB
+    finally:
+        for process in running.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     # Holding every decoded frame (RGB and gray, as flowshard 0.1 did) would add 500 * 480 * 360 * 4 bytes = 345 MB,
     # over a quarter of such a worker's ~1.2 GB peak; chunks and encoded bytes add a few percent (1.04-1.07 here).
     assert peaks[1000] < 1.15 * peaks[500], peaks

@@ -281,7 +281,7 @@ def test_killed_driver_resumes_and_every_video_lands_once(tmp_path):
     out = tmp_path / "out"
     # One video per shard: the shards still running when the driver dies may finish on their own, so there
     # must be more shards than the two busy workers can complete after the first one is done.
-    args = ["--manifest", str(manifest), "--out", str(out), "--videos-per-shard", "1", "--progress-seconds", "1"]
+    args = ["--manifest", str(manifest), "--out", str(out), "--videos-per-shard", "1", "--progress-seconds", "1", *QUICK_FLOW]
     shards = len(entries)
     job = start_job(*args)
     try:

@@ -56,7 +56,7 @@ def evaluate(root: Path, *runs: str, extra: tuple = ()) -> dict:
 
 def test_flow_learns_rgb_does_not_and_fusion_keeps_flow(synthetic_data):
     root = synthetic_data
-    train(root, "tsn_flow", "flow", epochs=12, lr=0.001)
+    train(root, "tsn_flow", "flow", epochs=12, lr=0.001)  # 100% here (10 epochs: 69%: the cosine schedule's end matters)
     train(root, "tsn_rgb", "rgb", epochs=4, lr=0.001)
     metrics = evaluate(root, f"rgb={root / 'rgb'}", f"flow={root / 'flow'}", extra=("--segments", "25", "--fusion", "rgb=1,flow=1.5"))
     assert metrics["videos"] == 16
@@ -69,7 +69,8 @@ def test_flow_learns_rgb_does_not_and_fusion_keeps_flow(synthetic_data):
 
 def test_i3d_flow_learns(synthetic_data):
     root = synthetic_data
-    train(root, "i3d_flow", "i3d", epochs=20, lr=0.003, clip_len=8, interval=1, input_size=32)  # 3D convs: 32 px is enough
+    # 3D convs: 32 px is enough; 16 epochs gave 87.5% here (12: 81%), against the 80% asked
+    train(root, "i3d_flow", "i3d", epochs=16, lr=0.003, clip_len=8, interval=1, input_size=32)
     metrics = evaluate(root, f"i3d={root / 'i3d'}", extra=("--clips", "3"))
     assert metrics["i3d"]["top1"] >= 0.8, metrics
 
