@@ -24,8 +24,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def fail(message: str) -> int:
-    """Print a one-sentence error for the user (no traceback) and return the usage exit code."""
-    print(f"error: {redact(message)}", file=sys.stderr)
+    """Print a one-sentence error for the user (no traceback; `cli`'s streams redact credentials) and return the
+    usage exit code."""
+    print(f"error: {message}", file=sys.stderr)
     return EXIT_USAGE
 
 

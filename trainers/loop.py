@@ -158,15 +158,26 @@ def build(cfg: TrainConfig, num_classes: int) -> nn.Module:
     )
 
 
+def _load_plain(data: bytes):
+    """`torch.load` of tensors and plain values only (`weights_only=True`), so loading a file cannot run code.
+
+    Raises:
+        ValueError: the file is not one (pickle, zip and torch errors alike), with the first line of why.
+    """
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - an unpickling refusal, a zip or a torch error: not a file we load
+        raise ValueError(next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)) from None
+
+
 def read_state_dict(name: str, data: bytes) -> dict:
     """A state dict from a file's bytes (a plain one, or the "model"/"state_dict" entry of a checkpoint); a file
     that is none is a ValueError in one sentence, not an unpickling traceback."""
     fix = "pass a .pth file of torch.save(model.state_dict())"
     try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickle, zip and torch errors alike mean "not a PyTorch file"
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"pretrained weights {name} are not a PyTorch state dict ({reason}); {fix}") from None
+        state = _load_plain(data)
+    except ValueError as exc:
+        raise ValueError(f"pretrained weights {name} are not a PyTorch state dict ({str(exc)[:120]}); {fix}") from None
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -205,12 +216,11 @@ def load_checkpoint(path: str) -> dict:
     if not where.is_file():
         raise ValueError(f"no checkpoint at {where.uri_of()}; train one with `python -m jobs.train`")
     try:
-        state = torch.load(io.BytesIO(where.read_bytes()), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - an unpickling refusal, a zip or a torch error: not a checkpoint we load
-        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:160]
+        state = _load_plain(where.read_bytes())
+    except ValueError as exc:
         raise ValueError(
-            f"{where.uri_of()} is not a flowshard checkpoint of tensors and plain values ({reason}); it was not loaded, "
-            "since unpickling anything more could run code: use a checkpoint written by `python -m jobs.train`"
+            f"{where.uri_of()} is not a flowshard checkpoint of tensors and plain values ({str(exc)[:160]}); it was not "
+            "loaded, since unpickling anything more could run code: use a checkpoint written by `python -m jobs.train`"
         ) from None
     if not isinstance(state, dict):
         raise ValueError(f"{where.uri_of()} is not a flowshard checkpoint (it holds a {type(state).__name__}, not a dict)")

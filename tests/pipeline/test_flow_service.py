@@ -224,27 +224,36 @@ print(json.dumps({{"compiles": compiles, "compile_seconds": worker.stats()["comp
 
 
 def start_worker(tmp_path, compile: bool, videos, env: dict | None = None):
-    """A fresh process running COMPILE_SCRIPT; `finish_worker` waits for it. (Two such processes run side by side.)"""
+    """A fresh process running COMPILE_SCRIPT; `finish_workers` waits for it. (Two such processes run side by side.)"""
     script = COMPILE_SCRIPT.format(repo=str(REPO), compile=compile, videos=videos)
     flows = tmp_path / f"flows-{compile}.npy"
     pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.Popen([sys.executable, "-c", script, str(flows)], cwd=REPO, env={**os.environ, **(env or {})}, **pipes), flows
 
 
-def finish_worker(started) -> tuple[dict, np.ndarray, str]:
-    process, flows = started
+def finish(processes: list[subprocess.Popen], timeout: float) -> list[tuple[str, str]]:
+    """(stdout, stderr) of processes started side by side, each asserted to have exited 0; any still running when
+    one fails or times out is killed."""
     try:
-        stdout, stderr = process.communicate(timeout=900)
+        outputs = [process.communicate(timeout=timeout) for process in processes]
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0, stderr[-3000:]
-    return json.loads(stdout.strip().splitlines()[-1]), np.load(flows), stderr
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+    return outputs
+
+
+def finish_workers(*started) -> list[tuple[dict, np.ndarray, str]]:
+    """The report, flows and log of each `start_worker` process."""
+    outputs = finish([process for process, _ in started], timeout=900)
+    return [(json.loads(out.strip().splitlines()[-1]), np.load(flows), err) for (out, err), (_, flows) in zip(outputs, started)]
 
 
 def run_worker(tmp_path, compile: bool, videos, env: dict | None = None) -> tuple[dict, np.ndarray, str]:
-    return finish_worker(start_worker(tmp_path, compile, videos, env))
+    return finish_workers(start_worker(tmp_path, compile, videos, env))[0]
 
 
 @pytest.mark.slow
@@ -264,7 +273,7 @@ def test_a_compile_failure_warns_once_and_gives_the_eager_flow(tmp_path):
     videos = [(3, 48, 64), (5, 48, 64)]
     no_compiler = {"CXX": "/bin/false", "CC": "/bin/false", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "empty-cache")}
     failing, plain = start_worker(tmp_path, True, videos, env=no_compiler), start_worker(tmp_path, False, videos)
-    (_, flows, log), (_, eager, _) = finish_worker(failing), finish_worker(plain)
+    (_, flows, log), (_, eager, _) = finish_workers(failing, plain)
     assert log.count("torch.compile failed") == 1, log[-3000:]
     np.testing.assert_array_equal(flows, eager)
 
@@ -304,23 +313,15 @@ def write_long_video(path, frames: int, h: int = 360, w: int = 480) -> None:
 
 @pytest.mark.slow
 def test_a_video_twice_as_long_raises_peak_memory_by_less_than_15_percent(tmp_path):
-    peaks, running = {}, {}
+    running = {}
     script = MEMORY_SCRIPT.format(repo=str(REPO))
     for frames in (500, 1000):  # both processes side by side: a process's peak is its own
         path = tmp_path / f"long{frames}.mp4"
         write_long_video(path, frames)
         command = [sys.executable, "-c", script, str(path), str(frames)]
         running[frames] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    try:
-        for frames, process in running.items():
-            stdout, stderr = process.communicate(timeout=600)
-            assert process.returncode == 0, stderr[-3000:]
-            peaks[frames] = int(stdout.strip().splitlines()[-1]) / 1024  # MB
-    finally:
-        for process in running.values():
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    outputs = finish(list(running.values()), timeout=600)
+    peaks = {frames: int(out.strip().splitlines()[-1]) / 1024 for frames, (out, _) in zip(running, outputs)}  # MB
     # Holding every decoded frame (RGB and gray, as flowshard 0.1 did) would add 500 * 480 * 360 * 4 bytes = 345 MB,
     # over a quarter of such a worker's ~1.2 GB peak; chunks and encoded bytes add a few percent (1.04-1.07 here).
     assert peaks[1000] < 1.15 * peaks[500], peaks
