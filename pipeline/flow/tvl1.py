@@ -109,16 +109,19 @@ class Kernels:
         self._compiled: dict[tuple, object] = {}
         self._params: dict[tuple, torch.Tensor] = {}
         self.compile_seconds = 0.0  # time spent in calls that compiled a graph
+        self._frames = None  # Dynamo's counters of compiled frames, once it is imported
 
     @property
     def compiles(self) -> int:
         """Graphs compiled so far in this process (by any compiled function). Dynamo is imported only by a
         first compile: importing it costs every process ~3 s of CPU, which a solver that never compiles skips."""
-        if "torch._dynamo" not in sys.modules:
-            return 0
-        from torch._dynamo.utils import counters
+        if self._frames is None:
+            if "torch._dynamo" not in sys.modules:
+                return 0
+            from torch._dynamo.utils import counters
 
-        return counters["frames"]["ok"]
+            self._frames = counters["frames"]  # read twice per block: looked up once
+        return self._frames["ok"]
 
     def params(self, cfg: TVL1Config, device: torch.device) -> torch.Tensor:
         """The solver's constants on the device, made once per configuration (no host-to-device copy per solve)."""
@@ -190,12 +193,18 @@ def _size_oblivious(fn):
     """`fn` traced with dynamic batch and image sizes, without special-casing sizes of 0 and 1 (so a batch of
     one pair gets no graph of its own), and with static channel counts (so a channel of 1 still broadcasts).
 
-    The setting is made by hand around each call rather than with `fx_config.patch`, whose context manager
-    costs the host more than the rest of this wrapper (it runs once per block of iterations).
+    Those settings matter only when Dynamo traces, so they are made only for an argument list whose channel
+    counts (what a graph is specialised on) were not traced yet: the markers and the setting cost the host
+    more than the rest of this wrapper, which runs once per block of iterations. The setting is made by hand
+    rather than with `fx_config.patch`, whose context manager costs more still.
     """
+    traced: set[tuple] = set()
 
     @functools.wraps(fn)
     def call(*args):
+        signature = tuple(a.shape[1] if a.ndim == 4 else a.ndim for a in args)
+        if signature in traced:
+            return fn(*args)
         for arg in args:
             if arg.ndim == 4:
                 torch._dynamo.mark_static(arg, 1)
@@ -204,9 +213,11 @@ def _size_oblivious(fn):
         before = fx_config.backed_size_oblivious
         fx_config.backed_size_oblivious = True
         try:
-            return fn(*args)
+            out = fn(*args)
         finally:
             fx_config.backed_size_oblivious = before
+        traced.add(signature)
+        return out
 
     return call
 
