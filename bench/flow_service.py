@@ -387,7 +387,7 @@ def main() -> int:
         print(f"error: unknown --sections {','.join(sorted(sections - set(SECTIONS)))}; choose from {','.join(SECTIONS)}", file=sys.stderr)
         return 2
     if "host" in sections:
-        print("Host cost per solver iteration (8 pairs, 300 iterations, compiled GPU code path, one thread), per convergence-check interval:\n")
+        print("Host cost per solver iteration (8 pairs, 300 iterations, compiled GPU code path, one thread), per check interval:\n")
         print("| frames | check every | us per iteration | vs a check every iteration |\n|---|---|---|---|")
         figures["host"] = host_rows(device, args.smoke)
     if "reads" in sections:
