@@ -1,6 +1,9 @@
-"""Picture one sample of a preprocessed dataset: an RGB frame beside its flows in the Middlebury colour wheel.
+"""Look at a preprocessed dataset's samples: a contact sheet, one row per sample (RGB frames across the video, each
+flow in Middlebury colours with its key and largest speed, x and y as stored, warped flow's homography inliers),
+and optionally one sample's RGB | flow as an animated GIF or MP4. Reads only the shards holding the samples shown.
 
-python -m jobs.visualize --data data/ucf101 --out flow.png [--split test] [--key VIDEO_ID] [--index 5]
+python -m jobs.visualize --data data/ucf101 [--out sheet.png] [--samples 8] [--keys ID,ID] [--class NAME]
+                         [--split test] [--index 5] [--gif sample.gif] [--mp4 sample.mp4]
 """
 
 from __future__ import annotations
@@ -8,69 +11,154 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-import cv2
-import numpy as np
+import pyarrow.parquet as pq
 
-from jobs.common import ArgumentParser, check_locations, cli, fail
-from pipeline.flow import flow_to_color
-from schemas.sample import FLOW_MODALITIES, decode_sample
-from storage import Location
-from trainers.data import read_samples, shard_urls
+from jobs.common import ArgumentParser, check_locations, cli
+from pipeline.contact_sheet import animation_frames, choose_samples, encode_gif, layout, sample_row, sheet_png
+from pipeline.decode import encode_mp4
+from schemas.dataset import INDEX_FILE, SHARDS_DIR, read_dataset_info
+from schemas.sample import decode_sample
+from storage import Location, join
+from trainers.data import read_samples
+
+CONTACT_SHEET = "contact_sheet.png"
 
 
 @dataclass(frozen=True)
 class VisualizeConfig:
-    """Which sample and frame `jobs.visualize` draws, and where the picture goes."""
+    """Which samples `jobs.visualize` shows and where the pictures go."""
 
     data: str
-    out: str
-    split: str = "test"
-    key: str | None = None
-    index: int | None = None  # flow index (frame index -> index + 1); default: the middle one
+    out: str | None = None  # default: contact_sheet.png in the dataset folder
+    samples: int = 8  # rows, spread across classes and splits
+    keys: tuple[str, ...] = ()  # these video ids instead, in this order
+    class_name: str | None = None  # only this class
+    split: str | None = None  # only this split (default: all)
+    index: int | None = None  # flow index shown (frame index -> index + 1); default: each video's middle
+    tile_height: int = 180  # pixels; the stored frames are scaled to it
+    gif: str | None = None  # the first sample's RGB | flow as an animated GIF
+    mp4: str | None = None  # ... as an MP4
+    fps: float = 4.0  # of the animation
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    defaults = VisualizeConfig(data="")
     parser = ArgumentParser(
         prog="python -m jobs.visualize",
-        description="Write an RGB frame and its optical flows (colour wheel) of one sample as a PNG.",
+        description="Draw a contact sheet of a dataset's samples (RGB frames, flow colours, x/y as stored) and optionally "
+        "animate one sample.",
         add_help=add_help,
     )
     parser.add_argument("--data", required=True, help="a dataset written by `python -m jobs.preprocess` (a local path or URI)")
-    parser.add_argument("--out", required=True, help="PNG to write (a local path or URI)")
-    default_split = VisualizeConfig(data="", out="").split
-    parser.add_argument("--split", default=default_split, help="split to take the sample from (default %(default)s)")
-    parser.add_argument("--key", help="video id of the sample (default: the first one)")
-    parser.add_argument("--index", type=int, help="flow index i (frame i -> i+1); default: the middle of the video")
+    parser.add_argument("--out", help=f"the contact sheet PNG (a local path or URI; default DATA/{CONTACT_SHEET})")
+    parser.add_argument(
+        "--samples", type=int, default=defaults.samples, help="rows, spread across classes and splits (default %(default)s)"
+    )
+    parser.add_argument("--keys", help="comma-separated video ids to show instead (in this order)")
+    parser.add_argument("--class", dest="class_name", help="show only samples of this class")
+    parser.add_argument("--split", help="show only samples of this split (default: every split)")
+    parser.add_argument("--index", type=int, help="flow index i shown (frame i -> i+1); default: each video's middle")
+    parser.add_argument("--tile-height", type=int, default=defaults.tile_height, help="tile height in pixels (default %(default)s)")
+    parser.add_argument("--gif", help="also write the first sample's RGB | flow as an animated GIF (a local path or URI)")
+    parser.add_argument("--mp4", help="also write it as an H.264 MP4 (a local path or URI)")
+    parser.add_argument("--fps", type=float, default=defaults.fps, help="frames per second of the animation (default %(default)s)")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> VisualizeConfig:
-    return VisualizeConfig(data=args.data, out=args.out, split=args.split, key=args.key, index=args.index)
+    keys = tuple(k.strip() for k in args.keys.split(",") if k.strip()) if args.keys else ()
+    return VisualizeConfig(
+        data=args.data,
+        out=args.out,
+        samples=args.samples,
+        keys=keys,
+        class_name=args.class_name,
+        split=args.split,
+        index=args.index,
+        tile_height=args.tile_height,
+        gif=args.gif,
+        mp4=args.mp4,
+        fps=args.fps,
+    )
+
+
+def check(cfg: VisualizeConfig) -> None:
+    """The flags' values, before anything is read.
+
+    Raises:
+        ValueError: a value out of range, with the fix.
+    """
+    if cfg.samples < 1:
+        raise ValueError(f"--samples must be at least 1, got {cfg.samples}")
+    if not 32 <= cfg.tile_height <= 2048:
+        raise ValueError(f"--tile-height must be in 32..2048 pixels, got {cfg.tile_height}")
+    if cfg.fps <= 0:
+        raise ValueError(f"--fps must be positive, got {cfg.fps}")
+
+
+def chosen_rows(cfg: VisualizeConfig, classes: list[str]) -> list[dict]:
+    """The index.parquet rows of the samples to show.
+
+    Raises:
+        ValueError: an unknown class or key, or nothing left to show; each names what exists.
+    """
+    index = pq.read_table(Location(cfg.data).open_input_file(INDEX_FILE)).to_pylist()
+    if cfg.keys:
+        by_key = {row["key"]: row for row in index}
+        missing = [k for k in cfg.keys if k not in by_key]
+        if missing:
+            raise ValueError(f"no sample {', '.join(missing)} in {cfg.data} (its video ids are in {join(cfg.data, INDEX_FILE)})")
+        return [by_key[k] for k in cfg.keys]
+    if cfg.class_name is not None:
+        if cfg.class_name not in classes:
+            raise ValueError(
+                f"--class {cfg.class_name!r} is not a class of {cfg.data} (it has: {', '.join(classes[:20])}{' ...' * (len(classes) > 20)})"
+            )
+        index = [row for row in index if row["label"] == classes.index(cfg.class_name)]
+    if cfg.split is not None:
+        splits = sorted({row["split"] for row in index})
+        index = [row for row in index if row["split"] == cfg.split]
+        if not index:
+            raise ValueError(f"no samples in split {cfg.split!r} (the dataset has: {', '.join(splits) or 'none'})")
+    if not index:
+        raise ValueError(f"{cfg.data} has no samples of class {cfg.class_name!r}")
+    order = choose_samples([r["key"] for r in index], [r["split"] for r in index], [r["label"] for r in index], cfg.samples)
+    return [index[i] for i in order]
+
+
+def read_chosen(data: str, rows: list[dict]) -> list:
+    """The chosen samples, decoded (their members, not their images), in the order of `rows`; only the shards
+    that hold them are read."""
+    wanted = {row["key"] for row in rows}
+    shards = sorted({row["shard"] for row in rows})
+    found = {}
+    for members in read_samples([join(data, SHARDS_DIR, s) for s in shards]):
+        if members["__key__"] in wanted:
+            found[members["__key__"]] = decode_sample(members)
+    return [found[row["key"]] for row in rows]
 
 
 def main(cfg: VisualizeConfig) -> int:
-    check_locations(cfg.data, outputs=(cfg.out,))
-    urls = shard_urls(cfg.data, cfg.split)
-    sample = next((decode_sample(m) for m in read_samples(urls) if cfg.key in (None, m["__key__"])), None)
-    if sample is None:
-        return fail(f"no sample {cfg.key!r} in the {cfg.split} shards of {cfg.data}")
-    flows = [m for m in FLOW_MODALITIES if m in sample.flow]
-    if not flows:
-        return fail(f"{cfg.data} stores no flow (modalities: {', '.join(sample.meta.modalities)})")
-    index = sample.meta.num_flows // 2 if cfg.index is None else cfg.index
-    if not 0 <= index < sample.meta.num_flows:
-        return fail(f"--index must be in 0..{sample.meta.num_flows - 1} for {sample.key}")
-    panels = [sample.rgb_frame(index)] if sample.rgb else []
-    fields = [sample.flow_frame(m, index) for m in flows]
-    scale = max(float(np.linalg.norm(f, axis=-1).max()) for f in fields) or 1.0
-    panels += [flow_to_color(f, max_flow=scale) for f in fields]
-    picture = np.concatenate(panels, axis=1)
-    Location(cfg.out).write_bytes(cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))[1].tobytes())
-    shown = (["rgb"] if sample.rgb else []) + flows
-    print(
-        f"wrote {cfg.out}: {sample.key} ({sample.meta.label_name}), frame {index} -> {index + 1}: {' | '.join(shown)} "
-        f"(max flow {scale:.1f} px)"
+    out = cfg.out or join(cfg.data, CONTACT_SHEET)
+    check_locations(cfg.data, outputs=tuple(p for p in (out, cfg.gif, cfg.mp4) if p))
+    check(cfg)
+    info = read_dataset_info(cfg.data)
+    samples = read_chosen(cfg.data, chosen_rows(cfg, info.classes))
+    rows = [sample_row(s, info.classes[s.meta.label] if 0 <= s.meta.label < len(info.classes) else "-", cfg.index) for s in samples]
+    header = (
+        f"{cfg.data}: {len(rows)} samples ({', '.join(info.modalities)}). Flow colours: hue = direction, saturation = "
+        "speed up to the tile's max (key in the corner); x / y as stored: 128 = still"
     )
+    sheet = layout(rows, header, cfg.tile_height)
+    Location(out).write_bytes(sheet_png(sheet))
+    height, width = sheet.canvas.shape[:2]
+    print(f"wrote {out}: {len(rows)} samples ({', '.join(s.key for s in samples)}), {width}x{height} px")
+    if cfg.gif or cfg.mp4:
+        frames = animation_frames(samples[0], cfg.tile_height)
+        for path, encode in ((cfg.gif, encode_gif), (cfg.mp4, encode_mp4)):
+            if path:
+                Location(path).write_bytes(encode(frames, cfg.fps))
+                print(f"wrote {path}: {samples[0].key}, {len(frames)} frames at {cfg.fps:g} fps")
     return 0
 
 

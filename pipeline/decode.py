@@ -5,11 +5,13 @@ output-size frames. The pixel grid is a choice (`DecodeConfig.pixel_grid`):
   - "stored" (default): the pixels as stored, ignoring the sample aspect ratio, as OpenCV-based tools
     (denseflow, mmaction2) do. A 340x256 Kinetics clip with sample aspect 64/51 stays 340x256.
   - "square": sample-aspect corrected, so pixels are square: that clip becomes 427x256 before resizing.
+`encode_mp4` is the way back, for generated videos and previews.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import threading
 from collections.abc import Iterable, Iterator
@@ -262,3 +264,19 @@ def _reason(exc: Exception) -> str:
     """The FFmpeg error text without the file name PyAV appends."""
     text = getattr(exc, "strerror", None) or str(exc)
     return text.split(":")[0].strip() if ": '" in text else text.strip()
+
+
+def encode_mp4(frames, fps: float, crf: int = 17) -> bytes:
+    """RGB frames (T, H, W, 3) uint8, even sizes, as H.264 (yuv420p) in an MP4 container. Encoded in memory: the
+    MP4 muxer seeks back to finish its index. One encoder thread: the same frames give the same bytes (almost
+    always; see README, make_synthetic)."""
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
+        for rgb in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")))
+        container.mux(stream.encode())
+    return buffer.getvalue()

@@ -8,16 +8,16 @@ Videos are written as real H.264 files in the UCF101 layout, so the real adapter
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 
 from storage import Location
+
+from .decode import encode_mp4
 
 TEST_GROUP_FRACTION = 0.3  # like UCF101, whose groups 1-7 of 25 are the test split
 
@@ -131,19 +131,8 @@ def render_video(cfg: SyntheticConfig, label: int, background_seed: int, video_s
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int) -> None:
-    """Encode RGB frames (T, H, W, 3) as H.264 (yuv420p, CRF 17) in an MP4 container with PyAV, written
-    atomically (the MP4 muxer seeks back to finish its index, so it is encoded in memory first)."""
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        # One encoder thread: the files are almost always byte-identical between runs (see README, make_synthetic).
-        stream.options = {"crf": "17", "preset": "medium", "threads": "1"}
-        for rgb in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        container.mux(stream.encode())
-    Location(str(path)).write_bytes(buffer.getvalue())
+    """Encode RGB frames (T, H, W, 3) as an MP4 (`encode_mp4`), written atomically."""
+    Location(str(path)).write_bytes(encode_mp4(frames, fps))
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import webdataset as wds
 
-from schemas.dataset import DatasetInfo
+from schemas.dataset import INDEX_SCHEMA, DatasetInfo
 from schemas.sample import Sample, SampleMeta, encode_flow, encode_jpeg, encode_sample
 
 # TV-L1 with one warp per pyramid level instead of five (~4x faster on the CPU) for the tests of the pipeline's
@@ -104,12 +106,17 @@ def synthetic_sample(key: str, label: int, frames: int = FRAMES) -> Sample:
 
 
 def write_dataset(root: Path, shards: dict[str, list[Sample]]) -> None:
-    """A dataset folder of these shards, each in the split its name starts with ("train-000000.tar": train)."""
+    """A dataset folder of these shards, each in the split its name starts with ("train-000000.tar": train), with
+    its dataset.json and index.parquet."""
     (root / "shards").mkdir(parents=True)
+    index = []
     for name, samples in shards.items():
         with wds.TarWriter(str(root / "shards" / name)) as sink:
             for s in samples:
                 sink.write(encode_sample(s))
+                split, frames = name.split("-")[0], s.meta.num_frames
+                index.append({"key": s.key, "shard": name, "label": s.meta.label, "split": split, "frames": frames, "bytes": 0})
+    pq.write_table(pa.Table.from_pylist(index, schema=INDEX_SCHEMA), root / "index.parquet")
     splits = sorted({name.split("-")[0] for name in shards})
     info = DatasetInfo(
         classes=["c0", "c1", "c2"],

@@ -13,7 +13,7 @@ import importlib
 from schemas.sample import dequantize, quantize
 
 from .params import ALGORITHMS, PRESETS, TVL1Config, resolve_params
-from .visualize import flow_to_color, write_flow_png
+from .visualize import color_wheel_legend, flow_to_color, write_flow_png
 from .warped import HomographyConfig, HomographyResult
 
 _WITH_TORCH = {"compute_flow": ".compute", "default_device": ".compute", "tvl1_flow": ".tvl1"}
@@ -24,6 +24,7 @@ __all__ = [
     "HomographyConfig",
     "HomographyResult",
     "TVL1Config",
+    "color_wheel_legend",
     "compute_flow",
     "default_device",
     "dequantize",

@@ -45,6 +45,17 @@ def flow_to_color(flow: np.ndarray, max_flow: float | None = None) -> np.ndarray
     return np.clip(np.rint(255 * color), 0, 255).astype(np.uint8)
 
 
+def color_wheel_legend(size: int) -> np.ndarray:
+    """(size, size, 3) uint8 RGB key to `flow_to_color`: the colour of a flow pointing from the centre to each
+    pixel, the rim being the scale's speed (`max_flow`); white outside the disc."""
+    r = (size - 1) / 2
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    flow = np.stack([(xs - r) / r, (ys - r) / r], axis=-1)
+    legend = flow_to_color(flow, max_flow=1.0)
+    legend[np.hypot(flow[..., 0], flow[..., 1]) > 1] = 255
+    return legend
+
+
 def write_flow_png(path: str | Path, flow: np.ndarray, max_flow: float | None = None) -> Path:
     """Write the colour-wheel picture of `flow` as a PNG and return its path."""
     path = Path(path)

@@ -179,11 +179,12 @@ def test_train_evaluate_visualize_from_s3(s3_dataset):
     assert metrics["videos"] == tests and metrics["flow"] == video_metrics(saved["scores_flow"], saved["labels"])
     assert Location(join(bucket, "eval")).list() == ["confusion.png", "evaluate.config.json", "metrics.json", "scores.npz"]
 
-    picture = join(bucket, "flow.png")
-    shown = run_inline("jobs.visualize", "--data", out, "--out", picture)
+    picture, gif = join(bucket, "sheet.png"), join(bucket, "one.gif")
+    shown = run_inline("jobs.visualize", "--data", out, "--out", picture, "--samples", "2", "--gif", gif)
     assert shown.returncode == 0, shown.stderr
     image = cv2.imdecode(np.frombuffer(Location(picture).read_bytes(), np.uint8), cv2.IMREAD_COLOR)
-    assert image.shape == (48, 2 * 64, 3)  # an RGB frame beside its tvl1 flow
+    assert image.shape[0] >= 2 * 180 and image.shape[1] >= 6 * 180 * 64 // 48  # two rows: 3 RGB frames, 3 tvl1 tiles
+    assert Location(gif).read_bytes().startswith(b"GIF89a")
     assert not (REPO / "s3:").exists()
 
 

@@ -109,6 +109,20 @@ def test_embedded_run_writes_readable_shards(dataset, embedded_run):
         assert np.dot(direction / np.linalg.norm(direction), class_direction(meta.label, SMALL.classes)) > 0.8
 
 
+def test_the_contact_sheet_of_a_run_labels_warped_flow_with_its_homographies(embedded_run, tmp_path):
+    from pipeline.contact_sheet import sample_row
+
+    out, _ = embedded_run
+    shown = run_inline("jobs.visualize", "--data", str(out), "--out", str(tmp_path / "sheet.png"), "--samples", "4")
+    assert shown.returncode == 0, shown.stderr
+    assert "4 samples" in shown.stdout and (tmp_path / "sheet.png").stat().st_size > 10_000
+    sample = decode_sample(read_shards(out)[0])
+    homography = sample.meta.homographies[SMALL.frames // 2 - 1]
+    warped = sample_row(sample, "x").tiles[-3]  # colours, x, y of each flow; warp_tvl1 last
+    found = f"homography {homography['inliers']} inliers" if homography["found"] else "no homography"
+    assert warped.label.startswith(f"warp_tvl1 {SMALL.frames // 2 - 1}->") and found in warped.label
+
+
 def test_embedded_run_records_every_bad_input(dataset, embedded_run):
     root, manifest, _ = dataset
     out, _ = embedded_run
