@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs import evaluate, make_synthetic, manifest, preprocess, train, visualize
+from jobs import evaluate, export, make_synthetic, manifest, preprocess, train, visualize
 from pipeline.preprocess import PreprocessConfig
 from pipeline.synthetic import SyntheticConfig
 from trainers.loop import TrainConfig
@@ -27,6 +27,11 @@ CASES = {
         lambda: evaluate.EvaluateConfig(data="d", runs=(("flow", "runs/flow"),)),
     ),
     "visualize": (visualize, ["--data", "d", "--out", "f.png"], lambda: visualize.VisualizeConfig(data="d", out="f.png")),
+    "export": (
+        export,
+        ["rawframes", "--data", "d", "--out", "o"],
+        lambda: export.ExportConfig(format="rawframes", data="d", out="o"),
+    ),
     "make_synthetic": (
         make_synthetic,
         ["--out", "videos"],

@@ -226,3 +226,29 @@ def test_credentials_in_a_uri_work_and_no_printed_or_stored_byte_holds_the_secre
         assert secret.encode() not in s3.get_object(Bucket=name, Key=key)["Body"].read(), key
     for path in tmp_path.rglob("*"):
         assert not path.is_file() or secret.encode() not in path.read_bytes(), path
+
+
+def readme_block(containing: str) -> str:
+    """The README's ```python block that contains `containing`, as written there."""
+    blocks = (REPO / "README.md").read_text().split("```python\n")[1:]
+    found = [b.split("```", 1)[0] for b in blocks if containing in b]
+    assert len(found) == 1, f"one README block holds {containing!r}"
+    return found[0]
+
+
+def test_the_readme_ray_data_recipe_reads_every_sample_once_locally_and_from_s3(s3_dataset, tmp_path):
+    from tests.helpers import synthetic_sample, write_dataset
+
+    _, _, out, *_ = s3_dataset
+    local = tmp_path / "data"
+    write_dataset(local, {"train-000000.tar": [synthetic_sample(f"v{i}", i % 3) for i in range(3)]})
+    recipe = readme_block("ray.data.read_webdataset")
+    script = "import json, sys\nimport ray\nray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
+    for data in (str(local), out):
+        script += recipe.replace('"s3://bucket/data/ucf101"', repr(data)) + "print('RESULT', json.dumps(videos.take_all()))\n"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = [json.loads(line.removeprefix("RESULT ")) for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    for data, rows in zip((str(local), out), found, strict=True):
+        index = pq.read_table(Location(data).open_input_file("index.parquet")).to_pydict()
+        assert Counter((r["key"], r["label"]) for r in rows) == Counter(zip(index["key"], index["label"], strict=True))

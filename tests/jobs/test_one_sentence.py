@@ -56,6 +56,9 @@ CASES = [
     ("inspect", ["{tmp}/data", "--colour"], "unrecognized arguments: --colour"),
     ("make_synthetic", ["--out", "{tmp}/v", "--size", "big"], "WIDTHxHEIGHT"),
     ("visualize", ["--data", "{tmp}/data", "--out", "{tmp}/f.png", "--index", "middle"], "invalid int value: 'middle'"),
+    ("visualize", ["--data", "{tmp}/data", "--out", "{tmp}/f.png", "--class", "c7"], "--class 'c7' is not a class of"),
+    ("export", ["tfrecords", "--data", "{tmp}/data", "--out", "{tmp}/o"], "invalid choice: 'tfrecords'"),
+    ("export", ["rawframes", "--data", "{tmp}", "--out", "{tmp}/o"], "not a finished flowshard dataset"),
     # a run folder whose checkpoint unpickles into a call (os.mkdir here): refused, never run (no new folder)
     ("evaluate", ["--data", "{tmp}/data", "--run", "x={tmp}/tampered"], "was not loaded, since unpickling anything more could run code"),
     ("train", ["--data", "{tmp}/data", "--model", "tsn_rgb", "--out", "{tmp}/tampered"], "is not a flowshard checkpoint of tensors"),

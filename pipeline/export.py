@@ -1,0 +1,63 @@
+"""A dataset's samples in the layouts other tools read. Pure: a decoded sample in, file names and bytes out;
+`jobs.export` writes them.
+
+MMAction2 rawframes, as its `tools/data/build_rawframes.py` (level 2) and `build_file_list.py` lay them out:
+
+    OUT/<class>/<video>/img_00001.jpg ...        RGB frames, numbered from 1 (RawframeDataset's start_index 1)
+    OUT/<class>/<video>/flow_x_00001.jpg ...     flow i -> i+1 as 8-bit x and y images, numbered from 1:
+    OUT/<class>/<video>/flow_y_00001.jpg ...     one fewer than the frames
+    OUT/<name>_<subset>_split_<n>_rawframes.txt  one line per video: `<class>/<video> <total_frames> <label>`
+
+`total_frames` counts the `img_` files (the flow count where no RGB is stored), labels are 0-based, and a split
+named `test` is MMAction2's `val` subset. Class folders are named as `build_file_list.py` names Kinetics'
+classes: quotes dropped, spaces as underscores (a list line is split on whitespace).
+"""
+
+from __future__ import annotations
+
+from schemas.sample import Sample, decode_flow, encode_flow
+
+RGB_TEMPLATE = "img_{:05d}.jpg"
+FLOW_TEMPLATE = "flow_{}_{:05d}.jpg"  # RawframeDataset's filename_tmpl for flow: 'flow_{}_{:05d}.jpg'
+START_INDEX = 1
+
+
+def class_folder(name: str) -> str:
+    """A class name as a folder name of one word (mmaction2's `convert_label`); 'unlabelled' when empty."""
+    folder = name.replace('"', "").replace("'", "").replace(" ", "_")
+    return folder or "unlabelled"
+
+
+def rawframes_dir(sample: Sample) -> str:
+    """The video's folder relative to the rawframes root: `<class>/<video id>`."""
+    return f"{class_folder(sample.meta.label_name)}/{sample.key}"
+
+
+def rawframe_files(sample: Sample, flow: str | None) -> dict[str, bytes]:
+    """{file name: bytes} of one video's rawframes folder: the RGB JPEGs as stored, and `flow`'s x and y images,
+    as stored where they are 8-bit JPEGs, else quantized to 8 bits with the dataset's bound and JPEG-encoded at
+    its quality."""
+    files = {RGB_TEMPLATE.format(i + START_INDEX): data for i, data in enumerate(sample.rgb)}
+    if flow is not None:
+        meta = sample.meta
+        for i, parts in enumerate(sample.flow[flow]):
+            if meta.flow_encoding == "jpeg":
+                x, y = parts
+            else:
+                field = decode_flow(parts, meta.flow_encoding, meta.flow_bound)
+                x, y = encode_flow(field, "jpeg", meta.flow_bound, meta.jpeg_quality)
+            files[FLOW_TEMPLATE.format("x", i + START_INDEX)] = x
+            files[FLOW_TEMPLATE.format("y", i + START_INDEX)] = y
+    return files
+
+
+def list_line(sample: Sample) -> str:
+    """The video's line in a rawframes list: `<class>/<video> <total_frames> <label>`."""
+    total = sample.meta.num_frames if sample.rgb else sample.meta.num_flows
+    return f"{rawframes_dir(sample)} {total} {sample.meta.label}\n"
+
+
+def list_name(name: str, split: str, number: int) -> str:
+    """The list file of a split, as build_file_list.py names it (`test` is MMAction2's `val`)."""
+    subset = "val" if split == "test" else split
+    return f"{name}_{subset}_split_{number}_rawframes.txt"
