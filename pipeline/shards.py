@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
-from schemas.dataset import SHARDS_DIR
+from schemas.dataset import DALI_INDEX_SUFFIX, SHARDS_DIR
 from schemas.manifest import VideoRecord
 from schemas.sample import (
     DEFAULT_FLOW_BOUND,
@@ -31,6 +31,7 @@ from schemas.sample import (
     RGB,
     Sample,
     SampleMeta,
+    dali_index,
     encode_jpeg,
     encode_quantized_flow,
     encode_sample,
@@ -281,11 +282,12 @@ def process_shard(
     timings = Timings()
     results: list[VideoResult] = []
     tar_name, samples, size, digest = f"{spec.name}.tar", 0, 0, ""
+    index: list[list[tuple]] = []  # each written sample's members, for the DALI index
     with out.atomic_write(SHARDS_DIR, tar_name) as stream:
         writer = HashingWriter(stream)
         with tarfile.open(fileobj=writer, mode="w|") as sink:  # a stream: no seeks, so any store takes it
             for record in spec.records:
-                result = _add_video(record, spec, cfg, flow, timings, sink, writer)
+                result = _add_video(record, spec, cfg, flow, timings, sink, writer, index)
                 samples += result.status == "ok"
                 results.append(result)
                 if on_video is not None:
@@ -294,6 +296,8 @@ def process_shard(
     if samples == 0:  # nothing usable: no empty tar in the dataset, the record says why
         out.delete_file(SHARDS_DIR, tar_name)
         tar_name, size, digest = None, 0, ""
+    else:  # before the completion record: a shard whose index is missing is written again
+        out.write_text(dali_index(index), SHARDS_DIR, spec.name + DALI_INDEX_SUFFIX)
     stages, flow_pairs = timings.seconds, 0
     if local is not None:  # its flow time was spent in this task, outside the stages above
         after = local.stats()
@@ -307,8 +311,9 @@ def process_shard(
     return result
 
 
-def _add_video(record: VideoRecord, spec: ShardSpec, cfg: ProcessConfig, flow, timings: Timings, sink, writer) -> VideoResult:
-    """Process one video within its time limit and write its sample to the shard; a failure is a result too."""
+def _add_video(record: VideoRecord, spec: ShardSpec, cfg: ProcessConfig, flow, timings: Timings, sink, writer, index: list) -> VideoResult:
+    """Process one video within its time limit and write its sample to the shard (its members' places appended to
+    `index`); a failure is a result too."""
     start = time.monotonic()
     try:
         sample = call_with_time_limit(functools.partial(process_video, record, cfg, flow, timings=timings), cfg.video_timeout)
@@ -316,7 +321,7 @@ def _add_video(record: VideoRecord, spec: ShardSpec, cfg: ProcessConfig, flow, t
         return VideoResult(record.video_id, spec.split, spec.name, "failed", str(exc), time.monotonic() - start, label=record.label)
     with timings.stage("write"):
         before = writer.bytes
-        write_sample(sink, encode_sample(sample))
+        index.append(write_sample(sink, encode_sample(sample)))
     seconds, written = time.monotonic() - start, writer.bytes - before
     return VideoResult(record.video_id, spec.split, spec.name, "ok", "", seconds, sample.meta.num_frames, written, record.label)
 

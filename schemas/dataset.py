@@ -1,6 +1,7 @@
 """The files beside the shards of a preprocessed dataset, written last (after every shard has closed):
 
 OUT/shards/<split>-<NNNNNN>.tar   the samples (see schemas.sample)
+OUT/shards/<split>-<NNNNNN>.idx   its index for NVIDIA DALI's webdataset reader (schemas.sample.dali_index)
 OUT/index.parquet                 one row per sample: key, shard, label, split, frames, bytes
 OUT/results.parquet               one row per manifest video: ok or failed, the reason, seconds
 OUT/dataset.json                  classes, modalities, parameters, counts, the flowshard version
@@ -18,6 +19,7 @@ from storage import Location
 from .sample import FORMAT_VERSION
 
 SHARDS_DIR = "shards"
+DALI_INDEX_SUFFIX = ".idx"  # beside each tar, named as DALI's wds2idx names it: train-000000.idx
 INDEX_FILE = "index.parquet"
 RESULTS_FILE = "results.parquet"
 DATASET_FILE = "dataset.json"

@@ -238,12 +238,16 @@ def encode_sample(sample: Sample) -> dict[str, bytes]:
     return out
 
 
-def write_sample(tar: tarfile.TarFile, members: dict[str, bytes], mtime: int = 0) -> None:
+def write_sample(tar: tarfile.TarFile, members: dict[str, bytes], mtime: int = 0) -> list[tuple[str, int, int, str]]:
     """Append an encoded sample to a shard tar: members `<key>.<suffix>` in sorted order, laid out byte for byte as
     `webdataset.TarWriter` lays them out (mode 0444, owner bigdata), with a fixed time so that the same sample
     always gives the same bytes (an int: a float adds a PAX record per member). The standard library writes it:
-    webdataset's writer imports torch, which a shard task otherwise never needs."""
+    webdataset's writer imports torch, which a shard task otherwise never needs.
+
+    Returns the sample's members as a DALI index lists them (see `dali_index`): (extension, offset of the data
+    in the tar, size, member name)."""
     key = members["__key__"]
+    components = []
     for suffix in sorted(members):
         if suffix == "__key__":
             continue
@@ -251,6 +255,22 @@ def write_sample(tar: tarfile.TarFile, members: dict[str, bytes], mtime: int = 0
         info = tarfile.TarInfo(f"{key}.{suffix}")
         info.size, info.mtime, info.mode, info.uname, info.gname = len(data), mtime, 0o444, "bigdata", "bigdata"
         tar.addfile(info, io.BytesIO(data))
+        padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        components.append((suffix, tar.offset - padded, len(data), info.name))  # tar.offset: the end of this member
+    return components
+
+
+DALI_INDEX_VERSION = "v1.2"
+
+
+def dali_index(samples: list[list[tuple[str, int, int, str]]]) -> str:
+    """A shard's index file for NVIDIA DALI's webdataset reader (`fn.readers.webdataset(index_paths=...)`), as its
+    `tools/wds2idx.py` writes it: `v1.2 <samples>`, then one line per sample, its members' `<extension> <offset>
+    <size> <name>` one after another, space-separated. The extension is the text after the key's dot (DALI
+    matches `ext` against it exactly: `rgb.000000.jpg`), the offset that of the member's data."""
+    lines = [f"{DALI_INDEX_VERSION} {len(samples)}"]
+    lines += [" ".join(" ".join(str(field) for field in component) for component in sample) for sample in samples]
+    return "\n".join(lines) + "\n"
 
 
 def member_filter(modalities: tuple[str, ...]):

@@ -128,6 +128,14 @@ def write_dataset(root: Path, shards: dict[str, list[Sample]]) -> None:
     (root / "dataset.json").write_text(info.to_json())
 
 
+def whole_shards(names: list[str]) -> list[str]:
+    """The tars of a shards folder listing, after checking that it holds whole shards only: each tar beside its
+    DALI index and nothing else (no temporary or partial file)."""
+    tars = sorted(n for n in names if n.endswith(".tar"))
+    assert tars and sorted(names) == sorted([*tars, *(t.removesuffix(".tar") + ".idx" for t in tars)]), names
+    return tars
+
+
 def flags(**options) -> list[str]:
     """Command-line flags from keywords: flags(videos_per_class=12, no_flip=True) -> ["--videos-per-class", "12", "--no-flip"].
 

@@ -25,7 +25,7 @@ from schemas.dataset import read_dataset_info
 from schemas.manifest import read_manifest
 from schemas.sample import decode_sample
 from tests.conftest import REPO, SHARED_DATA, free_port, run_inline, run_job, wait_for
-from tests.helpers import BAD_REASONS, QUICK_FLOW, flags, write_bad_inputs
+from tests.helpers import BAD_REASONS, QUICK_FLOW, flags, whole_shards, write_bad_inputs
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -53,12 +53,16 @@ def read_shards(out: Path) -> list[dict]:
     return list(wds.WebDataset(tars, shardshuffle=False)) if tars else []
 
 
+def read_shards_of(tar: Path) -> list[dict]:
+    return list(wds.WebDataset(str(tar), shardshuffle=False))
+
+
 def assert_every_good_video_exactly_once(out: Path, manifest: Path) -> None:
     records, _ = read_manifest(manifest)
     good = {r.video_id for r in records if "/bad/" not in r.path}  # write_bad_inputs puts them under bad/
     keys = [m["__key__"] for m in read_shards(out)]
     assert Counter(keys) == Counter(good), "every good video must be in the shards exactly once"
-    assert not [p for p in (out / "shards").iterdir() if not p.name.endswith(".tar")], "no temporary or partial files"
+    whole_shards([p.name for p in (out / "shards").iterdir()])  # no temporary or partial files
     results = pq.read_table(out / "results.parquet").to_pylist()
     assert sorted(r["video_id"] for r in results) == sorted(r.video_id for r in records)
 
@@ -85,6 +89,9 @@ def test_embedded_run_writes_readable_shards(dataset, embedded_run):
     assert "videos (" in result.stdout and "frames/s" in result.stdout and "ETA" in result.stdout
     assert "Token authentication" not in result.stdout + result.stderr  # no third-party notice a user cannot act on
     assert_every_good_video_exactly_once(out, manifest)
+    for tar in (out / "shards").glob("*.tar"):  # DALI's index beside each tar: a line per sample
+        lines = tar.with_suffix(".idx").read_text().splitlines()
+        assert lines[0] == f"v1.2 {len(lines) - 1}" and len(lines) - 1 == len(read_shards_of(tar))
     report = json.loads((out / "report.json").read_text())
     # one flow worker per core, each pair of each good video computed once (the cut-off file's pairs too)
     assert len(report["flow_workers"]) == os.cpu_count() and "flow worker cpu on" in result.stdout

@@ -115,6 +115,47 @@ def test_write_sample_writes_the_bytes_webdatasets_tar_writer_writes():
     assert len(ours.getvalue()) > 10240 and ours.getvalue() == theirs.getvalue()
 
 
+def parse_dali_index(text: str) -> list[list[tuple[str, int, int, str]]]:
+    """An index file read as DALI's ParseIndexFile / ParseSampleDesc read version 1.2: `v1.2 N`, then N lines of
+    `<ext> <offset> <size> <filename>` groups split on whitespace."""
+    lines = text.splitlines()
+    version, count = lines[0].split()
+    assert version == "v1.2" and int(count) == len(lines) - 1 > 0
+    samples = []
+    for line in lines[1:]:
+        fields = line.split()
+        assert len(fields) % 4 == 0, line
+        samples.append([(fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3]) for i in range(0, len(fields), 4)])
+    return samples
+
+
+def test_the_dali_index_finds_every_member_of_a_shard_by_its_offset(tmp_path):
+    """Every member read back through the index equals the member as tar reads it; offsets are those of the data
+    (GNU tar's header block + 1), multiples of 512, and the extension is everything after the key's dot."""
+    import shutil
+    import subprocess
+
+    from schemas.sample import dali_index
+
+    samples = [make_sample(f"video_{i}", frames=2 + i, encoding=e) for i, e in enumerate(("jpeg", "png16", "float16"))]
+    path = tmp_path / "train-000000.tar"
+    with tarfile.open(path, "w|") as sink:
+        components = [write_sample(sink, encode_sample(s)) for s in samples]
+    index = parse_dali_index(dali_index(components))
+    data = path.read_bytes()
+    with tarfile.open(path) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    assert sum(len(sample) for sample in index) == len(members)
+    for sample, original in zip(index, samples, strict=True):
+        for ext, offset, size, name in sample:
+            assert name == f"{original.key}.{ext}" and offset % 512 == 0
+            assert data[offset : offset + size] == members[name]
+    if shutil.which("tar"):  # GNU tar lists each member's header block: the data starts one block later
+        listing = subprocess.run(["tar", "--list", "--block-number", "--file", str(path)], capture_output=True, text=True).stdout
+        blocks = {line.split(": ", 1)[1]: int(line.split(":")[0].removeprefix("block ")) for line in listing.splitlines()}
+        assert all(offset == (blocks[name] + 1) * 512 for sample in index for _, offset, _, name in sample)
+
+
 def test_plain_webdataset_decoders_read_the_images(tmp_path):
     path = str(tmp_path / "s.tar")
     with wds.TarWriter(path) as sink:
