@@ -94,11 +94,13 @@ def confusion_png(cm: np.ndarray, classes: list[str], title: str = "") -> bytes:
     else:
         heat.set(xticks=[], yticks=[])
     if n <= COUNTS_UP_TO:
+        count_font = min(14.0, max(7.0, 0.3 * 72 * side / n))  # points: about a third of a cell
         for t in range(n):
             for p in range(n):
                 if cm[t, p]:
                     dark = rows[t, p] > 0.5
-                    heat.text(p, t, str(int(cm[t, p])), ha="center", va="center", fontsize=8, color="white" if dark else "black")
+                    color = "white" if dark else "black"
+                    heat.text(p, t, str(int(cm[t, p])), ha="center", va="center", fontsize=count_font, color=color)
     if listed:
         table = rest[0]
         table.axis("off")
@@ -106,5 +108,5 @@ def confusion_png(cm: np.ndarray, classes: list[str], title: str = "") -> bytes:
         lines += [f"{v:>6}  {100 * f:7.1f}%  {t} -> {p}" for t, p, v, f in listed]
         table.text(0, 0.98, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=9, transform=table.transAxes)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    figure.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.15)  # the axis titles whole, whatever the names
     return buffer.getvalue()
