@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import sys
+import traceback
 
 from storage import Location, StorageError, is_uri, redact, redacted
 
@@ -94,7 +95,8 @@ def cli(get_args_parser, config_from_args, main, argv: list[str] | None = None) 
     """Run a job from the command line (or `argv`): parse flags, build the config, run `main`.
 
     A ValueError while building the config (a flag value the config rejects), or a user error (ValueError,
-    StorageError) that `main` lets through, becomes a one-sentence error. Nothing it prints shows credentials.
+    StorageError) that `main` lets through, becomes a one-sentence error; any other exception is a bug, printed
+    with its traceback (exit status 1). Nothing it prints shows credentials, tracebacks included.
     """
     with redacted_output():
         args = get_args_parser().parse_args(argv)
@@ -102,6 +104,9 @@ def cli(get_args_parser, config_from_args, main, argv: list[str] | None = None) 
             return main(config_from_args(args))
         except USER_ERRORS as exc:
             return fail(str(exc))
+        except Exception:  # printed here, through the redacting streams, not by Python after they are gone
+            traceback.print_exc()
+            return 1
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -150,3 +150,16 @@ def test_a_relative_path_missing_inside_a_ray_job_names_working_dir(inputs, monk
     assert "--working-dir" in lines[0] and "absolute path" in lines[0] and "s3://" in lines[0]
     monkeypatch.delenv("RAY_JOB_ID")  # outside a job the same path gets the command's own message
     assert "Ray job" not in run_inline(f"jobs.{command}", *[a.format(tmp=inputs) for a in argv]).stderr
+
+
+def test_a_bug_prints_its_traceback_with_credentials_redacted(capsys):
+    """Not a user error: the traceback is shown (exit 1), through the same redaction as every other line."""
+    from jobs.common import ArgumentParser, cli
+
+    def main(cfg):
+        raise RuntimeError("could not read s3://AKIDEXAMPLE:Secret0123@bucket/x")
+
+    status = cli(lambda: ArgumentParser(prog="job"), lambda args: None, main, [])
+    err = capsys.readouterr().err
+    assert status == 1 and err.startswith("Traceback") and "RuntimeError: could not read s3://***@bucket/x" in err, err
+    assert "Secret0123" not in err and "AKIDEXAMPLE" not in err
