@@ -89,31 +89,33 @@ def host_rows(device: torch.device, smoke: bool) -> list[dict]:
     iterations = 20 if smoke else 300
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    for size in (2, 24):
-        frames = rng.integers(0, 255, (8, size, size), dtype=np.uint8)
-        I0, I1 = as_batch(frames, device), as_batch(np.roll(frames, 1, axis=2), device)
-        seconds = {}
-        for check_every in (1, 10):
-            cfg = TVL1Config(
-                nscales=1, warps=1, outer_iterations=iterations // 10, inner_iterations=10, epsilon=1e-12,
-                compile=not smoke, opencv_cpu_ops=False, check_every=check_every,
-            )  # fmt: skip
-            with torch.inference_mode():
-                tvl1_flow(I0, I1, cfg)  # compiles (once per process for every size)
-                best = float("inf")
-                for _ in range(2 if smoke else 20):  # best of 20: this machine is shared, its noise is one-sided
-                    synchronize(device)
-                    start = time.perf_counter()
-                    tvl1_flow(I0, I1, cfg)
-                    synchronize(device)
-                    best = min(best, time.perf_counter() - start)
-            seconds[check_every] = best
-            rows.append({"frames": f"{size}x{size}", "check_every": check_every, "us_per_iteration": best / iterations * 1e6})
-        rows[-1]["vs_every_iteration"] = seconds[1] / seconds[10]
-        for row in rows[-2:]:
-            ratio = f"{row['vs_every_iteration']:.1f}x less" if "vs_every_iteration" in row else "reference"
-            print(f"| {row['frames']} | {row['check_every']} | {row['us_per_iteration']:.1f} | {ratio} |", flush=True)
-    torch.set_num_threads(threads)
+    try:
+        for size in (2, 24):
+            frames = rng.integers(0, 255, (8, size, size), dtype=np.uint8)
+            I0, I1 = as_batch(frames, device), as_batch(np.roll(frames, 1, axis=2), device)
+            seconds = {}
+            for check_every in (1, 10):
+                cfg = TVL1Config(
+                    nscales=1, warps=1, outer_iterations=iterations // 10, inner_iterations=10, epsilon=1e-12,
+                    compile=not smoke, opencv_cpu_ops=False, check_every=check_every,
+                )  # fmt: skip
+                with torch.inference_mode():
+                    tvl1_flow(I0, I1, cfg)  # compiles (once per process for every size)
+                    best = float("inf")
+                    for _ in range(2 if smoke else 20):  # best of 20: this machine is shared, its noise is one-sided
+                        synchronize(device)
+                        start = time.perf_counter()
+                        tvl1_flow(I0, I1, cfg)
+                        synchronize(device)
+                        best = min(best, time.perf_counter() - start)
+                seconds[check_every] = best
+                rows.append({"frames": f"{size}x{size}", "check_every": check_every, "us_per_iteration": best / iterations * 1e6})
+            rows[-1]["vs_every_iteration"] = seconds[1] / seconds[10]
+            for row in rows[-2:]:
+                ratio = f"{row['vs_every_iteration']:.1f}x less" if "vs_every_iteration" in row else "reference"
+                print(f"| {row['frames']} | {row['check_every']} | {row['us_per_iteration']:.1f} | {ratio} |", flush=True)
+    finally:
+        torch.set_num_threads(threads)
     return rows
 
 

@@ -193,18 +193,14 @@ def _size_oblivious(fn):
     """`fn` traced with dynamic batch and image sizes, without special-casing sizes of 0 and 1 (so a batch of
     one pair gets no graph of its own), and with static channel counts (so a channel of 1 still broadcasts).
 
-    Those settings matter only when Dynamo traces, so they are made only for an argument list whose channel
-    counts (what a graph is specialised on) were not traced yet: the markers and the setting cost the host
-    more than the rest of this wrapper, which runs once per block of iterations. The setting is made by hand
-    rather than with `fx_config.patch`, whose context manager costs more still.
+    The settings are made around every call, not only the first: Dynamo may trace again later (sizes that were
+    equal on the first trace and differ now, for one), and such a graph must be traced the same way. By hand
+    rather than with `fx_config.patch`, whose context manager costs the host more than the rest of this wrapper
+    (it runs once per block of iterations).
     """
-    traced: set[tuple] = set()
 
     @functools.wraps(fn)
     def call(*args):
-        signature = tuple(a.shape[1] if a.ndim == 4 else a.ndim for a in args)
-        if signature in traced:
-            return fn(*args)
         for arg in args:
             if arg.ndim == 4:
                 torch._dynamo.mark_static(arg, 1)
@@ -213,11 +209,9 @@ def _size_oblivious(fn):
         before = fx_config.backed_size_oblivious
         fx_config.backed_size_oblivious = True
         try:
-            out = fn(*args)
+            return fn(*args)
         finally:
             fx_config.backed_size_oblivious = before
-        traced.add(signature)
-        return out
 
     return call
 

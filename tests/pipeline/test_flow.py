@@ -222,31 +222,6 @@ def test_the_host_calls_once_per_block_of_iterations(check_every, blocks):
     assert trace.iterations == [300] and trace.blocks == blocks and trace.reads == blocks
 
 
-def test_a_compiled_block_is_marked_for_tracing_only_once_per_channel_layout(monkeypatch):
-    """The tracing settings (static channels, size-oblivious sizes) are made only for argument lists whose
-    channel counts were not traced yet: per block of iterations they cost the host more than the rest."""
-    import torch._dynamo
-
-    from pipeline.flow.tvl1 import _size_oblivious
-
-    marked, seen = [], []
-    monkeypatch.setattr(torch._dynamo, "mark_static", lambda t, dim: marked.append(dim))
-    call = _size_oblivious(lambda *args: seen.append(fx_setting()) or args[0])
-    for n, h in ((2, 8), (5, 16), (1, 4)):  # other batch and image sizes: the same graph
-        call(*block_args(n, h, h))
-    assert len(marked) == 6 and seen == [True, False, False]  # 5 (N, C, H, W) arguments and the parameters
-    gamma = block_args()
-    call(*(torch.cat([t, t[:, :1]], 1) if t.ndim == 4 and t.shape[1] == 2 else t for t in gamma))  # 3 channels
-    assert len(marked) == 12 and seen[-1] is True
-    assert fx_setting() is False  # restored
-
-
-def fx_setting() -> bool:
-    import torch.fx.experimental._config as fx_config
-
-    return fx_config.backed_size_oblivious
-
-
 def block_args(n=2, h=8, w=8):
     u, grad_i, rho_c = torch.randn(n, 2, h, w), torch.randn(n, 2, h, w), torch.randn(n, 1, h, w)
     params = torch.tensor([0.045, 0.3, 0.833, 1e-4])
