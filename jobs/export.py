@@ -7,14 +7,15 @@ python -m jobs.export rawframes --data data/ucf101 --out data/ucf101_rawframes [
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 
 from jobs.common import ArgumentParser, check_locations, cli
-from pipeline.export import list_line, list_name, rawframe_files, rawframes_dir
+from pipeline.export import list_lines, list_name, rawframe_files, rawframes_dir
 from pipeline.progress import Progress
 from schemas.dataset import read_dataset_info
 from schemas.sample import FLOW_MODALITIES, decode_sample
-from storage import Location, basename, join
+from storage import Location, basename, is_uri, join
 from trainers.data import read_samples, shard_urls
 
 FORMATS = ("rawframes",)
@@ -68,6 +69,8 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
 
 def main(cfg: ExportConfig) -> int:
     check_locations(cfg.data, outputs=(cfg.out,))
+    if cfg.split_number < 1:
+        raise ValueError(f"--split-number must be at least 1, got {cfg.split_number}")
     info = read_dataset_info(cfg.data)
     stored = [m for m in FLOW_MODALITIES if m in info.modalities]
     if cfg.flow is not None and cfg.flow not in stored:
@@ -75,27 +78,37 @@ def main(cfg: ExportConfig) -> int:
             f"--flow {cfg.flow}: {cfg.data} stores {', '.join(info.modalities)}; choose one of {', '.join(stored) or 'no flow'}"
         )
     flow = cfg.flow or (stored[0] if stored else None)
-    name = cfg.name or basename(cfg.data.rstrip("/")) or "dataset"
+    name = cfg.name or dataset_name(cfg.data)
     out = Location(cfg.out)
-    total = sum(info.counts.get("samples", {}).values())
-    progress = Progress(total, interval=cfg.progress_seconds)
+    splits = sorted(info.shards)
+    progress = Progress(sum(info.counts.get("samples", {}).values()), interval=cfg.progress_seconds)
     videos = frames = 0
-    for split in sorted(info.shards):
-        lines = []
+    for split in splits:
+        lists: tuple[list[str], list[str]] = ([], [])
         for members in read_samples(shard_urls(cfg.data, split)):
             sample = decode_sample(members, modalities=("rgb", flow) if flow else ("rgb",))
-            folder = rawframes_dir(sample)
             for file, data in rawframe_files(sample, flow).items():
-                out.write_bytes(data, folder, file)
-            lines.append(list_line(sample))
+                out.write_bytes(data, rawframes_dir(sample), file)
+            for lines, line in zip(lists, list_lines(sample, flow), strict=True):
+                if line is not None:
+                    lines.append(line)
             videos, frames = videos + 1, frames + sample.meta.num_frames
             progress.update(videos, frames, 0)
-        out.write_text("".join(lines), list_name(name, split, cfg.split_number))
-        print(f"wrote {join(cfg.out, list_name(name, split, cfg.split_number))}: {len(lines)} videos")
+        for lines, is_flow in zip(lists, (False, True), strict=True):
+            if lines:
+                list_file = list_name(name, split, cfg.split_number, splits, flow=is_flow)
+                out.write_text("".join(lines), list_file)
+                print(f"wrote {join(cfg.out, list_file)}: {len(lines)} videos")
     progress.update(videos, frames, 0, force=True)
     flows = f" and {flow} as flow_x_/flow_y_ (numbered from 1)" if flow else ""
     print(f"exported {videos} videos to {cfg.out}: <class>/<video>/img_00001.jpg ...{flows}")
     return 0
+
+
+def dataset_name(data: str) -> str:
+    """The dataset folder's name ('ucf101' for data/ucf101/, s3://bucket/ucf101 or `.` inside it)."""
+    name = basename(data.rstrip("/")) if is_uri(data) else os.path.basename(os.path.abspath(data))
+    return name or "dataset"
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pipeline.contact_sheet import animation_frames, choose_samples, encode_gif,
 from pipeline.decode import encode_mp4
 from schemas.dataset import INDEX_FILE, SHARDS_DIR, read_dataset_info
 from schemas.sample import decode_sample
-from storage import Location, join
+from storage import Location, join, redact
 from trainers.data import read_samples
 
 CONTACT_SHEET = "contact_sheet.png"
@@ -31,7 +31,7 @@ class VisualizeConfig:
     data: str
     out: str | None = None  # default: contact_sheet.png in the dataset folder
     samples: int = 8  # rows, spread across classes and splits
-    keys: tuple[str, ...] = ()  # these video ids instead, in this order
+    keys: tuple[str, ...] = ()  # these video ids instead, in this order (not with class_name or split)
     class_name: str | None = None  # only this class
     split: str | None = None  # only this split (default: all)
     index: int | None = None  # flow index shown (frame index -> index + 1); default: each video's middle
@@ -104,11 +104,13 @@ def chosen_rows(cfg: VisualizeConfig, classes: list[str]) -> list[dict]:
     """
     index = pq.read_table(Location(cfg.data).open_input_file(INDEX_FILE)).to_pylist()
     if cfg.keys:
+        if cfg.class_name is not None or cfg.split is not None:
+            raise ValueError("--keys chooses the samples itself; leave out --class and --split (or --keys)")
         by_key = {row["key"]: row for row in index}
         missing = [k for k in cfg.keys if k not in by_key]
         if missing:
             raise ValueError(f"no sample {', '.join(missing)} in {cfg.data} (its video ids are in {join(cfg.data, INDEX_FILE)})")
-        return [by_key[k] for k in cfg.keys]
+        return [by_key[k] for k in dict.fromkeys(cfg.keys)]  # each once, in the order given
     if cfg.class_name is not None:
         if cfg.class_name not in classes:
             raise ValueError(
@@ -121,7 +123,8 @@ def chosen_rows(cfg: VisualizeConfig, classes: list[str]) -> list[dict]:
         if not index:
             raise ValueError(f"no samples in split {cfg.split!r} (the dataset has: {', '.join(splits) or 'none'})")
     if not index:
-        raise ValueError(f"{cfg.data} has no samples of class {cfg.class_name!r}")
+        which = f" of class {cfg.class_name!r}" if cfg.class_name is not None else ""
+        raise ValueError(f"{cfg.data} has no samples{which} to show")
     order = choose_samples([r["key"] for r in index], [r["split"] for r in index], [r["label"] for r in index], cfg.samples)
     return [index[i] for i in order]
 
@@ -145,8 +148,8 @@ def main(cfg: VisualizeConfig) -> int:
     info = read_dataset_info(cfg.data)
     samples = read_chosen(cfg.data, chosen_rows(cfg, info.classes))
     rows = [sample_row(s, info.classes[s.meta.label] if 0 <= s.meta.label < len(info.classes) else "-", cfg.index) for s in samples]
-    header = (
-        f"{cfg.data}: {len(rows)} samples ({', '.join(info.modalities)}). Flow colours: hue = direction, saturation = "
+    header = (  # drawn into the picture: credentials in the URI must not be
+        f"{redact(cfg.data)}: {len(rows)} samples ({', '.join(info.modalities)}). Flow colours: hue = direction, saturation = "
         "speed up to the tile's max (key in the corner); x / y as stored: 128 = still"
     )
     sheet = layout(rows, header, cfg.tile_height)

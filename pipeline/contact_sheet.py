@@ -95,7 +95,8 @@ def sample_row(sample: Sample, class_name: str, flow_index: int | None = None) -
 
 def flow_tiles(sample: Sample, modality: str, index: int) -> list[Tile]:
     """Flow `index` of `modality`: Middlebury colours scaled to its largest speed, and x and y as 8-bit images
-    the way they are stored (128 = still, 0 and 255 = minus and plus the flow bound)."""
+    the way they are stored (128 = still, 0 and 255 = minus and plus the flow bound; lossless flow is shown
+    quantized to 8 bits the same way)."""
     meta = sample.meta
     flow = sample.flow_frame(modality, index)
     speed = float(np.hypot(flow[..., 0], flow[..., 1]).max())
@@ -106,10 +107,11 @@ def flow_tiles(sample: Sample, modality: str, index: int) -> list[Tile]:
         found = f", homography {h['inliers']} inliers" if h.get("found") else ", no homography"
     x, y = quantize(flow, meta.flow_bound)  # for 8-bit jpeg flow exactly the stored images
     gray = lambda p: np.repeat(p[..., None], 3, axis=-1)  # noqa: E731
+    shown = "as stored" if meta.flow_encoding == "jpeg" else f"in 8 bits ({meta.flow_encoding} stored)"
     return [
         Tile(flow_to_color(flow, max_flow=max(speed, 1e-6)), f"{head}\nmax {speed:.1f} px{found}", smooth=False, legend=True),
-        Tile(gray(x), f"{modality} x as stored\n128 = 0, +-{meta.flow_bound:g} px", smooth=False),
-        Tile(gray(y), f"{modality} y as stored\n128 = 0, +-{meta.flow_bound:g} px", smooth=False),
+        Tile(gray(x), f"{modality} x {shown}\n128 = 0, +-{meta.flow_bound:g} px", smooth=False),
+        Tile(gray(y), f"{modality} y {shown}\n128 = 0, +-{meta.flow_bound:g} px", smooth=False),
     ]
 
 
@@ -138,9 +140,9 @@ def layout(rows: list[Row], header: str, tile_height: int = 180) -> Sheet:
         x, top = GAP_PX, y + TITLE_PX + LABEL_PX
         for tile, img in zip(row.tiles, images, strict=True):
             h, w = img.shape[:2]
-            if tile.legend:
+            side = min(max(24, tile_height // 4), w - 6, h - 6)  # fits a narrow (portrait) tile too
+            if tile.legend and side >= 8:
                 img = img.copy()
-                side = max(24, tile_height // 4)
                 img[2 : side + 4, w - side - 4 : w - 2] = 0  # a dark frame around the key
                 img[3 : side + 3, w - side - 3 : w - 3] = color_wheel_legend(side)
             canvas[top : top + h, x : x + w] = img

@@ -6,10 +6,13 @@ MMAction2 rawframes, as its `tools/data/build_rawframes.py` (level 2) and `build
     OUT/<class>/<video>/img_00001.jpg ...        RGB frames, numbered from 1 (RawframeDataset's start_index 1)
     OUT/<class>/<video>/flow_x_00001.jpg ...     flow i -> i+1 as 8-bit x and y images, numbered from 1:
     OUT/<class>/<video>/flow_y_00001.jpg ...     one fewer than the frames
-    OUT/<name>_<subset>_split_<n>_rawframes.txt  one line per video: `<class>/<video> <total_frames> <label>`
+    OUT/<name>_<subset>_split_<n>_rawframes.txt       one line per video: `<class>/<video> <total_frames> <label>`
+    OUT/<name>_<subset>_split_<n>_rawframes_flow.txt  the same with the flow count, for flow models
 
-`total_frames` counts the `img_` files (the flow count where no RGB is stored), labels are 0-based, and a split
-named `test` is MMAction2's `val` subset. Class folders are named as `build_file_list.py` names Kinetics'
+`total_frames` counts the `img_` files in the first list (as build_file_list.py writes it) and the `flow_x_`
+files in the second (build_file_list.py counts them but never writes that list: training flow from the first
+would ask for one flow past the last); labels are 0-based; a split named `test` is MMAction2's `val` subset
+unless the dataset has a `val` split too. Class folders are named as `build_file_list.py` names Kinetics'
 classes: quotes dropped, spaces as underscores (a list line is split on whitespace).
 """
 
@@ -51,13 +54,17 @@ def rawframe_files(sample: Sample, flow: str | None) -> dict[str, bytes]:
     return files
 
 
-def list_line(sample: Sample) -> str:
-    """The video's line in a rawframes list: `<class>/<video> <total_frames> <label>`."""
-    total = sample.meta.num_frames if sample.rgb else sample.meta.num_flows
-    return f"{rawframes_dir(sample)} {total} {sample.meta.label}\n"
+def list_lines(sample: Sample, flow: str | None) -> tuple[str | None, str | None]:
+    """The video's lines in the RGB and the flow list (`<class>/<video> <count> <label>`); None for a list the
+    video has nothing for (no RGB stored, no flow exported, or a single frame and so no flow)."""
+    meta, folder = sample.meta, rawframes_dir(sample)
+    rgb = f"{folder} {meta.num_frames} {meta.label}\n" if sample.rgb else None
+    flows = f"{folder} {meta.num_flows} {meta.label}\n" if flow is not None and meta.num_flows else None
+    return rgb, flows
 
 
-def list_name(name: str, split: str, number: int) -> str:
-    """The list file of a split, as build_file_list.py names it (`test` is MMAction2's `val`)."""
-    subset = "val" if split == "test" else split
-    return f"{name}_{subset}_split_{number}_rawframes.txt"
+def list_name(name: str, split: str, number: int, splits: list[str], flow: bool = False) -> str:
+    """A split's list file, as build_file_list.py names it (`test` is MMAction2's `val` where the dataset has no
+    `val` split of its own); `_flow` added for the flow counts."""
+    subset = "val" if split == "test" and "val" not in splits else split
+    return f"{name}_{subset}_split_{number}_rawframes{'_flow' if flow else ''}.txt"

@@ -26,7 +26,7 @@ from .plan import ShardSpec, estimate_video_mb, plan_shards
 from .progress import Progress, format_duration
 from .ray_tasks import ClusterConfig, check_visible, node_names, ray_session, run_shards
 from .report import REPORT_FILE, build_report, format_report
-from .shards import PROGRESS_DIR, ProcessConfig, ShardResult, VideoResult, completed_shards
+from .shards import PROGRESS_DIR, ProcessConfig, ShardResult, VideoResult, completed_shards, index_finished_shards
 
 RUN_FILE = "run.json"  # under _progress/: the parameters the existing shards were built with
 FINGERPRINT_VERSION = 2  # 1 (flowshard 0.1.0) also held runtime settings
@@ -148,6 +148,9 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
     for folder in (SHARDS_DIR, PROGRESS_DIR):  # leftovers of attempts whose worker or node died (Ray retried them)
         out.remove_temporaries(folder)
     results = sorted([*done.values(), *new], key=lambda r: r.name)
+    indexed = index_finished_shards(out, list(done.values()))
+    if indexed:
+        print_fn(f"wrote the DALI index of {indexed} shards built before flowshard wrote them")
     videos = [v for r in results for v in r.videos]
     progress.update(len(videos), sum(v.frames for r in new for v in r.videos), sum(v.status != "ok" for v in videos), force=True)
     _write_outputs(out, cfg, classes, params, results)

@@ -295,6 +295,7 @@ def process_shard(
         size, digest = writer.bytes, writer.sha256
     if samples == 0:  # nothing usable: no empty tar in the dataset, the record says why
         out.delete_file(SHARDS_DIR, tar_name)
+        out.delete_file(SHARDS_DIR, spec.name + DALI_INDEX_SUFFIX)  # an earlier attempt's, if any
         tar_name, size, digest = None, 0, ""
     else:  # before the completion record: a shard whose index is missing is written again
         out.write_text(dali_index(index), SHARDS_DIR, spec.name + DALI_INDEX_SUFFIX)
@@ -324,6 +325,34 @@ def _add_video(record: VideoRecord, spec: ShardSpec, cfg: ProcessConfig, flow, t
         index.append(write_sample(sink, encode_sample(sample)))
     seconds, written = time.monotonic() - start, writer.bytes - before
     return VideoResult(record.video_id, spec.split, spec.name, "ok", "", seconds, sample.meta.num_frames, written, record.label)
+
+
+def dali_index_of(stream) -> str:
+    """The DALI index of a shard tar, from its headers (for shards written before flowshard wrote indexes)."""
+    samples: list[list[tuple]] = []
+    last = None
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            if not member.isreg():
+                continue
+            key, _, extension = member.name.partition(".")  # keys hold no '.' or '/'
+            if key != last:
+                samples.append([])
+                last = key
+            samples[-1].append((extension, member.offset_data, member.size, member.name))
+    return dali_index(samples)
+
+
+def index_finished_shards(out: Location, finished: list[ShardResult]) -> int:
+    """Write the DALI index of each finished shard that lacks one (built before flowshard wrote them); returns
+    how many were written. One listing of the shards folder, and a read of each such shard."""
+    present = set(out.list(SHARDS_DIR))
+    missing = [r for r in finished if r.tar is not None and r.name + DALI_INDEX_SUFFIX not in present]
+    for result in missing:
+        with out.open_input_stream(SHARDS_DIR, result.tar) as stream:
+            index = dali_index_of(stream)
+        out.write_text(index, SHARDS_DIR, result.name + DALI_INDEX_SUFFIX)
+    return len(missing)
 
 
 def completed_shards(out: Location) -> dict[str, ShardResult]:

@@ -83,8 +83,17 @@ def test_the_sheet_has_readable_labelled_tiles_and_a_colour_key():
     assert np.abs(tile.astype(int) - sheet.canvas[y : y + h, x : x + w]).max() <= 1  # drawn where laid out
 
 
+def test_a_narrow_tile_gets_a_smaller_key_or_none():
+    portrait = sample_row(warped_sample(), "c1").tiles[3]
+    tall = dataclasses.replace(portrait, image=np.ascontiguousarray(portrait.image.transpose(1, 0, 2)[:, :10]))
+    for height in (32, 64, 180):  # the tile is ~6, 11 and 32 px wide
+        sheet = layout([dataclasses.replace(sample_row(warped_sample(), "c1"), tiles=[tall])], "h", height)
+        assert sheet.tiles[0][3] == height
+
+
 def test_the_colour_key_points_right_as_red_and_is_white_outside():
     key = color_wheel_legend(41)
+    assert key[20, 40, 0] == 255 and key[20, 40, 1] < 30  # right: red (Middlebury), at the rim fully saturated
     np.testing.assert_array_equal(key[20, 40], flow_to_color(np.float32([[[1, 0]]]), max_flow=1.0)[0, 0])
     assert (key[0, 0] == 255).all() and (key[20, 20] == 255).all()  # outside the disc; the centre: no motion
 
@@ -124,8 +133,8 @@ def test_visualize_draws_the_chosen_samples_and_an_animation(dataset, tmp_path):
     by_class = run_inline("jobs.visualize", "--data", str(dataset), "--class", "c2", "--split", "train", "--tile-height", "64")
     assert by_class.returncode == 0, by_class.stderr
     assert "2 samples (a2, a5)" in by_class.stdout and (dataset / "contact_sheet.png").is_file()
-    chosen = run_inline("jobs.visualize", "--data", str(dataset), "--keys", "b2,a4", "--out", str(sheet), "--index", "0")
-    assert "2 samples (b2, a4)" in chosen.stdout
+    chosen = run_inline("jobs.visualize", "--data", str(dataset), "--keys", "b2,a4,b2", "--out", str(sheet), "--index", "0")
+    assert "2 samples (b2, a4)" in chosen.stdout  # in the order given, each once
 
 
 @pytest.mark.parametrize(
@@ -136,6 +145,7 @@ def test_visualize_draws_the_chosen_samples_and_an_animation(dataset, tmp_path):
         (["--split", "val"], "no samples in split 'val' (the dataset has: test, train)"),
         (["--index", "8"], "flow index 8 is outside 0..7"),
         (["--samples", "0"], "--samples must be at least 1"),
+        (["--keys", "a0", "--class", "c0"], "--keys chooses the samples itself"),
     ],
 )
 def test_a_wrong_choice_is_one_sentence(dataset, tmp_path, flags, message):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from pipeline.export import FLOW_TEMPLATE, RGB_TEMPLATE, class_folder, list_name, rawframe_files
+from pipeline.export import FLOW_TEMPLATE, RGB_TEMPLATE, class_folder, list_lines, list_name, rawframe_files
 from schemas.sample import decode_flow, decode_image, decode_sample, encode_flow, quantize
 from tests.conftest import run_inline, shared_path
 from tests.helpers import synthetic_sample, write_dataset
@@ -56,16 +56,23 @@ def test_rawframes_equal_the_shards_byte_for_byte(exported):
 def test_the_lists_parse_as_mmaction2_reads_them_and_name_every_file(exported):
     root, _ = exported
     lists = sorted(p.name for p in (root / "rf").glob("*.txt"))
-    assert lists == ["ucf101_train_split_1_rawframes.txt", "ucf101_val_split_1_rawframes.txt"]
+    rgb_lists = ["ucf101_train_split_1_rawframes.txt", "ucf101_val_split_1_rawframes.txt"]
+    flow_lists = ["ucf101_train_split_1_rawframes_flow.txt", "ucf101_val_split_1_rawframes_flow.txt"]
+    assert lists == sorted(rgb_lists + flow_lists)
     lines = {name: rawframedataset_lines(root / "rf" / name) for name in lists}
     assert [label for _, _, label in lines["ucf101_train_split_1_rawframes.txt"]] == [0, 1, 2]  # 0-based, as written
     assert [d for d, _, _ in lines["ucf101_val_split_1_rawframes.txt"]] == ["c0/v3", "riding_a_bike/v4"]
-    for frame_dir, total, _ in [line for entries in lines.values() for line in entries]:
-        folder = root / "rf" / frame_dir  # data_prefix joined with frame_dir
-        # RawframeDataset's defaults: start_index 1, 'img_{:05}.jpg'; flow configs: 'flow_{}_{:05d}.jpg'
-        assert all((folder / f"img_{i:05}.jpg").is_file() for i in range(1, total + 1))
-        assert all((folder / f"flow_{c}_{i:05d}.jpg").is_file() for c in "xy" for i in range(1, total))
-        assert not (folder / f"img_{total + 1:05}.jpg").exists() and not (folder / "img_00000.jpg").exists()
+    for name in lists:
+        flow = name in flow_lists
+        for frame_dir, total, _ in lines[name]:
+            folder = root / "rf" / frame_dir  # data_prefix joined with frame_dir
+            # RawframeDataset's defaults: start_index 1, 'img_{:05}.jpg'; flow configs: 'flow_{}_{:05d}.jpg'. Every
+            # index 1..total that SampleFrames may ask for exists, and none past it.
+            template = "flow_x_{:05d}.jpg" if flow else "img_{:05}.jpg"
+            assert all((folder / template.format(i)).is_file() for i in range(1, total + 1))
+            assert not (folder / template.format(total + 1)).exists() and not (folder / template.format(0)).exists()
+            if flow:
+                assert all((folder / f"flow_y_{i:05d}.jpg").is_file() for i in range(1, total + 1))
 
 
 def test_file_names_follow_the_real_mmaction2_sample():
@@ -96,8 +103,18 @@ def test_lossless_flow_is_written_as_8_bit_jpeg_with_the_dataset_bound():
 
 def test_names_of_folders_and_lists():
     assert class_folder("riding a 'bike'") == "riding_a_bike" and class_folder("") == "unlabelled"
-    assert list_name("hmdb51", "test", 2) == "hmdb51_val_split_2_rawframes.txt"
-    assert list_name("kinetics400", "val", 1) == "kinetics400_val_split_1_rawframes.txt"
+    assert list_name("hmdb51", "test", 2, ["test", "train"]) == "hmdb51_val_split_2_rawframes.txt"
+    assert list_name("hmdb51", "test", 2, ["test", "train"], flow=True) == "hmdb51_val_split_2_rawframes_flow.txt"
+    # a dataset with both val and test splits (Kinetics) keeps them apart
+    assert list_name("kinetics400", "val", 1, ["test", "train", "val"]) == "kinetics400_val_split_1_rawframes.txt"
+    assert list_name("kinetics400", "test", 1, ["test", "train", "val"]) == "kinetics400_test_split_1_rawframes.txt"
+
+
+def test_a_video_without_flow_has_no_flow_line():
+    one = synthetic_sample("v0", 1, frames=1)
+    assert list_lines(one, "tvl1") == ("c1/v0 1 1\n", None)
+    assert list_lines(synthetic_sample("v1", 2, frames=4), "tvl1") == ("c2/v1 4 2\n", "c2/v1 3 2\n")
+    assert list_lines(synthetic_sample("v1", 2, frames=4), None) == ("c2/v1 4 2\n", None)
 
 
 def test_a_flow_the_dataset_lacks_is_one_sentence(exported, tmp_path):
