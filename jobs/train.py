@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 from dataclasses import asdict, dataclass
+from unittest.mock import patch
 
 from jobs.common import ArgumentParser, check_locations, cli
 from storage import Location, join
@@ -210,25 +211,26 @@ def train_with_ray(cfg: TrainJobConfig) -> None:
 
     # Ray Train's controller reads this from the driver's environment: how long it waits for the ranks' placement
     # group. Its own retries of that wait are off (controller_failure_limit=0), so rank_wait is the whole wait.
-    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(cfg.rank_wait)
-    connect(cfg.address, dashboard=True)
-    trainer = TorchTrainer(
-        _ray_train_loop,
-        train_loop_config=asdict(cfg.train),
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.train.use_gpu),
-        run_config=RunConfig(
-            storage_path=join(cfg.train.out, "ray"),
-            name="train",
-            failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=0),
-            # Ray Train's own INFO lines (a "Reporting training result ..." per rank and epoch) would bury the run's;
-            # rank 0 says where the ranks run instead, and Ray Train's warnings and errors still show.
-            logging_config=LoggingConfig(log_level="WARNING"),
-        ),
-    )
-    try:
-        trainer.fit()
-    except TrainingFailedError as exc:
-        raise RunStopped(_stopped_sentence(cfg, exc)) from exc
+    # Set for this run only (patch.dict restores the environment), so a caller in the same process keeps its own.
+    with patch.dict(os.environ, {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(cfg.rank_wait)}):
+        connect(cfg.address, dashboard=True)
+        trainer = TorchTrainer(
+            _ray_train_loop,
+            train_loop_config=asdict(cfg.train),
+            scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.train.use_gpu),
+            run_config=RunConfig(
+                storage_path=join(cfg.train.out, "ray"),
+                name="train",
+                failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=0),
+                # Ray Train's own INFO lines (a "Reporting training result ..." per rank and epoch) would bury the
+                # run's; rank 0 says where the ranks run instead, and Ray Train's warnings and errors still show.
+                logging_config=LoggingConfig(log_level="WARNING"),
+            ),
+        )
+        try:
+            trainer.fit()
+        except TrainingFailedError as exc:
+            raise RunStopped(_stopped_sentence(cfg, exc)) from exc
 
 
 def _stopped_sentence(cfg: TrainJobConfig, exc: Exception) -> str:
