@@ -56,7 +56,7 @@ def evaluate(root: Path, *runs: str, extra: tuple = ()) -> dict:
 
 def test_flow_learns_rgb_does_not_and_fusion_keeps_flow(synthetic_data):
     root = synthetic_data
-    train(root, "tsn_flow", "flow", epochs=12, lr=0.001)  # 100% here (10 epochs: 69%: the cosine schedule's end matters)
+    train(root, "tsn_flow", "flow", epochs=16, lr=0.001)  # 12 epochs gave 100% and 87.5% in two runs, 10 gave 69%
     train(root, "tsn_rgb", "rgb", epochs=4, lr=0.001)
     metrics = evaluate(root, f"rgb={root / 'rgb'}", f"flow={root / 'flow'}", extra=("--segments", "25", "--fusion", "rgb=1,flow=1.5"))
     assert metrics["videos"] == 16
