@@ -36,7 +36,7 @@ demo: $(STAMP)
 	$(PY) -m jobs.train --data $(DEMO_DIR)/data --model tsn_rgb --out $(DEMO_DIR)/runs/rgb $(DEMO_TRAIN) --epochs 4
 	$(PY) -m jobs.evaluate --data $(DEMO_DIR)/data --run rgb=$(DEMO_DIR)/runs/rgb --run flow=$(DEMO_DIR)/runs/flow --segments 25 --fusion rgb=1,flow=1.5 --loader-workers 1 --json $(DEMO_DIR)/metrics.json
 	$(PY) -m jobs.visualize --data $(DEMO_DIR)/data --out $(DEMO_DIR)/contact_sheet.png --gif $(DEMO_DIR)/sample.gif
-	@echo "Look at: $(DEMO_DIR)/data/summary.png (what the dataset holds), $(DEMO_DIR)/contact_sheet.png (samples: frames, flow, warped flow),"
+	@echo "Look at: $(DEMO_DIR)/data/summary.png (what the dataset holds), $(DEMO_DIR)/contact_sheet.png (samples: frames and their flows),"
 	@echo "         $(DEMO_DIR)/sample.gif (one video's frames beside its flow), $(DEMO_DIR)/runs/*/curves.png and $(DEMO_DIR)/confusion.png"
 
 # The synthetic classes are motion directions: no flips (they would swap left and right).
