@@ -6,8 +6,8 @@
 
 1. Host cost (what a GPU waits for): microseconds per solver iteration on tiny frames (8 pairs of 2x2 and
    24x24, one level, one warp, 300 iterations that never converge, compiled, the GPU code path, one CPU
-   thread, best of 20), for a convergence check every iteration (one host call per iteration, as the solver worked before blocks)
-   against every 10 (one call per block); blocking host reads per launch of 8 real pairs at 128x96
+   thread, best of 20), for a convergence check every iteration (one host call per iteration, as the solver
+   worked before blocks) against every 10 (one call per block); blocking host reads per launch of 8 real pairs at 128x96
    (counted with `pipeline.flow.host_reads.HostReads`), with none allowed in setting pairs aside.
 2. Tails: iterations per warp (mean / p99 / max over every warp of every level) of 8 real 340x256 pairs,
    and on a GPU the share of a launch's wall time the device was busy (the profiler's kernel time).

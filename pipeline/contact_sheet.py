@@ -18,7 +18,6 @@ from matplotlib.figure import Figure
 from pipeline.flow.visualize import color_wheel_legend, flow_to_color
 from schemas.sample import FLOW_MODALITIES, Sample, quantize
 
-RGB_FRAMES = 3  # RGB frames per row: first, middle, last
 LABEL_PX = 30  # two lines of 8-point text above each tile
 TITLE_PX = 24  # the row's title line
 GAP_PX = 8
@@ -80,7 +79,7 @@ def sample_row(sample: Sample, class_name: str, flow_index: int | None = None) -
     tiles = []
     if sample.rgb:
         last = meta.num_frames - 1
-        for i in sorted({0, last // 2, last})[:RGB_FRAMES]:
+        for i in sorted({0, last // 2, last}):  # first, middle, last
             tiles.append(Tile(sample.rgb_frame(i), f"RGB\nframe {i} of {meta.num_frames}"))
     flows = [m for m in FLOW_MODALITIES if m in sample.flow]
     if flows and meta.num_flows:

@@ -32,6 +32,7 @@ from schemas.sample import (
     Sample,
     SampleMeta,
     dali_index,
+    dali_index_of,
     encode_jpeg,
     encode_quantized_flow,
     encode_sample,
@@ -325,22 +326,6 @@ def _add_video(record: VideoRecord, spec: ShardSpec, cfg: ProcessConfig, flow, t
         index.append(write_sample(sink, encode_sample(sample)))
     seconds, written = time.monotonic() - start, writer.bytes - before
     return VideoResult(record.video_id, spec.split, spec.name, "ok", "", seconds, sample.meta.num_frames, written, record.label)
-
-
-def dali_index_of(stream) -> str:
-    """The DALI index of a shard tar, from its headers (for shards written before flowshard wrote indexes)."""
-    samples: list[list[tuple]] = []
-    last = None
-    with tarfile.open(fileobj=stream, mode="r|") as tar:
-        for member in tar:
-            if not member.isreg():
-                continue
-            key, _, extension = member.name.partition(".")  # keys hold no '.' or '/'
-            if key != last:
-                samples.append([])
-                last = key
-            samples[-1].append((extension, member.offset_data, member.size, member.name))
-    return dali_index(samples)
 
 
 def index_finished_shards(out: Location, finished: list[ShardResult]) -> int:

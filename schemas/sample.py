@@ -273,6 +273,22 @@ def dali_index(samples: list[list[tuple[str, int, int, str]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def dali_index_of(stream) -> str:
+    """The `dali_index` of a shard tar read from its headers (for shards written before flowshard wrote indexes)."""
+    samples: list[list[tuple]] = []
+    last = None
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            if not member.isreg():
+                continue
+            key, _, extension = member.name.partition(".")  # keys hold no '.' or '/'
+            if key != last:
+                samples.append([])
+                last = key
+            samples[-1].append((extension, member.offset_data, member.size, member.name))
+    return dali_index(samples)
+
+
 def member_filter(modalities: tuple[str, ...]):
     """A `select_files` predicate for webdataset: keep a sample's metadata and the members of `modalities`
     only, so a loader never reads the other modalities' images into memory."""
