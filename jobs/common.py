@@ -25,10 +25,16 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def fail(message: str) -> int:
-    """Print a one-sentence error for the user (no traceback; `cli`'s streams redact credentials) and return the
-    usage exit code."""
-    print(f"error: {message}", file=sys.stderr)
+    """Print a one-sentence error for the user on one line (no traceback; characters that would break the line, as a
+    file name from a download may hold, are escaped; `cli`'s streams redact credentials) and return the usage exit
+    code."""
+    print(f"error: {one_line(message)}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def one_line(text: str) -> str:
+    """`text` with each character that is not printable (control characters, line breaks) as its escape: 'a\\nb'."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def write_config(cfg, path: str) -> None:

@@ -18,6 +18,9 @@ classes: quotes dropped, spaces as underscores (a list line is split on whitespa
 
 from __future__ import annotations
 
+import re
+
+from schemas.manifest import name_problem
 from schemas.sample import Sample, decode_flow, encode_flow
 
 RGB_TEMPLATE = "img_{:05d}.jpg"
@@ -26,14 +29,31 @@ START_INDEX = 1
 
 
 def class_folder(name: str) -> str:
-    """A class name as a folder name of one word (mmaction2's `convert_label`); 'unlabelled' when empty."""
-    folder = name.replace('"', "").replace("'", "").replace(" ", "_")
+    """A class name as a folder name of one word (mmaction2's `convert_label`, with any whitespace as '_', since a
+    list line is split on whitespace); 'unlabelled' when empty, '_' for a '.' that dropping quotes left alone."""
+    folder = re.sub(r"\s", "_", name.replace('"', "").replace("'", ""))
+    if folder in (".", ".."):
+        folder = folder.replace(".", "_")
     return folder or "unlabelled"
 
 
 def rawframes_dir(sample: Sample) -> str:
-    """The video's folder relative to the rawframes root: `<class>/<video id>`."""
-    return f"{class_folder(sample.meta.label_name)}/{sample.key}"
+    """The video's folder relative to the rawframes root: `<class>/<video id>`.
+
+    Raises:
+        ValueError: the sample's class name or key is no name (`name_problem`): its dataset was changed after
+            preprocessing, which checks both; nothing may be written outside the export's folder.
+    """
+    meta = sample.meta
+    named = [("key", sample.key)] + ([("class name", meta.label_name)] if meta.label_name else [])  # "": unlabelled
+    for what, name in named:
+        problem = name_problem(name)
+        if problem:
+            raise ValueError(
+                f"sample {sample.key!r}: its {what} {name!r} {problem}; the dataset was changed after preprocessing (which refuses "
+                "such names): rebuild it from its annotation files"
+            )
+    return f"{class_folder(meta.label_name)}/{sample.key}"
 
 
 def rawframe_files(sample: Sample, flow: str | None) -> dict[str, bytes]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -34,7 +35,10 @@ MANIFEST_SCHEMA = pa.schema(
     ]
 )
 
-_UNSAFE_KEY_CHARS = re.compile(r"[./\\\s]+")
+_UNSAFE_KEY_CHARS = re.compile(r"[./\\\s\x00-\x1f\x7f-\x9f\ud800-\udfff]+")
+NAME_MAX_BYTES = 255  # a file name's limit on common file systems: a class name is a folder name in exports
+# Characters no name may hold, by Unicode category: they end or break a line (list files, terminals) or a path.
+_FORBIDDEN = {"Cc": "the control character", "Cs": "the lone surrogate", "Zl": "the line separator", "Zp": "the paragraph separator"}
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,28 @@ class VideoRecord:
     exists: bool = True
 
 
+def name_problem(name: str) -> str | None:
+    """What keeps `name` from being a class name or video id, as a phrase naming the character ('holds '/', a path
+    separator'), or None when it may be one. Names come from downloaded annotation files and become folder and file
+    names (exports, tar members) and words of list files, so they are data, never paths: no '/', '\\', control or
+    line-separator character, not '.' or '..', not empty, at most 255 bytes in UTF-8."""
+    if not name:
+        return "is empty"
+    if name in (".", ".."):
+        return f"is {name!r}, a folder's alias"
+    for char in name:
+        if char in "/\\":
+            return f"holds {char!r}, a path separator"
+        category = unicodedata.category(char)
+        if category in _FORBIDDEN:
+            return f"holds {_FORBIDDEN[category]} U+{ord(char):04X}"
+    if len(name.encode()) > NAME_MAX_BYTES:
+        return f"is {len(name.encode())} bytes long, more than a file name's {NAME_MAX_BYTES}"
+    return None
+
+
 def safe_key(name: str) -> str:
-    """Turn a file stem into a WebDataset-safe key: '.', '/', '\\' and whitespace become '_'.
+    """Turn a file stem into a WebDataset-safe key: '.', '/', '\\', whitespace and control characters become '_'.
 
     WebDataset splits a member name at its first '.', and '/' would make a directory, so neither may
     appear in a key.
@@ -64,12 +88,20 @@ def safe_key(name: str) -> str:
     return key
 
 
-def manifest_table(records: list[VideoRecord], classes: list[str], dataset: str) -> pa.Table:
-    """Build the manifest table, checking ids are unique/safe and labels fit the class list.
+def check_manifest(records: list[VideoRecord], classes: list[str]) -> None:
+    """Check what every manifest must hold, however it was made: class names and video ids pass `name_problem`,
+    ids are unique WebDataset keys, each label fits the class list and matches its name, splits are known.
 
     Raises:
-        ValueError: a duplicate or unsafe video_id, a label outside [-1, len(classes)), or an unknown split.
+        ValueError: the first row or class that breaks a rule, named, with what to fix.
     """
+    for i, name in enumerate(classes):
+        if not isinstance(name, str) or name_problem(name):
+            why = name_problem(name) if isinstance(name, str) else "is not a string"
+            raise ValueError(f"class {i} ({name!r}) {why}; class names are data, never paths")
+    if len(set(classes)) != len(classes):
+        twice = next(name for name in classes if classes.count(name) > 1)
+        raise ValueError(f"class name {twice!r} is listed twice; each class must appear once")
     seen: dict[str, str] = {}
     for r in records:
         if r.video_id in seen:
@@ -77,12 +109,26 @@ def manifest_table(records: list[VideoRecord], classes: list[str], dataset: str)
                 f"video id {r.video_id!r} is used by both {seen[r.video_id]} and {r.path}; rename one of the files so their names differ"
             )
         seen[r.video_id] = r.path
+        if name_problem(r.video_id):
+            raise ValueError(f"video id {r.video_id!r} {name_problem(r.video_id)}; video ids are data, never paths")
         if safe_key(r.video_id) != r.video_id:
             raise ValueError(f"video id {r.video_id!r} is not a valid WebDataset key (no '.', '/' or spaces)")
         if not -1 <= r.label < len(classes):
             raise ValueError(f"label {r.label} of {r.video_id!r} is outside the {len(classes)} classes")
+        expected = classes[r.label] if r.label >= 0 else ""
+        if r.label_name != expected:
+            raise ValueError(f"label name {r.label_name!r} of {r.video_id!r} is not class {r.label}'s name {expected!r}")
         if r.split not in SPLITS:
             raise ValueError(f"split {r.split!r} of {r.video_id!r} is not one of {', '.join(SPLITS)}")
+
+
+def manifest_table(records: list[VideoRecord], classes: list[str], dataset: str) -> pa.Table:
+    """Build the manifest table, checked by `check_manifest`.
+
+    Raises:
+        ValueError: a record or class name that breaks a rule of `check_manifest`.
+    """
+    check_manifest(records, classes)
     columns = {name: [getattr(r, name) for r in records] for name in MANIFEST_SCHEMA.names}
     table = pa.Table.from_pydict(columns, schema=MANIFEST_SCHEMA)
     return table.replace_schema_metadata({CLASSES_METADATA_KEY: json.dumps(list(classes)).encode(), DATASET_METADATA_KEY: dataset.encode()})
@@ -119,6 +165,25 @@ def read_manifest(path: str) -> tuple[list[VideoRecord], list[str]]:
     if missing or CLASSES_METADATA_KEY not in metadata:
         what = f"columns {', '.join(missing)}" if missing else "its class list"
         raise ValueError(f"manifest {path} lacks {what}; rebuild it with `python -m jobs.manifest`")
-    classes = json.loads(metadata[CLASSES_METADATA_KEY])
-    rows = table.select(MANIFEST_SCHEMA.names).to_pylist()
-    return [VideoRecord(**row) for row in rows], classes
+    try:
+        classes = json.loads(metadata[CLASSES_METADATA_KEY])
+        table = table.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA.remove_metadata())
+    except (ValueError, pa.ArrowException) as exc:  # JSONDecodeError, ArrowInvalid, ArrowNotImplementedError
+        raise ValueError(
+            f"manifest {path} is not a flowshard manifest ({_first_line(exc)}); rebuild it with `python -m jobs.manifest`"
+        ) from None
+    nulls = [f.name for f in MANIFEST_SCHEMA if not f.nullable and table.column(f.name).null_count]
+    if nulls or not isinstance(classes, list):
+        what = f"empty values in column {nulls[0]}" if nulls else "a class list that is not a list"
+        raise ValueError(f"manifest {path} has {what}; rebuild it with `python -m jobs.manifest`")
+    records = [VideoRecord(**row) for row in table.to_pylist()]
+    try:
+        check_manifest(records, classes)
+    except ValueError as exc:
+        raise ValueError(f"manifest {path}: {exc}; rebuild it with `python -m jobs.manifest`") from None
+    return records, classes
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

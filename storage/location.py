@@ -187,13 +187,24 @@ class Location:
     # --- names ------------------------------------------------------------------------------------------
 
     def path(self, *parts: str) -> str:
-        """The path inside the filesystem (for a local location, the OS path)."""
-        parts = tuple(p.strip("/") for p in parts if p)
+        """The path inside the filesystem (for a local location, the OS path); `parts` stay below this location."""
+        parts = self._below(parts)
         return "/".join([self.root, *parts]) if parts else self.root
 
     def uri_of(self, *parts: str) -> str:
         """The full name of a path below this location, credentials included (to open it; `redact` it to show it)."""
-        return join(self.uri, *parts) if is_uri(self.uri) else self.path(*parts)
+        return join(self.uri, *self._below(parts)) if is_uri(self.uri) else self.path(*parts)
+
+    def _below(self, parts: tuple[str, ...]) -> tuple[str, ...]:
+        """`parts` without empty ones and outer slashes; a StorageError when one would climb out of this location
+        ('..') or holds a NUL: path parts may come from data (class names, video ids), which must never leave it."""
+        parts = tuple(p.strip("/") for p in parts if p)
+        for part in parts:
+            if ".." in part.split("/") or "\x00" in part:
+                raise StorageError(
+                    f"{part!r} would leave {redact(self.uri)} or is no path; a name inside a location cannot hold '..' or NUL"
+                )
+        return parts
 
     def child(self, *parts: str) -> Location:
         """A Location for a path below this one."""

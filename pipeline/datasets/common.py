@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import codecs
+import csv
+import io
+import os
+import posixpath
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from schemas.manifest import VideoRecord, safe_key
-from storage import Location, basename
+from schemas.manifest import VideoRecord, name_problem, safe_key
+from storage import Location, basename, is_uri
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv")
 
@@ -34,16 +40,104 @@ def read_lines(path: str) -> list[tuple[int, str]]:
     """Non-blank lines of a text annotation file (a local path or URI) as (1-based line number, stripped text).
 
     Handles CRLF endings, a UTF-8 byte-order mark and trailing whitespace (all present in the official files).
+    Lines end at '\\n' only, as an editor numbers them: other line breaks Python knows (U+2028, U+0085, ...) stay
+    in the text, where the name check refuses them with the right line number.
     """
-    return [(n, line.strip()) for n, line in enumerate(read_annotation(path).splitlines(), start=1) if line.strip()]
+    return [(n, line.strip()) for n, line in enumerate(read_annotation(path).split("\n"), start=1) if line.strip()]
 
 
 def read_annotation(path: str, what: str = "annotation file", flag: str = "--annotations") -> str:
-    """The text of an annotation file (a local path or URI); a missing file is an AnnotationError."""
+    """The text of an annotation file (a local path or URI), UTF-8 with or without a byte-order mark (the official
+    UCF101, HMDB51 and Kinetics files are ASCII); a missing file or another encoding is an AnnotationError."""
     source = Location(path)
     if not source.is_file():
         raise AnnotationError(f"{what} {path} does not exist; check {flag}")
-    return source.read_bytes().decode("utf-8-sig")
+    return decode_text(source.read_bytes(), path)
+
+
+def decode_text(data: bytes, path: str) -> str:
+    """`data` decoded as UTF-8 (a leading byte-order mark dropped); else an AnnotationError naming the line and the
+    byte offset of the first byte that is not UTF-8, with the fix."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        offset = exc.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)
+        line = data.count(b"\n", 0, offset) + 1
+        utf16 = " (it starts with a UTF-16 byte-order mark)" if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else ""
+        raise AnnotationError(
+            f"{path}:{line}: byte 0x{data[offset]:02x} at offset {offset} is not UTF-8{utf16}; "
+            "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 old > new)"
+        ) from None
+
+
+def csv_rows(text: str, path: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each CSV row of `text`, the line being where the row ends; a row the csv module
+    cannot read (a field over its size limit) is an AnnotationError naming the line."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise AnnotationError(f"{path}:{reader.line_num}: {exc}; fix the line") from None
+        yield reader.line_num, row
+
+
+def checked_name(name: str, what: str, where: str, fix: str = "fix the line") -> str:
+    """`name` when it may be a class name or video id (`schemas.manifest.name_problem`), else an AnnotationError
+    that names `where` (file:line), the name and its character."""
+    problem = name_problem(name)
+    if problem:
+        raise AnnotationError(f"{where}: {what} {name!r} {problem}; names are data, never paths: {fix}")
+    return name
+
+
+def video_relpath(path: str, videos: str, where: str) -> str:
+    """The '/'-separated path below `videos` of a video an annotation line names: relative to `videos`, or
+    absolute (a local path or URI) inside it. An AnnotationError naming `where` when it leaves `videos` (an
+    absolute path elsewhere, or a '..' that climbs out) or a part of it is no file name."""
+    rel = path
+    if is_uri(path) or os.path.isabs(path):
+        inside = _inside(path, videos)
+        if inside is None:
+            raise AnnotationError(
+                f"{where}: {path!r} is not under --videos {videos}; list paths relative to --videos "
+                "(or pass the folder holding every video as --videos, / for any absolute path)"
+            )
+        rel = inside
+    rel = posixpath.normpath(rel)
+    if rel == ".." or rel.startswith("../"):
+        raise AnnotationError(f"{where}: {path!r} climbs out of --videos {videos} with '..'; list paths below --videos")
+    if rel in (".", "/") or rel.startswith("/"):
+        raise AnnotationError(f"{where}: {path!r} names the --videos folder itself, not a video file; fix the line")
+    for part in rel.split("/"):
+        checked_name(part, "path part", where)
+    return rel
+
+
+def _uri_parts(uri: str) -> tuple[str, str]:
+    """(scheme, path) of a URI without its credentials and query options: s3://KEY:S@b/x?o=1 -> ('s3', 'b/x')."""
+    scheme, rest = uri.split("://", 1)
+    rest = rest.partition("?")[0]
+    head, slash, tail = rest.partition("/")
+    return scheme.lower(), head.rpartition("@")[2] + slash + tail
+
+
+def _inside(path: str, videos: str) -> str | None:
+    """`path` relative to the folder `videos` ('/'-separated), or None when it is elsewhere."""
+    if is_uri(path) != is_uri(videos):
+        return None
+    if is_uri(path):
+        (scheme, target), (root_scheme, root) = _uri_parts(path), _uri_parts(videos)
+        if scheme != root_scheme:
+            return None
+    else:
+        target, root = os.path.abspath(path), os.path.abspath(videos)
+    target, root = posixpath.normpath(target), posixpath.normpath(root).rstrip("/")
+    if not target.startswith(root + "/"):
+        return None
+    return target[len(root) + 1 :]
 
 
 def require_dir(path: str, what: str, flag: str) -> Location:

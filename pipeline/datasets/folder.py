@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from schemas.manifest import SPLITS, VideoRecord
 
-from .common import AnnotationError, DatasetManifest, is_video, require_dir, unique_ids
+from .common import AnnotationError, DatasetManifest, checked_name, is_video, require_dir, unique_ids
 
 
 def load(annotations: str | None, videos: str, split: int | None = None) -> DatasetManifest:
@@ -16,6 +16,8 @@ def load(annotations: str | None, videos: str, split: int | None = None) -> Data
     top = root.list_dirs()
     split_dirs = top if top and all(name in SPLITS for name in top) else []
     classes = sorted({c for d in split_dirs for c in root.list_dirs(d)} if split_dirs else top)
+    for name in classes:
+        checked_name(name, "class folder", videos, fix="rename the folder")
     if not classes:
         raise AnnotationError(f"no class folders under {videos}; expected {videos}/<class>/<video>")
     class_ids = {name: i for i, name in enumerate(classes)}

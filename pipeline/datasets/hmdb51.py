@@ -7,7 +7,7 @@ from pathlib import PurePosixPath
 from schemas.manifest import VideoRecord, safe_key
 from storage import join
 
-from .common import AnnotationError, DatasetManifest, VideoIndex, read_lines, require_dir, resolve
+from .common import AnnotationError, DatasetManifest, VideoIndex, checked_name, read_lines, require_dir, resolve
 
 TAGS = {"1": "train", "2": "test", "0": None}  # 0 = not used in this split
 
@@ -21,6 +21,8 @@ def load(annotations: str, videos: str, split: int = 1) -> DatasetManifest:
     folder = require_dir(annotations, "HMDB51 annotation folder", "--annotations")
     suffix = f"_test_split{split}.txt"
     by_class = {name[: -len(suffix)]: join(annotations, name) for name in folder.list(suffix=suffix)}
+    for name, list_path in by_class.items():
+        checked_name(name, "class name", list_path, fix="rename the file")
     if not by_class:
         raise AnnotationError(f"no '*{suffix}' files in {annotations}; pass the folder holding the HMDB51 split files")
     classes = sorted(by_class)  # by class name: 'climb' before 'climb_stairs', unlike the file names
@@ -35,6 +37,7 @@ def load(annotations: str, videos: str, split: int = 1) -> DatasetManifest:
             split_name = TAGS[parts[1]]
             if split_name is None:
                 continue
+            checked_name(parts[0], "video file name", f"{list_path}:{lineno}")
             path, exists = resolve(index, f"{name}/{parts[0]}", prefer_dir=name)
             records.append(
                 VideoRecord(

@@ -7,7 +7,7 @@ from pathlib import PurePosixPath
 from schemas.manifest import VideoRecord, safe_key
 from storage import join
 
-from .common import AnnotationError, DatasetManifest, VideoIndex, read_lines, require_dir, resolve
+from .common import AnnotationError, DatasetManifest, VideoIndex, checked_name, read_lines, require_dir, resolve, video_relpath
 
 
 def read_class_index(path: str) -> list[str]:
@@ -15,16 +15,19 @@ def read_class_index(path: str) -> list[str]:
     classes: dict[int, str] = {}
     for lineno, line in read_lines(path):
         parts = line.split()
-        if len(parts) != 2 or not parts[0].isdigit():
+        if len(parts) != 2 or not parts[0].isascii() or not parts[0].isdigit():
             raise AnnotationError(f"{path}:{lineno}: expected '<index> <ClassName>', got {line!r}; fix or remove the line")
-        classes[int(parts[0])] = parts[1]
+        name = checked_name(parts[1], "class name", f"{path}:{lineno}")
+        if int(parts[0]) in classes or name in classes.values():
+            raise AnnotationError(f"{path}:{lineno}: class index {parts[0]} or name {name!r} is listed twice; fix or remove the line")
+        classes[int(parts[0])] = name
     if sorted(classes) != list(range(1, len(classes) + 1)):
         raise AnnotationError(f"{path}: class indices must run 1..{len(classes)} without gaps; fix the file")
     return [classes[i] for i in range(1, len(classes) + 1)]
 
 
 def _video_class(relpath: str, path: str, lineno: int, line: str) -> str:
-    parts = PurePosixPath(relpath.replace("\\", "/")).parts
+    parts = relpath.split("/")
     if len(parts) != 2:
         raise AnnotationError(f"{path}:{lineno}: expected '<Class>/<video>.avi', got {line!r}; fix the line")
     return parts[0]
@@ -45,13 +48,13 @@ def load(annotations: str, videos: str, split: int = 1) -> DatasetManifest:
     for list_path, split_name in lists:
         for lineno, line in read_lines(list_path):
             parts = line.split()
-            relpath = parts[0]
+            relpath = video_relpath(parts[0].replace("\\", "/"), videos, f"{list_path}:{lineno}")  # lists edited on Windows
             folder = _video_class(relpath, list_path, lineno, line)
             if folder not in class_ids:
                 raise AnnotationError(f"{list_path}:{lineno}: class folder {folder!r} is not in classInd.txt; fix the line")
             label = class_ids[folder]
             if split_name == "train":
-                if len(parts) != 2 or not parts[1].isdigit():
+                if len(parts) != 2 or not parts[1].isascii() or not parts[1].isdigit():
                     raise AnnotationError(f"{list_path}:{lineno}: expected '<Class>/<video>.avi <label>', got {line!r}; fix the line")
                 if int(parts[1]) - 1 != label:
                     meaning = classes[int(parts[1]) - 1] if 0 < int(parts[1]) <= len(classes) else "no class"

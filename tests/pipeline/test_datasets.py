@@ -178,12 +178,13 @@ def test_folder_with_and_without_split_folders(tmp_path):
 
 def test_csv_list(tmp_path):
     touch(tmp_path / "v" / "clip 1.mp4")
-    (tmp_path / "list.csv").write_text("path,label,split\nclip 1.mp4,10,train\n/abs/missing.avi,2,test\nx.mp4,,test\n")
+    absolute = tmp_path / "v" / "sub" / "missing.avi"  # absolute, inside --videos
+    (tmp_path / "list.csv").write_text(f"path,label,split\nclip 1.mp4,10,train\n{absolute},2,test\nx.mp4,,test\n")
     m = load_dataset("csv", tmp_path / "list.csv", tmp_path / "v")
     assert m.classes == ["2", "10"]  # integer labels sort numerically
     by_id = {r.video_id: r for r in m.records}
     assert by_id["clip_1"].label == 1 and by_id["clip_1"].exists
-    assert by_id["missing"].path == "/abs/missing.avi" and not by_id["missing"].exists
+    assert by_id["missing"].path == str(absolute) and not by_id["missing"].exists
     assert by_id["x"].label == -1
     (tmp_path / "bad.csv").write_text("a.mp4,1,train,extra\n")
     with pytest.raises(AnnotationError, match=r"bad\.csv:1"):
