@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= demo_out
 STAMP := $(VENV)/.flowshard-installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test fuzz lint install clean
 
 install: $(STAMP)
 
@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The annotation parsers and the manifest reader fuzzed with thousands of new random inputs each (make test runs a
+# fixed hundred per parser); a few minutes.
+fuzz: $(STAMP)
+	$(PY) -m pytest tests/pipeline/test_annotation_fuzz.py --hypothesis-profile=long -p no:cacheprovider
 
 # ruff: lint (pyflakes, pycodestyle, import order, bugbear, pyupgrade) and formatting, as configured in pyproject.toml
 lint: $(STAMP)

@@ -16,11 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.helpers import touch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FLOWSHARD_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+# Fuzzing profiles (tests/pipeline/test_annotation_fuzz.py): `make test` runs the same examples every time, a few
+# seconds per parser, so CI never fails on a new random draw; `make fuzz` (--hypothesis-profile long) draws thousands.
+_FUZZ = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.filter_too_much], "database": None}
+settings.register_profile("default", max_examples=100, derandomize=True, **_FUZZ)
+settings.register_profile("long", max_examples=3000, **_FUZZ)
+settings.load_profile("default")
 
 
 def shared_path(*parts: str) -> Path:
