@@ -30,11 +30,12 @@ START_INDEX = 1
 
 def class_folder(name: str) -> str:
     """A class name as a folder name of one word (mmaction2's `convert_label`, with any whitespace as '_', since a
-    list line is split on whitespace); 'unlabelled' when empty, '_' for a '.' that dropping quotes left alone."""
+    list line is split on whitespace); 'unlabelled' for no class, '_' for each '.' or quote of a name that dropping
+    quotes would leave empty or a folder's alias."""
+    if not name:
+        return "unlabelled"
     folder = re.sub(r"\s", "_", name.replace('"', "").replace("'", ""))
-    if folder in (".", ".."):
-        folder = folder.replace(".", "_")
-    return folder or "unlabelled"
+    return folder if folder not in ("", ".", "..") else re.sub(r"[.'\"]", "_", name)
 
 
 def rawframes_dir(sample: Sample) -> str:

@@ -35,10 +35,24 @@ MANIFEST_SCHEMA = pa.schema(
     ]
 )
 
-_UNSAFE_KEY_CHARS = re.compile(r"[./\\\s\x00-\x1f\x7f-\x9f\ud800-\udfff]+")
 NAME_MAX_BYTES = 255  # a file name's limit on common file systems: a class name is a folder name in exports
-# Characters no name may hold, by Unicode category: they end or break a line (list files, terminals) or a path.
-_FORBIDDEN = {"Cc": "the control character", "Cs": "the lone surrogate", "Zl": "the line separator", "Zp": "the paragraph separator"}
+# Characters no name may hold, by Unicode category: they end or break a line (list files, terminals) or a path, or
+# are invisible format characters (a byte-order mark from joined files, right-to-left overrides that show a name
+# reversed), except the zero-width (non-)joiners that Persian, Indic scripts and emoji need.
+_FORBIDDEN = {
+    "Cc": "the control character",
+    "Cs": "the lone surrogate",
+    "Zl": "the line separator",
+    "Zp": "the paragraph separator",
+    "Cf": "the invisible format character",
+}
+_JOINERS = ("\u200c", "\u200d")
+
+
+def _forbidden(char: str) -> str | None:
+    """What `char` is when no name may hold it ('the control character'), else None."""
+    what = _FORBIDDEN.get(unicodedata.category(char))
+    return None if char in _JOINERS else what
 
 
 @dataclass(frozen=True)
@@ -68,9 +82,8 @@ def name_problem(name: str) -> str | None:
     for char in name:
         if char in "/\\":
             return f"holds {char!r}, a path separator"
-        category = unicodedata.category(char)
-        if category in _FORBIDDEN:
-            return f"holds {_FORBIDDEN[category]} U+{ord(char):04X}"
+        if _forbidden(char):
+            return f"holds {_forbidden(char)} U+{ord(char):04X}"
     if len(name.encode()) > NAME_MAX_BYTES:
         return f"is {len(name.encode())} bytes long, more than a file name's {NAME_MAX_BYTES}"
     return None
@@ -82,7 +95,8 @@ def safe_key(name: str) -> str:
     WebDataset splits a member name at its first '.', and '/' would make a directory, so neither may
     appear in a key.
     """
-    key = _UNSAFE_KEY_CHARS.sub("_", name)
+    marked = "".join("\0" if c in "./\\" or c.isspace() or _forbidden(c) else c for c in name)  # NUL itself is Cc
+    key = re.sub("\0+", "_", marked)
     if not key:
         raise ValueError(f"cannot derive a video id from {name!r}: nothing is left once '.', '/' and spaces are removed")
     return key
@@ -96,8 +110,8 @@ def check_manifest(records: list[VideoRecord], classes: list[str]) -> None:
         ValueError: the first row or class that breaks a rule, named, with what to fix.
     """
     for i, name in enumerate(classes):
-        if not isinstance(name, str) or name_problem(name):
-            why = name_problem(name) if isinstance(name, str) else "is not a string"
+        why = name_problem(name) if isinstance(name, str) else "is not a string"
+        if why:
             raise ValueError(f"class {i} ({name!r}) {why}; class names are data, never paths")
     if len(set(classes)) != len(classes):
         twice = next(name for name in classes if classes.count(name) > 1)
@@ -109,8 +123,9 @@ def check_manifest(records: list[VideoRecord], classes: list[str]) -> None:
                 f"video id {r.video_id!r} is used by both {seen[r.video_id]} and {r.path}; rename one of the files so their names differ"
             )
         seen[r.video_id] = r.path
-        if name_problem(r.video_id):
-            raise ValueError(f"video id {r.video_id!r} {name_problem(r.video_id)}; video ids are data, never paths")
+        why = name_problem(r.video_id)
+        if why:
+            raise ValueError(f"video id {r.video_id!r} {why}; video ids are data, never paths")
         if safe_key(r.video_id) != r.video_id:
             raise ValueError(f"video id {r.video_id!r} is not a valid WebDataset key (no '.', '/' or spaces)")
         if not -1 <= r.label < len(classes):

@@ -18,6 +18,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterator
 from typing import TypeVar
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -61,10 +62,24 @@ def is_uri(path: str | os.PathLike) -> bool:
     return "://" in os.fspath(path)
 
 
-def join(base: str | os.PathLike, *parts: str) -> str:
-    """`base/part/...` for a local path or a URI."""
-    base = os.fspath(base)
+def _below(base: str, parts: tuple[str, ...]) -> tuple[str, ...]:
+    """`parts` without empty ones and outer slashes, checked to stay below `base`: path parts may come from data
+    (class names, video ids, shard names from an index), which must never climb out of their folder.
+
+    Raises:
+        StorageError: a part has a '..' (also percent-encoded, as file:// and hdfs:// URIs are decoded) or a NUL.
+    """
     parts = tuple(p.strip("/") for p in parts if p)
+    for part in parts:
+        if ".." in part.split("/") or ".." in unquote(part).split("/") or "\x00" in part:
+            raise StorageError(f"{part!r} would leave {redact(base)} or is no path; a name inside a location cannot hold '..' or NUL")
+    return parts
+
+
+def join(base: str | os.PathLike, *parts: str) -> str:
+    """`base/part/...` for a local path or a URI; the parts stay below `base` (see `_below`)."""
+    base = os.fspath(base)
+    parts = _below(base, parts)
     if not parts:
         return base
     if is_uri(base):
@@ -188,23 +203,12 @@ class Location:
 
     def path(self, *parts: str) -> str:
         """The path inside the filesystem (for a local location, the OS path); `parts` stay below this location."""
-        parts = self._below(parts)
+        parts = _below(self.uri, parts)
         return "/".join([self.root, *parts]) if parts else self.root
 
     def uri_of(self, *parts: str) -> str:
         """The full name of a path below this location, credentials included (to open it; `redact` it to show it)."""
-        return join(self.uri, *self._below(parts)) if is_uri(self.uri) else self.path(*parts)
-
-    def _below(self, parts: tuple[str, ...]) -> tuple[str, ...]:
-        """`parts` without empty ones and outer slashes; a StorageError when one would climb out of this location
-        ('..') or holds a NUL: path parts may come from data (class names, video ids), which must never leave it."""
-        parts = tuple(p.strip("/") for p in parts if p)
-        for part in parts:
-            if ".." in part.split("/") or "\x00" in part:
-                raise StorageError(
-                    f"{part!r} would leave {redact(self.uri)} or is no path; a name inside a location cannot hold '..' or NUL"
-                )
-        return parts
+        return join(self.uri, *parts) if is_uri(self.uri) else self.path(*parts)
 
     def child(self, *parts: str) -> Location:
         """A Location for a path below this one."""

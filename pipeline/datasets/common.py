@@ -10,6 +10,7 @@ import posixpath
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from schemas.manifest import VideoRecord, name_problem, safe_key
 from storage import Location, basename, is_uri
@@ -41,7 +42,8 @@ def read_lines(path: str) -> list[tuple[int, str]]:
 
     Handles CRLF endings, a UTF-8 byte-order mark and trailing whitespace (all present in the official files).
     Lines end at '\\n' only, as an editor numbers them: other line breaks Python knows (U+2028, U+0085, ...) stay
-    in the text, where the name check refuses them with the right line number.
+    inside a line, where the name check refuses them with the right line number (at a line's ends they are
+    stripped with the other whitespace).
     """
     return [(n, line.strip()) for n, line in enumerate(read_annotation(path).split("\n"), start=1) if line.strip()]
 
@@ -63,16 +65,20 @@ def decode_text(data: bytes, path: str) -> str:
     except UnicodeDecodeError as exc:
         offset = exc.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)
         line = data.count(b"\n", 0, offset) + 1
-        utf16 = " (it starts with a UTF-16 byte-order mark)" if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else ""
+        utf16 = data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+        what, source = (" (it starts with a UTF-16 byte-order mark)", "utf-16") if utf16 else ("", "latin1")
         raise AnnotationError(
-            f"{path}:{line}: byte 0x{data[offset]:02x} at offset {offset} is not UTF-8{utf16}; "
-            "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 old > new)"
+            f"{path}:{line}: byte 0x{data[offset]:02x} at offset {offset} is not UTF-8{what}; "
+            f"re-save the file as UTF-8 (e.g. iconv -f {source} -t utf-8 old > new)"
         ) from None
 
 
 def csv_rows(text: str, path: str) -> Iterator[tuple[int, list[str]]]:
-    """(line number, fields) of each CSV row of `text`, the line being where the row ends; a row the csv module
-    cannot read (a field over its size limit) is an AnnotationError naming the line."""
+    """(line number, fields) of each CSV row of `text` (the file `path`), the line being where the row ends.
+
+    Raises:
+        AnnotationError: a row the csv module cannot read (a field over its size limit), naming the line.
+    """
     reader = csv.reader(io.StringIO(text, newline=""))
     while True:
         try:
@@ -85,8 +91,11 @@ def csv_rows(text: str, path: str) -> Iterator[tuple[int, list[str]]]:
 
 
 def checked_name(name: str, what: str, where: str, fix: str = "fix the line") -> str:
-    """`name` when it may be a class name or video id (`schemas.manifest.name_problem`), else an AnnotationError
-    that names `where` (file:line), the name and its character."""
+    """`name`, checked to be a class name or video id (`schemas.manifest.name_problem`).
+
+    Raises:
+        AnnotationError: it is not one; naming `where` (file:line), the name, its character and `fix`.
+    """
     problem = name_problem(name)
     if problem:
         raise AnnotationError(f"{where}: {what} {name!r} {problem}; names are data, never paths: {fix}")
@@ -94,22 +103,28 @@ def checked_name(name: str, what: str, where: str, fix: str = "fix the line") ->
 
 
 def video_relpath(path: str, videos: str, where: str) -> str:
-    """The '/'-separated path below `videos` of a video an annotation line names: relative to `videos`, or
-    absolute (a local path or URI) inside it. An AnnotationError naming `where` when it leaves `videos` (an
-    absolute path elsewhere, or a '..' that climbs out) or a part of it is no file name."""
-    rel = path
-    if is_uri(path) or os.path.isabs(path):
+    """The '/'-separated path below `videos` of the video an annotation line (`where`, file:line) names: relative to
+    `videos` ('\\' read as '/', as lists edited on Windows write it), or absolute (a local path or URI) inside it.
+
+    Raises:
+        AnnotationError: the path leaves `videos` (an absolute path elsewhere, or a '..' that climbs out, written
+            plainly or percent-encoded as URIs decode it), or a part of it is no file name.
+    """
+    rel = path.replace("\\", "/")
+    if is_uri(path) or os.path.isabs(rel):
         inside = _inside(path, videos)
         if inside is None:
             raise AnnotationError(
-                f"{where}: {path!r} is not under --videos {videos}; list paths relative to --videos "
-                "(or pass the folder holding every video as --videos, / for any absolute path)"
+                f"{where}: {path!r} is not under --videos {videos}; list paths relative to --videos, or pass as --videos "
+                "a folder that holds every video"
             )
         rel = inside
+    for form in (rel, unquote(rel)):  # pyarrow decodes %2e%2e in file:// and hdfs:// URIs
+        normal = posixpath.normpath(form)
+        if normal == ".." or normal.startswith("../"):
+            raise AnnotationError(f"{where}: {path!r} climbs out of --videos {videos} with '..'; list paths below --videos")
     rel = posixpath.normpath(rel)
-    if rel == ".." or rel.startswith("../"):
-        raise AnnotationError(f"{where}: {path!r} climbs out of --videos {videos} with '..'; list paths below --videos")
-    if rel in (".", "/") or rel.startswith("/"):
+    if rel == ".":
         raise AnnotationError(f"{where}: {path!r} names the --videos folder itself, not a video file; fix the line")
     for part in rel.split("/"):
         checked_name(part, "path part", where)
@@ -121,20 +136,22 @@ def _uri_parts(uri: str) -> tuple[str, str]:
     scheme, rest = uri.split("://", 1)
     rest = rest.partition("?")[0]
     head, slash, tail = rest.partition("/")
-    return scheme.lower(), head.rpartition("@")[2] + slash + tail
+    scheme = scheme.lower()
+    return "gs" if scheme == "gcs" else scheme, head.rpartition("@")[2] + slash + tail
 
 
 def _inside(path: str, videos: str) -> str | None:
-    """`path` relative to the folder `videos` ('/'-separated), or None when it is elsewhere."""
+    """`path` relative to the folder `videos` ('/'-separated), or None when it is elsewhere. A URI is compared as
+    written: a '..' in it is refused rather than resolved (it could cross from one bucket into another)."""
     if is_uri(path) != is_uri(videos):
         return None
     if is_uri(path):
         (scheme, target), (root_scheme, root) = _uri_parts(path), _uri_parts(videos)
-        if scheme != root_scheme:
+        if scheme != root_scheme or ".." in unquote(target).split("/"):
             return None
+        root = root.rstrip("/")
     else:
-        target, root = os.path.abspath(path), os.path.abspath(videos)
-    target, root = posixpath.normpath(target), posixpath.normpath(root).rstrip("/")
+        target, root = os.path.abspath(path), os.path.abspath(videos).rstrip("/")
     if not target.startswith(root + "/"):
         return None
     return target[len(root) + 1 :]

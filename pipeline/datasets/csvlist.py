@@ -13,7 +13,7 @@ from .common import AnnotationError, DatasetManifest, checked_name, csv_rows, re
 
 def _class_order(labels: set[str]) -> list[str]:
     """Sorted class names; numerically when every label is an integer, so labels 0..K-1 keep their index."""
-    if labels and all(re.fullmatch(r"-?[0-9]+", label) for label in labels):
+    if labels and all(re.fullmatch(r"-?[0-9]{1,18}", label) for label in labels):
         return sorted(labels, key=int)
     return sorted(labels)
 

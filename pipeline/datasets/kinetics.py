@@ -30,7 +30,7 @@ def _seconds(value: str, csv_path: str, lineno: int, column: str) -> int | float
     except ValueError:
         seconds = math.nan
     if not (math.isfinite(seconds) and seconds >= 0):
-        raise AnnotationError(f"{csv_path}:{lineno}: {column} {value!r} is not a number of seconds; fix the line") from None
+        raise AnnotationError(f"{csv_path}:{lineno}: {column} {value!r} is not a number of seconds; fix the line")
     return int(seconds) if seconds.is_integer() else seconds
 
 

@@ -15,7 +15,7 @@ def read_class_index(path: str) -> list[str]:
     classes: dict[int, str] = {}
     for lineno, line in read_lines(path):
         parts = line.split()
-        if len(parts) != 2 or not parts[0].isascii() or not parts[0].isdigit():
+        if len(parts) != 2 or not _is_number(parts[0]):
             raise AnnotationError(f"{path}:{lineno}: expected '<index> <ClassName>', got {line!r}; fix or remove the line")
         name = checked_name(parts[1], "class name", f"{path}:{lineno}")
         if int(parts[0]) in classes or name in classes.values():
@@ -24,6 +24,11 @@ def read_class_index(path: str) -> list[str]:
     if sorted(classes) != list(range(1, len(classes) + 1)):
         raise AnnotationError(f"{path}: class indices must run 1..{len(classes)} without gaps; fix the file")
     return [classes[i] for i in range(1, len(classes) + 1)]
+
+
+def _is_number(text: str) -> bool:
+    """Whether `text` is a class number: ASCII digits, few enough for int() (which refuses over 4300 digits)."""
+    return text.isascii() and text.isdigit() and len(text) <= 9
 
 
 def _video_class(relpath: str, path: str, lineno: int, line: str) -> str:
@@ -48,13 +53,13 @@ def load(annotations: str, videos: str, split: int = 1) -> DatasetManifest:
     for list_path, split_name in lists:
         for lineno, line in read_lines(list_path):
             parts = line.split()
-            relpath = video_relpath(parts[0].replace("\\", "/"), videos, f"{list_path}:{lineno}")  # lists edited on Windows
+            relpath = video_relpath(parts[0], videos, f"{list_path}:{lineno}")
             folder = _video_class(relpath, list_path, lineno, line)
             if folder not in class_ids:
                 raise AnnotationError(f"{list_path}:{lineno}: class folder {folder!r} is not in classInd.txt; fix the line")
             label = class_ids[folder]
             if split_name == "train":
-                if len(parts) != 2 or not parts[1].isascii() or not parts[1].isdigit():
+                if len(parts) != 2 or not _is_number(parts[1]):
                     raise AnnotationError(f"{list_path}:{lineno}: expected '<Class>/<video>.avi <label>', got {line!r}; fix the line")
                 if int(parts[1]) - 1 != label:
                     meaning = classes[int(parts[1]) - 1] if 0 < int(parts[1]) <= len(classes) else "no class"

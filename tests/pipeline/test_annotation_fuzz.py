@@ -294,6 +294,14 @@ REGRESSIONS = [
     # '²' passes str.isdigit() but int() refuses it: a ValueError with no file or line
     ("csv", {"list.csv": "a.mp4,\u00b2\n".encode()}, CSV_FLAGS),
     ("ucf101", {"ann/classInd.txt": "\u00b2 Walk\n".encode(), **UCF_EMPTY_LISTS}, DIR_FLAGS),
+    # found in review: int() refuses over 4300 digits, a ValueError with no file or line
+    ("ucf101", {"ann/classInd.txt": b"1" * 5000 + b" Walk\n", **UCF_EMPTY_LISTS}, DIR_FLAGS),
+    (
+        "ucf101",
+        {"ann/classInd.txt": b"1 Walk\n", "ann/trainlist01.txt": b"Walk/v.avi " + b"1" * 5000 + b"\n", "ann/testlist01.txt": b""},
+        DIR_FLAGS,
+    ),
+    ("csv", {"list.csv": b"a.mp4," + b"7" * 5000 + b"\n"}, CSV_FLAGS),
     # U+0085 ended a line for str.splitlines(): a name was cut in two and the line numbers were off
     ("ucf101", {"ann/classInd.txt": "1 Wa\x85lk\n".encode(), **UCF_EMPTY_LISTS}, DIR_FLAGS),
 ]

@@ -12,10 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.datasets import load_dataset
+from pipeline.datasets import AnnotationError, load_dataset
 from pipeline.export import class_folder
-from schemas.manifest import CLASSES_METADATA_KEY, MANIFEST_SCHEMA, name_problem
-from storage import Location, StorageError
+from schemas.manifest import CLASSES_METADATA_KEY, MANIFEST_SCHEMA
 from tests.conftest import run_inline
 from tests.helpers import synthetic_sample, touch, write_dataset
 
@@ -116,6 +115,11 @@ def csv_climbs(tmp: Path):
     return "csv", tmp / "list.csv", ["list.csv:3", "climbs out of --videos"]
 
 
+def csv_percent_encoded(tmp: Path):
+    (tmp / "list.csv").write_text("%2e%2e/%2e%2e/%2e%2e/etc/passwd,a\n")  # file:// and hdfs:// URIs decode %2e to '.'
+    return "csv", tmp / "list.csv", ["list.csv:1", "climbs out of --videos"]
+
+
 def csv_other_bucket(tmp: Path):
     (tmp / "list.csv").write_text("s3://elsewhere/x.mp4,walk\n")
     return "csv", tmp / "list.csv", ["list.csv:1", "'s3://elsewhere/x.mp4' is not under --videos"]
@@ -146,6 +150,7 @@ CASES = [
     folder_control,
     csv_absolute,
     csv_climbs,
+    csv_percent_encoded,
     csv_other_bucket,
     csv_latin1,
     kinetics_utf16,
@@ -167,6 +172,18 @@ def test_a_hostile_annotation_is_one_error_line_naming_file_and_line(tmp_path, c
     assert tree(tmp_path) == before | {"work/videos"}  # nothing written
 
 
+def test_a_uri_with_dots_is_not_resolved_into_videos(tmp_path):
+    """`file://T/x/../videos/a.mp4` is not taken as inside `--videos file://T/videos`: on an object store a '..'
+    would cross from one bucket (or prefix) into another, so a URI is compared as written."""
+    touch(tmp_path / "videos" / "a.mp4")
+    (tmp_path / "list.csv").write_text(f"file://{tmp_path}/x/../videos/a.mp4,a\nfile://{tmp_path}/videos/a.mp4,a\n")
+    with pytest.raises(AnnotationError, match=r"list\.csv:1: .* is not under --videos"):
+        load_dataset("csv", tmp_path / "list.csv", f"file://{tmp_path}/videos")
+    (tmp_path / "list.csv").write_text(f"file://{tmp_path}/videos/a.mp4,a\n")
+    (record,) = load_dataset("csv", tmp_path / "list.csv", f"file://{tmp_path}/videos").records
+    assert record.exists and record.path == f"file://{tmp_path}/videos/a.mp4"
+
+
 def test_utf8_with_a_byte_order_mark_and_crlf_is_read(tmp_path):
     touch(tmp_path / "v" / "café.mp4")
     (tmp_path / "list.csv").write_bytes("\ufeffpath,label\r\ncafé.mp4,crème brûlée\r\n".encode())
@@ -182,32 +199,16 @@ def test_absolute_paths_inside_videos_are_taken_and_slash_takes_any(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name, problem",
+    "name, folder",
     [
-        ("abseiling", None),
-        ("air drumming", None),
-        ("crème brûlée", None),
-        ("a..b", None),
-        ("", "is empty"),
-        (".", "a folder's alias"),
-        ("..", "a folder's alias"),
-        ("a/b", "'/', a path separator"),
-        ("a\\b", "a path separator"),
-        ("ok\x00bad", "the control character U+0000"),
-        ("tab\there", "the control character U+0009"),
-        ("a\x85b", "the control character U+0085"),
-        ("a\u2028b", "the line separator U+2028"),
-        ("x" * 256, "256 bytes long"),
-        ("é" * 128, "256 bytes long"),
+        ("riding a 'bike'", "riding_a_bike"),
+        ("a\u00a0b", "a_b"),
+        ("", "unlabelled"),
+        (".'.", "___"),
+        ("'.'", "___"),
+        ('"', "_"),
+        ("''", "__"),
     ],
-)
-def test_the_name_check(name, problem):
-    found = name_problem(name)
-    assert found == problem if problem is None else problem in found
-
-
-@pytest.mark.parametrize(
-    "name, folder", [("riding a 'bike'", "riding_a_bike"), (".'.", "__"), ("'.'", "_"), ("a\u00a0b", "a_b"), ("", "unlabelled")]
 )
 def test_class_folders_are_one_word_and_never_an_alias(name, folder):
     assert class_folder(name) == folder
@@ -225,15 +226,6 @@ def test_an_export_of_altered_names_writes_nothing_outside_its_folder(tmp_path):
     result = run_inline("jobs.export", "rawframes", "--data", str(data), "--out", str(out))
     one_error_line(result, "sample 'v1'", "class name '../../esc'", "changed after preprocessing")
     assert {p for p in tree(tmp_path) - before if not p.startswith("a/b/exp")} <= {"a", "a/b"}  # only --out and its parents
-
-
-def test_a_location_never_resolves_a_part_outside_itself(tmp_path):
-    inside = Location(tmp_path / "out")
-    for part in ("../esc", "a/../../esc", "..", "a\x00b"):
-        with pytest.raises(StorageError, match="cannot hold '..' or NUL"):
-            inside.write_bytes(b"x", part)
-    assert not (tmp_path / "esc").exists() and not (tmp_path / "out").exists()
-    assert Location("s3://bucket/x?endpoint_override=127.0.0.1:1").uri_of("a", "b.tar").startswith("s3://bucket/x/a/b.tar?")
 
 
 def _manifest_with(path: Path, **changes) -> None:

@@ -140,3 +140,16 @@ def test_store_errors_are_one_sentence(s3_server, tmp_path):
         stop_process(server)
     assert result.returncode == 2 and "was refused; check the credentials" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "m.parquet").exists()
+
+
+def test_a_location_never_resolves_a_part_outside_itself(tmp_path):
+    inside = Location(tmp_path / "out")
+    for part in ("../esc", "a/../../esc", "..", "a\x00b", "%2e%2e/esc"):
+        with pytest.raises(StorageError, match="cannot hold '..' or NUL"):
+            inside.write_bytes(b"x", part)
+    assert not (tmp_path / "esc").exists() and not (tmp_path / "out").exists()
+    with pytest.raises(StorageError, match="cannot hold '..' or NUL"):
+        Location(f"file://{tmp_path}/out").child("%2e%2e", "%2E%2E")  # pyarrow would decode these to ../..
+    with pytest.raises(StorageError, match="cannot hold '..' or NUL"):
+        join("s3://bucket/x", "shards", "../../other/key")
+    assert Location("s3://bucket/x?endpoint_override=127.0.0.1:1").uri_of("a", "b.tar").startswith("s3://bucket/x/a/b.tar?")
