@@ -26,7 +26,7 @@ from .plan import ShardSpec, estimate_video_mb, plan_shards
 from .progress import Progress, format_duration
 from .ray_tasks import ClusterConfig, check_visible, node_names, ray_session, run_shards
 from .report import REPORT_FILE, build_report, format_report
-from .shards import PROGRESS_DIR, ProcessConfig, ShardResult, VideoResult, completed_shards, index_finished_shards
+from .shards import PROGRESS_DIR, ProcessConfig, ShardResult, VideoResult, completed_shards, index_finished_shards, locate_samples
 
 RUN_FILE = "run.json"  # under _progress/: the parameters the existing shards were built with
 FINGERPRINT_VERSION = 2  # 1 (flowshard 0.1.0) also held runtime settings
@@ -147,10 +147,10 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
     new, report = _run_todo(cfg, out, records, todo, params, on_progress)
     for folder in (SHARDS_DIR, PROGRESS_DIR):  # leftovers of attempts whose worker or node died (Ray retried them)
         out.remove_temporaries(folder)
-    results = sorted([*done.values(), *new], key=lambda r: r.name)
     indexed = index_finished_shards(out, list(done.values()))
     if indexed:
         print_fn(f"wrote the DALI index of {indexed} shards built before flowshard wrote them")
+    results = sorted([*(locate_samples(out, r) for r in done.values()), *new], key=lambda r: r.name)
     videos = [v for r in results for v in r.videos]
     progress.update(len(videos), sum(v.frames for r in new for v in r.videos), sum(v.status != "ok" for v in videos), force=True)
     _write_outputs(out, cfg, classes, params, results)
@@ -230,7 +230,15 @@ def _write_outputs(out: Location, cfg: PreprocessConfig, classes: list[str], par
     videos = [v for r in results for v in r.videos]
     tar_of = {r.name: r.tar for r in results}
     index_rows = [
-        {"key": v.video_id, "shard": tar_of[v.shard], "label": v.label, "split": v.split, "frames": v.frames, "bytes": v.bytes}
+        {
+            "key": v.video_id,
+            "shard": tar_of[v.shard],
+            "label": v.label,
+            "split": v.split,
+            "frames": v.frames,
+            "bytes": v.bytes,
+            "offset": v.offset,
+        }
         for v in videos
         if v.status == "ok"
     ]

@@ -15,7 +15,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -36,6 +36,7 @@ from schemas.sample import (
     encode_jpeg,
     encode_quantized_flow,
     encode_sample,
+    sample_ranges,
     write_sample,
 )
 from storage import HashingWriter, Location, redact
@@ -141,8 +142,9 @@ class VideoResult:
     reason: str  # "" when ok
     seconds: float
     frames: int = 0
-    bytes: int = 0
+    bytes: int = 0  # the sample's bytes in the tar, headers and padding included
     label: int = -1
+    offset: int = -1  # where the sample starts in the tar; -1 in records written before flowshard kept it
 
     def __post_init__(self):
         self.reason = redact(self.reason)  # it may name a video's URI, credentials and all; results are stored and printed
@@ -288,7 +290,7 @@ def process_shard(
         writer = HashingWriter(stream)
         with tarfile.open(fileobj=writer, mode="w|") as sink:  # a stream: no seeks, so any store takes it
             for record in spec.records:
-                result = _add_video(record, spec, cfg, flow, timings, sink, writer, index)
+                result = _add_video(record, spec, cfg, flow, timings, sink, index)
                 samples += result.status == "ok"
                 results.append(result)
                 if on_video is not None:
@@ -313,19 +315,19 @@ def process_shard(
     return result
 
 
-def _add_video(record: VideoRecord, spec: ShardSpec, cfg: ProcessConfig, flow, timings: Timings, sink, writer, index: list) -> VideoResult:
-    """Process one video within its time limit and write its sample to the shard (its members' places appended to
-    `index`); a failure is a result too."""
+def _add_video(record: VideoRecord, spec: ShardSpec, cfg: ProcessConfig, flow, timings: Timings, sink, index: list) -> VideoResult:
+    """Process one video within its time limit and write its sample to the shard (its byte range in the result, its
+    members' places appended to `index`); a failure is a result too."""
     start = time.monotonic()
     try:
         sample = call_with_time_limit(functools.partial(process_video, record, cfg, flow, timings=timings), cfg.video_timeout)
     except (VideoError, TimeLimitExceeded) as exc:
         return VideoResult(record.video_id, spec.split, spec.name, "failed", str(exc), time.monotonic() - start, label=record.label)
     with timings.stage("write"):
-        before = writer.bytes
+        offset = sink.offset  # the tar's logical position (what reached the stream is behind it by tarfile's buffer)
         index.append(write_sample(sink, encode_sample(sample)))
-    seconds, written = time.monotonic() - start, writer.bytes - before
-    return VideoResult(record.video_id, spec.split, spec.name, "ok", "", seconds, sample.meta.num_frames, written, record.label)
+    seconds, written = time.monotonic() - start, sink.offset - offset
+    return VideoResult(record.video_id, spec.split, spec.name, "ok", "", seconds, sample.meta.num_frames, written, record.label, offset)
 
 
 def index_finished_shards(out: Location, finished: list[ShardResult]) -> int:
@@ -338,6 +340,17 @@ def index_finished_shards(out: Location, finished: list[ShardResult]) -> int:
             index = dali_index_of(stream)
         out.write_text(index, SHARDS_DIR, result.name + DALI_INDEX_SUFFIX)
     return len(missing)
+
+
+def locate_samples(out: Location, result: ShardResult) -> ShardResult:
+    """`result` with each written sample's byte range, from its shard's DALI index where the completion record was
+    written before flowshard kept them (its sizes were approximate: the tar stream's buffer was counted); as it is
+    otherwise."""
+    if result.tar is None or all(v.offset >= 0 for v in result.videos if v.status == "ok"):
+        return result
+    ranges = sample_ranges(out.read_text(SHARDS_DIR, result.name + DALI_INDEX_SUFFIX))
+    videos = [replace(v, offset=ranges[v.video_id][0], bytes=ranges[v.video_id][1]) if v.status == "ok" else v for v in result.videos]
+    return replace(result, videos=videos)
 
 
 def completed_shards(out: Location) -> dict[str, ShardResult]:

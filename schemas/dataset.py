@@ -2,7 +2,8 @@
 
 OUT/shards/<split>-<NNNNNN>.tar   the samples (see schemas.sample)
 OUT/shards/<split>-<NNNNNN>.idx   its index for NVIDIA DALI's webdataset reader (schemas.sample.dali_index)
-OUT/index.parquet                 one row per sample: key, shard, label, split, frames, bytes
+OUT/index.parquet                 one row per sample: key, shard, label, split, frames, and its byte range in
+                                  the tar (offset, bytes): one ranged read gets the whole sample
 OUT/results.parquet               one row per manifest video: ok or failed, the reason, seconds
 OUT/dataset.json                  classes, modalities, parameters, counts, the flowshard version
 """
@@ -31,7 +32,8 @@ INDEX_SCHEMA = pa.schema(
         pa.field("label", pa.int32(), nullable=False),
         pa.field("split", pa.string(), nullable=False),
         pa.field("frames", pa.int32(), nullable=False),
-        pa.field("bytes", pa.int64(), nullable=False),  # the sample's bytes in the tar, headers included
+        pa.field("bytes", pa.int64(), nullable=False),  # the sample's bytes in the tar, headers and padding included
+        pa.field("offset", pa.int64(), nullable=False),  # where the sample's first header starts in the tar
     ]
 )
 

@@ -273,6 +273,18 @@ def dali_index(samples: list[list[tuple[str, int, int, str]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sample_ranges(index: str) -> dict[str, tuple[int, int]]:
+    """{key: (offset, bytes)} of each sample of a shard, from its `dali_index` text: a sample starts where the one
+    before it ends (the first at 0) and ends with its last member's data, padded to a tar block."""
+    ranges, start = {}, 0
+    for line in index.splitlines()[1:]:
+        fields = line.split(" ")
+        key = fields[3].split(".", 1)[0]
+        end = int(fields[-3]) + -(-int(fields[-2]) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        ranges[key], start = (start, end - start), end
+    return ranges
+
+
 def dali_index_of(stream) -> str:
     """The `dali_index` of a shard tar read from its headers (for shards written before flowshard wrote indexes)."""
     samples: list[list[tuple]] = []

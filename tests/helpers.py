@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import webdataset as wds
 
 from schemas.dataset import INDEX_SCHEMA, DatasetInfo
-from schemas.sample import Sample, SampleMeta, encode_flow, encode_jpeg, encode_sample
+from schemas.sample import Sample, SampleMeta, dali_index_of, encode_flow, encode_jpeg, encode_sample, sample_ranges
 
 # TV-L1 with one warp per pyramid level instead of five (~4x faster on the CPU) for the tests of the pipeline's
 # mechanics: the flow still follows the synthetic motion; the solver's accuracy is tested on Middlebury (test_flow.py)
@@ -114,8 +114,12 @@ def write_dataset(root: Path, shards: dict[str, list[Sample]]) -> None:
         with wds.TarWriter(str(root / "shards" / name)) as sink:
             for s in samples:
                 sink.write(encode_sample(s))
-                split, frames = name.split("-")[0], s.meta.num_frames
-                index.append({"key": s.key, "shard": name, "label": s.meta.label, "split": split, "frames": frames, "bytes": 0})
+        with open(root / "shards" / name, "rb") as tar:
+            ranges = sample_ranges(dali_index_of(tar))
+        for s in samples:
+            offset, size = ranges[s.key]
+            row = {"key": s.key, "shard": name, "label": s.meta.label, "split": name.split("-")[0], "frames": s.meta.num_frames}
+            index.append(row | {"bytes": size, "offset": offset})
     pq.write_table(pa.Table.from_pylist(index, schema=INDEX_SCHEMA), root / "index.parquet")
     splits = sorted({name.split("-")[0] for name in shards})
     info = DatasetInfo(

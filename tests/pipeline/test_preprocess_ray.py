@@ -188,11 +188,20 @@ def test_rerun_does_no_work_and_strict_reports_failures(dataset, embedded_run):
     old_index = sorted((out / "shards").glob("*.idx"))[0]  # as if built before flowshard wrote DALI indexes
     written_with_the_shard = old_index.read_bytes()
     old_index.unlink()
+    # and a completion record from before flowshard kept sample offsets (sizes then counted tarfile's buffer)
+    record = out / "_progress" / old_index.name.replace(".idx", ".done.json")
+    old = json.loads(record.read_text())
+    for video in old["videos"]:
+        video.pop("offset")
+        video["bytes"] += 10240
+    record.write_text(json.dumps(old))
+    index_before = pq.read_table(out / "index.parquet")
     result = run_job("jobs.preprocess", *flags(manifest=manifest, out=out, **EMBEDDED, strict=True), *FAST)
     assert result.returncode == 1  # --strict with failed videos
     assert "0 to run" in result.stdout and "(0 written in this run)" in result.stdout
     assert "wrote the DALI index of 1 shards built before" in result.stdout
     assert old_index.read_bytes() == written_with_the_shard  # from the tar's headers: the same index
+    assert pq.read_table(out / "index.parquet").equals(index_before)  # the same sample ranges, from that index
     before[old_index.name] = (old_index.stat().st_mtime_ns, old_index.stat().st_size)
     written = json.loads(report)["written"]
     assert f"nothing to run; report.json is the report of the run that built the shards ({written}):" in result.stdout

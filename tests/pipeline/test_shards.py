@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 
@@ -24,6 +25,7 @@ from schemas.dataset import SHARDS_DIR
 from schemas.manifest import VideoRecord
 from schemas.sample import decode_sample
 from storage import Location
+from trainers.tar_stream import read_members
 
 SMALL = SyntheticConfig(classes=4, videos_per_class=2, width=64, height=48, frames=6, seed=1)
 FAST = ProcessConfig(modalities=("rgb", "tvl1"), flow_params=(("compile", False),))
@@ -99,6 +101,16 @@ def test_process_shard_writes_good_videos_once_and_records_the_bad(videos, tmp_p
     label = {r.video_id: r.label for r in records}
     assert all(decode_sample(m).meta.label == label[m["__key__"]] for m in read)
     assert result.bytes == (tmp_path / SHARDS_DIR / result.tar).stat().st_size
+    # each sample's byte range: one read of it gives all its members and nothing else; the ranges tile the tar
+    tar_bytes = (tmp_path / SHARDS_DIR / result.tar).read_bytes()
+    ok = [v for v in result.videos if v.status == "ok"]
+    for v in ok:
+        names = [name for name, _ in read_members(io.BytesIO(tar_bytes[v.offset : v.offset + v.bytes]))]
+        assert names and {n.split(".", 1)[0] for n in names} == {v.video_id}
+        members = next(m for m in read if m["__key__"] == v.video_id)
+        assert len(names) == len([k for k in members if not k.startswith("__")])
+    assert ok[0].offset == 0 and ok[1].offset == ok[0].offset + ok[0].bytes
+    assert tar_bytes[ok[1].offset + ok[1].bytes :] == bytes(len(tar_bytes) - ok[1].offset - ok[1].bytes)  # the end blocks
     assert completed_shards(out)[spec.name].samples == 2
     assert not [p for p in (tmp_path / SHARDS_DIR).iterdir() if ".tmp-" in p.name]
     # without a flow service the task computed the flow itself, and says so for the run report
