@@ -20,6 +20,7 @@ at most 72 frames) into a temporary folder. Then "cores per GPU" = what a GPU co
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -44,8 +45,8 @@ from trainers.data import (  # noqa: E402
     choose,
     decode_members,
     example_pipeline,
-    make_loader,
     read_samples,
+    sample_table,
     shard_urls,
 )
 
@@ -114,18 +115,23 @@ def rate(loader, batch_size: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def shard_loader(root: str, cfg: ExampleConfig, samples: int, batch: int, decode: bool = True) -> torch.utils.data.DataLoader:
+    """What `make_loader` gives for training, in one loader worker, its epoch repeated until `samples` samples (a
+    worker started once, as an epoch of a large dataset runs)."""
+    table = sample_table(root, "train")
+    pipeline = example_pipeline(table, cfg, True, decode=decode).repeat(math.ceil(samples / len(table)))
+    return torch.utils.data.DataLoader(pipeline, batch_size=batch, num_workers=1, **({} if decode else {"collate_fn": as_list}))
+
+
 def source_rates(data: str, s3_data: str, videos: list, cfg: ExampleConfig, samples: int, batch: int) -> dict[str, float]:
     """Samples/s of one loader worker per source, for one recipe."""
     sampler = torch.utils.data.RandomSampler(range(len(videos)), replacement=True, num_samples=samples)
     raw = torch.utils.data.DataLoader(Rawframes(videos, cfg), batch_size=batch, sampler=sampler, num_workers=1)
-    kwargs = dict(train=True, batch_size=batch, workers=1, epoch_samples=samples)
-    selections = example_pipeline(shard_urls(data, "train"), cfg, True, epoch_samples=samples, workers=1, decode=False)
-    choosing = torch.utils.data.DataLoader(selections, batch_size=batch, num_workers=1, collate_fn=as_list)
     return {
         "rawframes": rate(raw, batch),
-        "shards, local": rate(make_loader(data, "train", cfg, **kwargs), batch),
-        "shards, S3 (moto)": rate(make_loader(s3_data, "train", cfg, **kwargs), batch),
-        "shards, decode on device": rate(choosing, batch),
+        "shards, local": rate(shard_loader(data, cfg, samples, batch), batch),
+        "shards, S3 (moto)": rate(shard_loader(s3_data, cfg, samples, batch), batch),
+        "shards, decode on device": rate(shard_loader(data, cfg, samples, batch, decode=False), batch),
     }
 
 

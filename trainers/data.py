@@ -1,34 +1,48 @@
-"""Streaming examples from the shards with webdataset: nothing is unpacked to disk.
+"""Streaming examples from the shards with webdataset's stages: nothing is unpacked to disk.
 
-The pipeline is one visible list of stages (`example_pipeline`): shard list (for training resampled by every
-rank and loader worker, so ranks with uneven shard counts never wait on each other; for evaluation split by
-node and worker, each shard read once) -> shards opened through `storage` (a local disk or object storage,
-read in large buffered blocks) -> tar members -> shuffle buffer -> `schemas.sample.decode_sample` ->
-`make_example`, which chooses the frames and crops (`select`) and decodes only the frames the example uses;
-or, with `decode_on`, the workers stop at the choice and the frames are decoded on the training device.
-Members of other modalities are skipped while reading the tar (`member_filter`). A corrupt shard or sample
-is skipped with a warning and counted.
+The pipeline is one visible list of stages (`example_pipeline`): the epoch's samples for this rank and loader
+worker (`EpochSamples`: for training a seeded shuffle of the whole split, every sample once, ranks equal; for
+evaluation each sample once, in order; see `trainers.epochs`) -> each sample read by one ranged read of its
+byte range (index.parquet's `offset` and `bytes`; a positioned read on a local disk, a ranged GET on object
+storage), no shuffle buffer -> `schemas.sample.decode_sample` -> `make_example`, which chooses the frames and
+crops (`select`) and decodes only the frames the example uses; or, with `decode_on`, the workers stop at the
+choice and the frames are decoded on the training device. Members of other modalities are dropped as the tar
+bytes are parsed (`member_filter`). A corrupt sample is skipped with a warning and counted.
 """
 
 from __future__ import annotations
 
+import io
 import logging
-import math
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 import webdataset as wds
 from torchvision.io import ImageReadMode, decode_jpeg
 from webdataset.tariterators import group_by_keys
 
-from schemas.dataset import SHARDS_DIR, read_dataset_info
-from schemas.sample import FLOW_MODALITIES, RGB, Sample, decode_flow, decode_flow_u8, decode_image, decode_sample, member_filter
+from schemas.dataset import DALI_INDEX_SUFFIX, INDEX_FILE, SHARDS_DIR, read_dataset_info
+from schemas.sample import (
+    FLOW_MODALITIES,
+    RGB,
+    Sample,
+    dali_index_of,
+    decode_flow,
+    decode_flow_u8,
+    decode_image,
+    decode_sample,
+    member_filter,
+    sample_ranges,
+)
 from storage import Location, StorageError, join
 
+from .epochs import epoch_share
 from .sampling import clip_indices, snippet_indices, tsn_offsets
 from .tar_stream import TarError, read_members
 from .transforms import (
@@ -266,49 +280,160 @@ def read_samples(urls: list[str]) -> wds.DataPipeline:
     return wds.DataPipeline(wds.SimpleShardList(urls), tar_samples)
 
 
-def _worker_rng(seed: int) -> np.random.Generator:
+@dataclass(frozen=True)
+class SampleTable:
+    """The samples of a split and where each lies: its shard's number in `urls`, its offset and size in the tar."""
+
+    urls: list[str]  # the split's shards (local paths or URIs)
+    shard: np.ndarray  # (n,) int32
+    offset: np.ndarray  # (n,) int64
+    size: np.ndarray  # (n,) int64
+
+    def __len__(self) -> int:
+        return len(self.offset)
+
+
+def sample_table(root: str, split: str) -> SampleTable:
+    """The samples of `split` of a preprocessed dataset, in index.parquet's order, with their byte ranges.
+
+    A dataset built before flowshard kept the ranges has them read from its shards' DALI indexes (or, older still,
+    their tar headers: a read of every shard), with a warning: re-running its `jobs.preprocess` command stores them.
+
+    Raises:
+        ValueError: the dataset has no shards for this split (names the splits it has).
+    """
+    urls = shard_urls(root, split)
+    number = {url.partition("?")[0].rsplit("/", 1)[-1]: i for i, url in enumerate(urls)}
+    with Location(root).open_input_file(INDEX_FILE) as f:
+        table = pq.read_table(f)
+    rows = [r for r in table.to_pylist() if r["split"] == split and r["shard"] in number]
+    if "offset" not in table.column_names:
+        log.warning(
+            "%s: index.parquet has no sample byte ranges (written by an older flowshard); reading them from the shards' "
+            "indexes. Run its jobs.preprocess command again to store them (nothing else is redone).",
+            root,
+        )
+        ranges = {shard: _shard_ranges(root, shard) for shard in {r["shard"] for r in rows}}
+        rows = [{**r, "offset": ranges[r["shard"]][r["key"]][0], "bytes": ranges[r["shard"]][r["key"]][1]} for r in rows]
+    return SampleTable(
+        urls=urls,
+        shard=np.array([number[r["shard"]] for r in rows], np.int32),
+        offset=np.array([r["offset"] for r in rows], np.int64),
+        size=np.array([r["bytes"] for r in rows], np.int64),
+    )
+
+
+def _shard_ranges(root: str, shard: str) -> dict[str, tuple[int, int]]:
+    """{key: (offset, bytes)} of a shard's samples, from its DALI index, else from its tar's headers."""
+    shards = Location(root).child(SHARDS_DIR)
+    index = shard.removesuffix(".tar") + DALI_INDEX_SUFFIX
+    if shards.is_file(index):
+        return sample_ranges(shards.read_text(index))
+    with shards.open_input_stream(shard) as stream:
+        return sample_ranges(dali_index_of(stream))
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _worker_rng(seed: int, rank: int) -> np.random.Generator:
     info = torch.utils.data.get_worker_info()
-    rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
     return np.random.default_rng([seed, rank, info.id if info else 0])
 
 
-def _examples(src, cfg: ExampleConfig, train: bool, seed: int, handler, decode: bool = True):
+class EpochSamples(torch.utils.data.IterableDataset):
+    """Source stage: the byte ranges ({"url", "offset", "size"}) this rank's loader worker reads in one epoch, as
+    `trainers.epochs.epoch_share` deals them (run in the worker, which knows its number)."""
+
+    def __init__(self, table: SampleTable, seed: int, train: bool, rank: int = 0, world: int = 1):
+        self.table, self.seed, self.train, self.rank, self.world = table, seed, train, rank, world
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        t = self.table
+        for i in epoch_share(len(t), self.seed, self.train, self.rank, self.world, worker, workers):
+            yield {"url": t.urls[t.shard[i]], "offset": int(t.offset[i]), "size": int(t.size[i])}
+
+
+OPEN_SHARDS = 16  # shard files a loader worker keeps open (an S3 open costs a HEAD request)
+
+
+def read_ranges(
+    src: Iterator[dict], handler: Callable[[Exception], bool] = wds.reraise_exception, select_files: Callable[[str], bool] | None = None
+) -> Iterator[dict]:
+    """Stage: byte ranges ({"url", "offset", "size"}) -> samples ({"__key__", "__url__", member suffix: bytes}), each
+    one ranged read of its shard (positioned on a local disk, a ranged GET on object storage), its tar members parsed
+    by `tar_stream` and those `select_files` refuses dropped; a read that fails goes to `handler`."""
+    files: OrderedDict = OrderedDict()  # url -> open file, least recently used first
+    try:
+        for ref in src:
+            url = ref["url"]
+            try:
+                if url not in files:
+                    files[url] = Location(url).open_input_file()
+                    if len(files) > OPEN_SHARDS:
+                        files.popitem(last=False)[1].close()
+                files.move_to_end(url)
+                data = files[url].read_at(ref["size"], ref["offset"])
+                if len(data) != ref["size"]:
+                    raise TarError(f"the shard ends at byte {ref['offset'] + len(data)}, inside a sample")
+                sample: dict = {"__url__": url}
+                for name, member in read_members(io.BytesIO(data), select_files):
+                    sample["__key__"], _, suffix = name.partition(".")
+                    sample[suffix] = member
+            except (TarError, OSError, StorageError) as exc:
+                if handler(ValueError(f"{url} at byte {ref['offset']}: {exc}")):
+                    continue
+                break
+            yield sample
+    finally:
+        for f in files.values():
+            f.close()
+
+
+def _examples(src, cfg: ExampleConfig, train: bool, seed: int, rank: int, handler: SkipCounter, decode: bool = True):
     """Stage: Sample -> example (or, with `decode` False, its `Selection`); a sample that cannot be made into one
-    is skipped through `handler`."""
-    rng = _worker_rng(seed)
+    is skipped through `handler`. In training each sample skipped here or upstream is made up for by another
+    example of the last good sample, so every rank still takes the same number of steps (DDP never waits)."""
+    rng = _worker_rng(seed, rank)
+    make = make_example if decode else select
+    last, repaid = None, 0
+
+    def made_up():
+        nonlocal repaid
+        while train and last is not None and repaid < handler.count:
+            repaid += 1
+            yield make(last, cfg, train, rng)
+
     for sample in src:
         try:
-            yield make_example(sample, cfg, train, rng) if decode else select(sample, cfg, train, rng)
+            example = make(sample, cfg, train, rng)
         except ValueError as exc:
             handler(ValueError(f"{sample.key}: {exc}"))
+        else:
+            last = sample
+            yield example
+        yield from made_up()
+    yield from made_up()  # for samples lost after the last one made
 
 
 def example_pipeline(
-    urls: list[str],
-    cfg: ExampleConfig,
-    train: bool,
-    seed: int = 0,
-    shuffle_buffer: int = 128,
-    epoch_samples: int | None = None,
-    world_size: int = 1,
-    workers: int = 0,
-    decode: bool = True,
+    table: SampleTable, cfg: ExampleConfig, train: bool, seed: int = 0, rank: int = 0, world_size: int = 1, decode: bool = True
 ) -> wds.DataPipeline:
-    """The streaming dataset of examples (of `Selection`s when `decode` is False); for training an endless
-    resampled stream cut into epochs of `epoch_samples` examples over all ranks and loader workers."""
+    """The dataset of one epoch's examples (of `Selection`s when `decode` is False) for rank `rank` of
+    `world_size`: for training every sample of the split once in a seeded order, ranks equal (padded with repeats);
+    for evaluation every sample once over all ranks."""
     handler = SkipCounter()
-    stages = [
-        wds.ResampledShards(urls, seed=seed, deterministic=True) if train else wds.SimpleShardList(urls),
-        *([] if train else [wds.split_by_node, wds.split_by_worker]),
-        partial(tar_samples, handler=handler, select_files=member_filter((cfg.modality,))),  # skip other modalities
-        *([wds.shuffle(shuffle_buffer, initial=shuffle_buffer // 2, seed=seed)] if train else []),
+    return wds.DataPipeline(
+        EpochSamples(table, seed, train, rank, world_size),
+        partial(read_ranges, handler=handler, select_files=member_filter((cfg.modality,))),  # other modalities dropped
         wds.map(partial(decode_sample, modalities=(cfg.modality,)), handler=handler),
-        partial(_examples, cfg=cfg, train=train, seed=seed, handler=handler, decode=decode),
-    ]
-    pipeline = wds.DataPipeline(*stages)
-    if train and epoch_samples:
-        pipeline = pipeline.with_epoch(math.ceil(epoch_samples / (world_size * max(workers, 1))))
-    return pipeline
+        partial(_examples, cfg=cfg, train=train, seed=seed, rank=rank, handler=handler, decode=decode),
+    )
 
 
 def as_list(batch: list) -> list:
@@ -339,17 +464,13 @@ def make_loader(
     batch_size: int,
     workers: int = 0,
     seed: int = 0,
-    epoch_samples: int | None = None,
-    world_size: int = 1,
     decode_on: torch.device | None = None,
 ):
-    """A DataLoader over `split` of a preprocessed dataset (see `example_pipeline`), yielding (inputs, labels,
-    keys) batches; with `decode_on` the workers stop at the `Selection` and the frames are decoded on that
-    device (`DecodedOnDevice`)."""
-    urls = shard_urls(root, split)
-    dataset = example_pipeline(
-        urls, cfg, train, seed, epoch_samples=epoch_samples, world_size=world_size, workers=workers, decode=decode_on is None
-    )
+    """A DataLoader over one epoch of `split` of a preprocessed dataset (see `example_pipeline`; the rank and the
+    number of ranks are torch.distributed's), yielding (inputs, labels, keys) batches; with `decode_on` the workers
+    stop at the `Selection` and the frames are decoded on that device (`DecodedOnDevice`)."""
+    rank, world = _rank_and_world()
+    dataset = example_pipeline(sample_table(root, split), cfg, train, seed, rank, world, decode=decode_on is None)
     if decode_on is None:
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=as_list)

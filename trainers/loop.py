@@ -499,9 +499,7 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
                 train=True,
                 batch_size=cfg.batch_size,
                 workers=cfg.loader_workers,
-                seed=cfg.seed * 1000 + epoch,  # a different draw of shards and crops each epoch, the same on a resume
-                epoch_samples=epoch_samples,
-                world_size=world,
+                seed=cfg.seed * 1000 + epoch,  # a different order and crops each epoch, the same on a resume
                 decode_on=_decode_on(cfg, device),
             )
             stats, step = train_one_epoch(

@@ -8,13 +8,16 @@ import multiprocessing as mp
 from dataclasses import replace
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from schemas.sample import Sample, encode_flow, encode_jpeg
 from tests.conftest import REPO
 from tests.helpers import H, W, synthetic_sample, write_dataset
-from trainers.data import ExampleConfig, example_pipeline, make_example, make_loader, shard_urls
+from trainers.data import ExampleConfig, example_pipeline, make_example, make_loader, sample_table, shard_urls
+from trainers.epochs import epoch_share
 
 STEP = 2 * 20.0 / 255  # one 8-bit level of flow at bound 20; JPEG may move a value by one more
 
@@ -103,7 +106,7 @@ def test_decoding_on_the_device_gives_the_workers_inputs_on_the_cpu(tmp_path, cf
     """torchvision's decode_jpeg in the training process (nvJPEG on a GPU) against OpenCV in the workers: on the
     CPU the same tensors, bit for bit, for every recipe and crop."""
     write_dataset(tmp_path, {"train-000000.tar": [textured_sample(f"v{i}", i % 3, encoding, i) for i in range(5)]})
-    kwargs = dict(train=train, batch_size=2, workers=0, seed=3, epoch_samples=6 if train else None)
+    kwargs = dict(train=train, batch_size=2, workers=0, seed=3)
     batches = list(make_loader(tmp_path, "train", cfg, **kwargs))
     on_device = list(make_loader(tmp_path, "train", cfg, decode_on=torch.device("cpu"), **kwargs))
     assert len(batches) == len(on_device) == 3
@@ -126,15 +129,54 @@ def test_round_trip_every_video_once_through_the_loader(tmp_path):
     assert dict(zip(keys, labels)) == {f"v{i}": i % 3 for i in range(7)}
 
 
-def test_training_epochs_have_a_fixed_length(tmp_path):
-    write_dataset(tmp_path, {"train-000000.tar": [synthetic_sample(f"v{i}", 0) for i in range(5)]})
+@pytest.mark.parametrize("world, workers", [(1, 1), (2, 2), (3, 2), (4, 3)])
+@pytest.mark.parametrize("n", [1, 5, 7, 12])
+def test_an_epoch_deals_every_sample_once_and_ranks_equal_shares(n, world, workers):
+    """Training: over all ranks and workers every sample at least once and at most the padding (world - 1) twice,
+    each rank the same count, even with fewer samples than ranks x workers; evaluation: each exactly once."""
+    shares = {(r, w): epoch_share(n, 7, True, r, world, w, workers) for r in range(world) for w in range(workers)}
+    per_rank = [sum(len(shares[r, w]) for w in range(workers)) for r in range(world)]
+    assert per_rank == [-(-n // world)] * world
+    seen = np.bincount(np.concatenate(list(shares.values())), minlength=n)
+    assert seen.min() >= 1 and seen.sum() == per_rank[0] * world and seen.sum() - n <= world - 1
+    test = np.concatenate([epoch_share(n, 7, False, r, world, w, workers) for r in range(world) for w in range(workers)])
+    assert sorted(test) == list(range(n))
+
+
+def test_each_epoch_has_its_own_order_the_same_on_every_rank():
+    orders = [np.concatenate([epoch_share(10, seed, True, r, 2) for r in range(2)]) for seed in (1, 1, 2)]
+    assert np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[0], orders[2])
+    assert sorted(orders[0]) == list(range(10))
+
+
+def test_two_ranks_of_two_workers_read_every_video_once_an_epoch(tmp_path):
+    """The loader itself (2 ranks x 2 loader workers, 9 videos in 2 shards): every video once, one padded repeat,
+    both ranks the same number of examples; another epoch seed, another order."""
+    write_dataset(
+        tmp_path,
+        {
+            "train-000000.tar": [synthetic_sample(f"v{i}", 0) for i in range(6)],
+            "train-000001.tar": [synthetic_sample(f"w{i}", 1) for i in range(3)],
+        },
+    )
     cfg = ExampleConfig(arch="tsn", modality="rgb", segments=1, input_size=16)
-    for workers in (0, 2):
-        loader = make_loader(tmp_path, "train", cfg, train=True, batch_size=2, workers=workers, epoch_samples=12)
-        assert sum(len(y) for _, y, _ in loader) == 12
+    table = sample_table(tmp_path, "train")
+
+    def epoch(seed: int) -> list[list[str]]:
+        ranks = []
+        for rank in range(2):
+            loader = torch.utils.data.DataLoader(example_pipeline(table, cfg, True, seed, rank, 2), batch_size=2, num_workers=2)
+            ranks.append([k for _, _, keys in loader for k in keys])
+        return ranks
+
+    ranks = epoch(seed=5)
+    assert len(ranks[0]) == len(ranks[1]) == 5
+    everything = ranks[0] + ranks[1]
+    assert set(everything) == {f"v{i}" for i in range(6)} | {f"w{i}" for i in range(3)} and len(everything) == 10
+    assert epoch(seed=5) == ranks and epoch(seed=6) != ranks
 
 
-def test_a_corrupt_shard_is_skipped_with_a_warning_and_a_count(tmp_path, caplog):
+def test_a_corrupt_sample_is_skipped_with_a_warning_and_training_makes_up_for_it(tmp_path, caplog):
     write_dataset(
         tmp_path, {"train-000000.tar": [synthetic_sample(f"v{i}", 0) for i in range(3)], "train-000001.tar": [synthetic_sample("w", 1)]}
     )
@@ -145,6 +187,23 @@ def test_a_corrupt_shard_is_skipped_with_a_warning_and_a_count(tmp_path, caplog)
         keys = [k for _, _, ks in make_loader(tmp_path, "train", cfg, train=False, batch_size=1) for k in ks]
     assert sorted(keys) == ["v0", "v1", "v2"]
     assert any("skipped corrupt shard data (1 so far)" in r.message for r in caplog.records)
+    # training: the lost example is made again from a good sample, so the epoch keeps its length (ranks stay equal)
+    keys = [k for _, _, ks in make_loader(tmp_path, "train", cfg, train=True, batch_size=2) for k in ks]
+    assert len(keys) == 4 and set(keys) == {"v0", "v1", "v2"}
+
+
+def test_a_dataset_without_sample_ranges_still_trains(tmp_path, caplog):
+    """index.parquet written before flowshard kept byte ranges: they come from the DALI indexes, or the tars."""
+    write_dataset(tmp_path, {"train-000000.tar": [synthetic_sample(f"v{i}", 0) for i in range(3)]})
+    exact = sample_table(tmp_path, "train")
+    index = pq.read_table(tmp_path / "index.parquet")
+    pq.write_table(index.drop_columns(["offset"]).set_column(5, "bytes", pa.array([0] * 3, pa.int64())), tmp_path / "index.parquet")
+    with caplog.at_level(logging.WARNING, logger="trainers.data"):
+        from_tars = sample_table(tmp_path, "train")  # write_dataset writes no DALI index: from the tar headers
+    assert any("has no sample byte ranges" in r.message for r in caplog.records)
+    assert np.array_equal(from_tars.offset, exact.offset) and np.array_equal(from_tars.size, exact.size)
+    cfg = ExampleConfig(arch="tsn", modality="rgb", segments=1, input_size=16)
+    assert sorted(k for _, _, ks in make_loader(tmp_path, "train", cfg, train=True, batch_size=2) for k in ks) == ["v0", "v1", "v2"]
 
 
 def test_missing_split_is_a_clear_error(tmp_path):
@@ -156,7 +215,7 @@ def test_missing_split_is_a_clear_error(tmp_path):
 def _rank_loop(rank: int, world: int, root: str, port: int, results) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     cfg = ExampleConfig(arch="tsn", modality="rgb", segments=1, input_size=16)
-    dataset = example_pipeline(shard_urls(root, "train"), cfg, train=True, epoch_samples=10, world_size=world)
+    dataset = example_pipeline(sample_table(root, "train"), cfg, train=True, rank=rank, world_size=world)
     loader = torch.utils.data.DataLoader(dataset, batch_size=1)
     steps = 0
     for _ in loader:
@@ -169,7 +228,7 @@ def _rank_loop(rank: int, world: int, root: str, port: int, results) -> None:
 
 
 def test_uneven_shards_across_ranks_do_not_hang(tmp_path):
-    """3 shards of 1, 2 and 6 videos on 2 ranks: resampling plus fixed epochs give both ranks the same steps."""
+    """3 shards of 1, 2 and 6 videos on 2 ranks: dealt by sample and padded, both ranks take the same steps."""
     write_dataset(
         tmp_path,
         {
