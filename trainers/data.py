@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 import webdataset as wds
@@ -40,7 +42,7 @@ from schemas.sample import (
     member_filter,
     sample_ranges,
 )
-from storage import Location, StorageError, join
+from storage import Location, StorageError, basename, join, redact
 
 from .epochs import epoch_share
 from .sampling import clip_indices, snippet_indices, tsn_offsets
@@ -300,27 +302,33 @@ def sample_table(root: str, split: str) -> SampleTable:
     their tar headers: a read of every shard), with a warning: re-running its `jobs.preprocess` command stores them.
 
     Raises:
-        ValueError: the dataset has no shards for this split (names the splits it has).
+        ValueError: the dataset has no shards for this split (names the splits it has), or its index.parquet does
+            not list the samples dataset.json counts in them (an incomplete or changed dataset).
     """
     urls = shard_urls(root, split)
-    number = {url.partition("?")[0].rsplit("/", 1)[-1]: i for i, url in enumerate(urls)}
+    number = {basename(url): i for i, url in enumerate(urls)}
     with Location(root).open_input_file(INDEX_FILE) as f:
-        table = pq.read_table(f)
-    rows = [r for r in table.to_pylist() if r["split"] == split and r["shard"] in number]
-    if "offset" not in table.column_names:
+        index = pq.read_table(f)
+    index = index.filter(pc.and_(pc.equal(index["split"], split), pc.is_in(index["shard"], pa.array(list(number)))))
+    expected = read_dataset_info(root).counts.get("samples", {}).get(split, len(index))
+    if len(index) != expected:
+        raise ValueError(
+            f"{root}: index.parquet lists {len(index)} {split} samples in the shards dataset.json names, which counts "
+            f"{expected}; the dataset is incomplete or was changed: run its jobs.preprocess command again"
+        )
+    shards = np.array([number[name] for name in index["shard"].to_pylist()], np.int32)
+    if "offset" in index.column_names:
+        offsets, sizes = index["offset"].to_numpy(), index["bytes"].to_numpy()
+    else:
         log.warning(
             "%s: index.parquet has no sample byte ranges (written by an older flowshard); reading them from the shards' "
-            "indexes. Run its jobs.preprocess command again to store them (nothing else is redone).",
-            root,
+            "indexes at each epoch. Run its jobs.preprocess command again to store them (nothing else is redone).",
+            redact(str(root)),
         )
-        ranges = {shard: _shard_ranges(root, shard) for shard in {r["shard"] for r in rows}}
-        rows = [{**r, "offset": ranges[r["shard"]][r["key"]][0], "bytes": ranges[r["shard"]][r["key"]][1]} for r in rows]
-    return SampleTable(
-        urls=urls,
-        shard=np.array([number[r["shard"]] for r in rows], np.int32),
-        offset=np.array([r["offset"] for r in rows], np.int64),
-        size=np.array([r["bytes"] for r in rows], np.int64),
-    )
+        ranges = {name: _shard_ranges(root, name) for name in set(index["shard"].to_pylist())}
+        found = [ranges[shard][key] for shard, key in zip(index["shard"].to_pylist(), index["key"].to_pylist())]
+        offsets, sizes = np.array([o for o, _ in found], np.int64), np.array([n for _, n in found], np.int64)
+    return SampleTable(urls=urls, shard=shards, offset=offsets.astype(np.int64), size=sizes.astype(np.int64))
 
 
 def _shard_ranges(root: str, shard: str) -> dict[str, tuple[int, int]]:
@@ -359,23 +367,30 @@ class EpochSamples(torch.utils.data.IterableDataset):
             yield {"url": t.urls[t.shard[i]], "offset": int(t.offset[i]), "size": int(t.size[i])}
 
 
-OPEN_SHARDS = 16  # shard files a loader worker keeps open (an S3 open costs a HEAD request)
+# Shard files a loader worker keeps open: a local one holds a file descriptor (cheap to open again); opening one on
+# an object store costs a request (pyarrow asks for its size), holding it costs nothing, so all are kept.
+OPEN_LOCAL_SHARDS, OPEN_REMOTE_SHARDS = 16, 100_000
 
 
 def read_ranges(
     src: Iterator[dict], handler: Callable[[Exception], bool] = wds.reraise_exception, select_files: Callable[[str], bool] | None = None
 ) -> Iterator[dict]:
     """Stage: byte ranges ({"url", "offset", "size"}) -> samples ({"__key__", "__url__", member suffix: bytes}), each
-    one ranged read of its shard (positioned on a local disk, a ranged GET on object storage), its tar members parsed
-    by `tar_stream` and those `select_files` refuses dropped; a read that fails goes to `handler`."""
+    one ranged read of its shard (positioned on a local disk, a ranged GET on object storage, after one request per
+    shard to open it), its tar members parsed by `tar_stream` and those `select_files` refuses dropped.
+
+    Args:
+        handler: gets a read that fails (a cut or corrupt shard, an unreachable store) and says whether to go on.
+    """
     files: OrderedDict = OrderedDict()  # url -> open file, least recently used first
     try:
         for ref in src:
             url = ref["url"]
             try:
                 if url not in files:
-                    files[url] = Location(url).open_input_file()
-                    if len(files) > OPEN_SHARDS:
+                    shard = Location(url)
+                    files[url] = shard.open_input_file()
+                    if len(files) > (OPEN_LOCAL_SHARDS if shard.is_local else OPEN_REMOTE_SHARDS):
                         files.popitem(last=False)[1].close()
                 files.move_to_end(url)
                 data = files[url].read_at(ref["size"], ref["offset"])
@@ -386,7 +401,7 @@ def read_ranges(
                     sample["__key__"], _, suffix = name.partition(".")
                     sample[suffix] = member
             except (TarError, OSError, StorageError) as exc:
-                if handler(ValueError(f"{url} at byte {ref['offset']}: {exc}")):
+                if handler(ValueError(redact(f"{url} at byte {ref['offset']}: {exc}"))):
                     continue
                 break
             yield sample
@@ -398,7 +413,8 @@ def read_ranges(
 def _examples(src, cfg: ExampleConfig, train: bool, seed: int, rank: int, handler: SkipCounter, decode: bool = True):
     """Stage: Sample -> example (or, with `decode` False, its `Selection`); a sample that cannot be made into one
     is skipped through `handler`. In training each sample skipped here or upstream is made up for by another
-    example of the last good sample, so every rank still takes the same number of steps (DDP never waits)."""
+    example of the worker's last good sample, so every rank still takes the same number of steps (DDP never waits),
+    as long as the worker read one good sample (a worker whose every sample is corrupt makes none)."""
     rng = _worker_rng(seed, rank)
     make = make_example if decode else select
     last, repaid = None, 0

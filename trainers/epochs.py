@@ -21,6 +21,11 @@ def epoch_share(n: int, seed: int, train: bool, rank: int = 0, world: int = 1, w
         n: samples in the split.
         seed: the epoch's seed (the same on every rank; a different one each epoch).
         train: shuffle and pad (training), or read in order, each sample once (evaluation).
+        rank, world: this rank and the number of ranks.
+        worker, workers: this loader worker and the rank's number of loader workers.
+    Returns:
+        The worker's sample numbers; over all ranks and workers every sample once (training: padded to a multiple of
+        `world` with the first ones, every rank the same count).
     """
     if train:
         order = np.random.default_rng(seed).permutation(n)
@@ -28,3 +33,11 @@ def epoch_share(n: int, seed: int, train: bool, rank: int = 0, world: int = 1, w
     else:
         order = np.arange(n)
     return order[rank::world][worker::workers]
+
+
+def steps_in_epoch(n: int, world: int, workers: int, batch_size: int) -> int:
+    """Training batches each rank takes in an epoch of `n` samples: its share, dealt to `workers` loader workers (0:
+    the training process itself), each ending on its own partial batch, as a DataLoader over them batches it."""
+    share = math.ceil(n / world)
+    workers = max(workers, 1)
+    return sum(math.ceil(len(range(w, share, workers)) / batch_size) for w in range(workers))

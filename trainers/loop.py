@@ -32,6 +32,7 @@ from storage import Location, redact, redacted
 
 from .curves import curves_png
 from .data import ExampleConfig, make_loader
+from .epochs import steps_in_epoch
 from .metrics import softmax, video_metrics
 from .models import MODELS, build_model
 
@@ -364,7 +365,7 @@ def validation_split(cfg: TrainConfig, samples: dict[str, int]) -> str:
 
 def validate(model: nn.Module, cfg: TrainConfig, split: str, device) -> dict:
     """Score `split` the test way (`eval_segments` segments or clips, centre crop) on every rank, each reading its
-    own shards, and gather the videos: {"val_top1", "val_top5", "val_mean_class"}, the same on every rank.
+    own share of the videos, and gather them: {"val_top1", "val_top5", "val_mean_class"}, the same on every rank.
 
     `model` is the plain module (not DDP's wrapper, whose forward would wait for ranks with fewer batches)."""
     example = cfg.example_config(crops=1, segments=cfg.eval_segments, clips=cfg.eval_segments)
@@ -471,7 +472,7 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
     criterion = nn.CrossEntropyLoss()
 
-    steps_per_epoch = math.ceil(math.ceil(epoch_samples / world) / cfg.batch_size)
+    steps_per_epoch = steps_in_epoch(epoch_samples, world, cfg.loader_workers, cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     milestones = tuple(e * steps_per_epoch for e in cfg.step_epochs)

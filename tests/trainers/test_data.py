@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from schemas.sample import Sample, encode_flow, encode_jpeg
+from schemas.sample import Sample, dali_index_of, encode_flow, encode_jpeg
 from tests.conftest import REPO
 from tests.helpers import H, W, synthetic_sample, write_dataset
 from trainers.data import ExampleConfig, example_pipeline, make_example, make_loader, sample_table, shard_urls
-from trainers.epochs import epoch_share
+from trainers.epochs import epoch_share, steps_in_epoch
 
 STEP = 2 * 20.0 / 255  # one 8-bit level of flow at bound 20; JPEG may move a value by one more
 
@@ -143,6 +143,16 @@ def test_an_epoch_deals_every_sample_once_and_ranks_equal_shares(n, world, worke
     assert sorted(test) == list(range(n))
 
 
+@pytest.mark.parametrize("n, world, workers, batch", [(7, 1, 0, 2), (10, 1, 4, 8), (9, 2, 2, 2), (13, 3, 2, 4), (2, 4, 3, 2)])
+def test_the_schedule_counts_the_batches_the_loader_makes(n, world, workers, batch):
+    """steps_in_epoch (the lr schedule's steps) against what a DataLoader makes of each worker's share."""
+    made = []
+    for rank in range(world):
+        shares = [epoch_share(n, 0, True, rank, world, w, max(workers, 1)) for w in range(max(workers, 1))]
+        made.append(sum(-(-len(share) // batch) for share in shares))
+    assert made == [steps_in_epoch(n, world, workers, batch)] * world
+
+
 def test_each_epoch_has_its_own_order_the_same_on_every_rank():
     orders = [np.concatenate([epoch_share(10, seed, True, r, 2) for r in range(2)]) for seed in (1, 1, 2)]
     assert np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[0], orders[2])
@@ -166,7 +176,9 @@ def test_two_ranks_of_two_workers_read_every_video_once_an_epoch(tmp_path):
         ranks = []
         for rank in range(2):
             loader = torch.utils.data.DataLoader(example_pipeline(table, cfg, True, seed, rank, 2), batch_size=2, num_workers=2)
-            ranks.append([k for _, _, keys in loader for k in keys])
+            batches = [list(keys) for _, _, keys in loader]
+            assert len(batches) == steps_in_epoch(len(table), 2, 2, 2)  # what the lr schedule counts
+            ranks.append([k for keys in batches for k in keys])
         return ranks
 
     ranks = epoch(seed=5)
@@ -202,6 +214,12 @@ def test_a_dataset_without_sample_ranges_still_trains(tmp_path, caplog):
         from_tars = sample_table(tmp_path, "train")  # write_dataset writes no DALI index: from the tar headers
     assert any("has no sample byte ranges" in r.message for r in caplog.records)
     assert np.array_equal(from_tars.offset, exact.offset) and np.array_equal(from_tars.size, exact.size)
+    with open(tmp_path / "shards" / "train-000000.tar", "rb") as tar:
+        (tmp_path / "shards" / "train-000000.idx").write_text(dali_index_of(tar))
+    (tmp_path / "shards" / "train-000000.tar").rename(tmp_path / "tar")  # so only the index can give them
+    from_index = sample_table(tmp_path, "train")
+    (tmp_path / "tar").rename(tmp_path / "shards" / "train-000000.tar")
+    assert np.array_equal(from_index.offset, exact.offset) and np.array_equal(from_index.size, exact.size)
     cfg = ExampleConfig(arch="tsn", modality="rgb", segments=1, input_size=16)
     assert sorted(k for _, _, ks in make_loader(tmp_path, "train", cfg, train=True, batch_size=2) for k in ks) == ["v0", "v1", "v2"]
 
