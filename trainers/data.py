@@ -29,7 +29,7 @@ import webdataset as wds
 from torchvision.io import ImageReadMode, decode_jpeg
 from webdataset.tariterators import group_by_keys
 
-from schemas.dataset import DALI_INDEX_SUFFIX, INDEX_FILE, SHARDS_DIR, read_dataset_info
+from schemas.dataset import DALI_INDEX_SUFFIX, INDEX_FILE, SHARDS_DIR, DatasetInfo, read_dataset_info
 from schemas.sample import (
     FLOW_MODALITIES,
     RGB,
@@ -225,13 +225,14 @@ def make_example(sample: Sample, cfg: ExampleConfig, train: bool, rng: np.random
     return assemble(sel, decode_members(sel.members, cfg.is_flow), cfg), sel.label, sel.key
 
 
-def shard_urls(root: str, split: str) -> list[str]:
-    """The shard files of `split` listed in the dataset's dataset.json (local paths or URIs, as `root`).
+def shard_urls(root: str, split: str, info: DatasetInfo | None = None) -> list[str]:
+    """The shard files of `split` listed in the dataset's dataset.json (`info`, read here when not given; local paths
+    or URIs, as `root`).
 
     Raises:
         ValueError: the dataset has no shards for this split (names the splits it has).
     """
-    info = read_dataset_info(root)
+    info = info or read_dataset_info(root)
     names = info.shards.get(split, [])
     if not names:
         raise ValueError(f"{root} has no {split!r} shards (it has: {', '.join(sorted(info.shards)) or 'none'})")
@@ -305,12 +306,13 @@ def sample_table(root: str, split: str) -> SampleTable:
         ValueError: the dataset has no shards for this split (names the splits it has), or its index.parquet does
             not list the samples dataset.json counts in them (an incomplete or changed dataset).
     """
-    urls = shard_urls(root, split)
+    info = read_dataset_info(root)
+    urls = shard_urls(root, split, info)
     number = {basename(url): i for i, url in enumerate(urls)}
     with Location(root).open_input_file(INDEX_FILE) as f:
         index = pq.read_table(f)
     index = index.filter(pc.and_(pc.equal(index["split"], split), pc.is_in(index["shard"], pa.array(list(number)))))
-    expected = read_dataset_info(root).counts.get("samples", {}).get(split, len(index))
+    expected = info.counts.get("samples", {}).get(split, len(index))
     if len(index) != expected:
         raise ValueError(
             f"{root}: index.parquet lists {len(index)} {split} samples in the shards dataset.json names, which counts "
