@@ -7,7 +7,8 @@ Writes a dataset of `--samples` 300-frame samples (textured 170x128 RGB JPEGs an
 of moto: one training epoch per recipe (tsn_rgb, tsn_flow, i3d_flow) and a 25-segment TSN evaluation, the loader in
 this process. The reference is what each example uses, measured in the same run: the bytes of its chosen members
 (the JPEGs its frames and flows come from), each with its 512-byte tar header. Issue 27's bounds: served bytes at
-most 2.5x that, requests at most 2 x segments + 2 (TSN) or 6 (I3D).
+most 2.5x that, requests at most 2 x segments + 2 (TSN) or 6 (I3D). The same samples written without member tables
+(as flowshard wrote them before; read whole, one ranged read per sample) are measured in the same run beside them.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from schemas.sample import Sample, SampleMeta, encode_flow, encode_jpeg  # noqa:
 from storage import Location  # noqa: E402
 from tests.conftest import free_port, s3_env, start_moto, stop_process  # noqa: E402
 from tests.helpers import write_dataset  # noqa: E402
-from trainers.data import ExampleConfig, example_pipeline, sample_table  # noqa: E402
+from trainers.data import ExampleConfig, example_pipeline  # noqa: E402
+from trainers.shard_reader import sample_table  # noqa: E402
 
 RECIPES = {  # (config, train, the issue's bound on requests per example)
     "tsn_rgb, 3 segments": (ExampleConfig(arch="tsn", modality="rgb", segments=3, input_size=64), True, 2 * 3 + 2),
@@ -114,7 +116,10 @@ def main() -> int:
     rng = np.random.default_rng(0)
     half = args.samples // 2
     samples = [textured_sample(f"v{i}", i % 2, args.frames, rng) for i in range(args.samples)]
-    write_dataset(work / "data", {"train-000000.tar": samples[:half], "train-000001.tar": samples[half:]})
+    layouts = {"member tables (read by member)": "data", "no member tables (read whole)": "old"}
+    for folder in layouts.values():
+        shards = {"train-000000.tar": samples[:half], "train-000001.tar": samples[half:]}
+        write_dataset(work / folder, shards, member_tables=folder == "data")
     sample_mb = sum(p.stat().st_size for p in (work / "data" / "shards").glob("*.tar")) / args.samples / 2**20
     server, port = start_moto()
     counter, proxy = Counter(), None
@@ -122,21 +127,23 @@ def main() -> int:
         os.environ.update(s3_env(port))
         bucket = f"bench-{uuid.uuid4().hex[:8]}"
         boto3.client("s3").create_bucket(Bucket=bucket)
-        target = Location(f"s3://{bucket}/data")
-        for path in (work / "data").rglob("*"):
-            if path.is_file():
-                target.write_bytes(path.read_bytes(), str(path.relative_to(work / "data")))
+        for folder in layouts.values():
+            target = Location(f"s3://{bucket}/{folder}")
+            for path in (work / folder).rglob("*"):
+                if path.is_file():
+                    target.write_bytes(path.read_bytes(), str(path.relative_to(work / folder)))
         proxy, proxy_port = counting_proxy(port, counter)
         os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{proxy_port}"  # the loader reads through the proxy
         rows = []
         for name, (cfg, train, bound) in RECIPES.items():
-            table = sample_table(target.uri, "train")  # index.parquet and dataset.json: read once per epoch, not counted
-            counter.requests, counter.bytes = {}, 0
-            selections = list(example_pipeline(table, cfg, train, seed=1, decode=False))
-            used = sum(used_bytes(s) for s in selections)
-            n = len(selections)
-            gets = sum(counter.requests.values())
-            rows.append((name, counter.bytes / n / 2**20, gets / n, bound, counter.bytes / used, dict(counter.requests)))
+            for layout, folder in layouts.items():
+                table = sample_table(f"s3://{bucket}/{folder}", "train")  # index.parquet, dataset.json: once per epoch, not counted
+                counter.requests, counter.bytes = {}, 0
+                selections = list(example_pipeline(table, cfg, train, seed=1, decode=False))
+                used = sum(used_bytes(s) for s in selections)
+                n = len(selections)
+                gets = sum(counter.requests.values())
+                rows.append((name, layout, counter.bytes / n / 2**20, gets / n, bound, counter.bytes / used, dict(counter.requests)))
     finally:
         if proxy is not None:
             proxy.shutdown()
@@ -144,11 +151,11 @@ def main() -> int:
     print(
         f"\n{args.samples} samples of {args.frames} frames ({sample_mb:.1f} MB each, rgb + tvl1 JPEGs), moto S3 behind a counting proxy\n"
     )
-    print("| recipe | MB served per example | requests per example (bound) | served / used by the example (bound 2.5x) | requests |")
-    print("|---|---|---|---|---|")
-    for name, mb, requests, bound, ratio, by_method in rows:
+    print("| recipe | shards | MB served per example | requests per example (bound) | served / used (bound 2.5x) | requests |")
+    print("|---|---|---|---|---|---|")
+    for name, layout, mb, requests, bound, ratio, by_method in rows:
         methods = ", ".join(f"{k} {v}" for k, v in sorted(by_method.items()))
-        print(f"| {name} | {mb:.2f} | {requests:.1f} ({bound}) | {ratio:.0f}x | {methods} |")
+        print(f"| {name} | {layout} | {mb:.3f} | {requests:.1f} ({bound}) | {ratio:.2f}x | {methods} |")
     return 0
 
 

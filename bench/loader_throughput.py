@@ -45,10 +45,8 @@ from trainers.data import (  # noqa: E402
     choose,
     decode_members,
     example_pipeline,
-    read_samples,
-    sample_table,
-    shard_urls,
 )
+from trainers.shard_reader import SampleTable, sample_table, whole_samples  # noqa: E402
 
 CLIPS = ["Kop0sDqOn-c.mp4", "demo.mp4", "test.avi", "S001C001P001R001A001_rgb.avi"]
 RECIPES = {
@@ -61,13 +59,13 @@ RECIPES = {
 GPU_DEMAND = {"TSN flow, 3 x 5 flows": 110.0, "TSN RGB, 3 segments": 110.0, "I3D flow, 64 flows": 570.0 / 64}
 
 
-def export_rawframes(urls: list[str], root: Path) -> list[tuple[str, int, int, int, int, int]]:
+def export_rawframes(table: SampleTable, root: Path) -> list[tuple[str, int, int, int, int, int]]:
     """The samples as an mmaction2 rawframes tree (1-based file numbers); returns the annotation list:
     (folder, frames, flows, label, height, width) per video."""
     from schemas.sample import decode_sample
 
     videos = []
-    for members in read_samples(urls):
+    for members in whole_samples(table):
         sample = decode_sample(members)
         folder = root / sample.key
         folder.mkdir(parents=True)
@@ -183,7 +181,7 @@ def main() -> int:
     try:
         data = args.data or preprocess_clips(Path(args.videos), str(work))
         info = read_dataset_info(data)
-        videos = export_rawframes(shard_urls(data, "train"), work / "rawframes")
+        videos = export_rawframes(sample_table(data, "train"), work / "rawframes")
         server, port = start_moto()
         os.environ.update(s3_env(port))
         bucket = f"s3://bench-{uuid.uuid4().hex[:8]}"

@@ -16,7 +16,7 @@ from pipeline.progress import Progress
 from schemas.dataset import read_dataset_info
 from schemas.sample import FLOW_MODALITIES, decode_sample
 from storage import Location, basename, is_uri, join
-from trainers.data import read_samples, shard_urls
+from trainers.shard_reader import sample_table, whole_samples
 
 FORMATS = ("rawframes",)
 
@@ -85,7 +85,7 @@ def main(cfg: ExportConfig) -> int:
     videos = frames = 0
     for split in splits:
         lists: tuple[list[str], list[str]] = ([], [])
-        for members in read_samples(shard_urls(cfg.data, split)):
+        for members in whole_samples(sample_table(cfg.data, split)):
             sample = decode_sample(members, modalities=("rgb", flow) if flow else ("rgb",))
             for file, data in rawframe_files(sample, flow).items():
                 out.write_bytes(data, rawframes_dir(sample), file)

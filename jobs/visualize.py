@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 from jobs.common import ArgumentParser, check_locations, cli
 from pipeline.contact_sheet import animation_frames, choose_samples, encode_gif, layout, sample_row, sheet_png
 from pipeline.decode import encode_mp4
-from schemas.dataset import INDEX_FILE, SHARDS_DIR, read_dataset_info
+from schemas.dataset import INDEX_FILE, read_dataset_info
 from schemas.sample import decode_sample
 from storage import Location, join, redact
-from trainers.data import read_samples
+from trainers.shard_reader import sample_table, whole_samples
 
 CONTACT_SHEET = "contact_sheet.png"
 
@@ -130,14 +130,14 @@ def chosen_rows(cfg: VisualizeConfig, classes: list[str]) -> list[dict]:
 
 
 def read_chosen(data: str, rows: list[dict]) -> list:
-    """The chosen samples, decoded (their members, not their images), in the order of `rows`; only the shards
-    that hold them are read."""
-    wanted = {row["key"] for row in rows}
-    shards = sorted({row["shard"] for row in rows})
+    """The chosen samples, decoded (their members, not their images), in the order of `rows`; each read alone by
+    its byte range."""
     found = {}
-    for members in read_samples([join(data, SHARDS_DIR, s) for s in shards]):
-        if members["__key__"] in wanted:
-            found[members["__key__"]] = decode_sample(members)
+    for split in sorted({row["split"] for row in rows}):
+        table = sample_table(data, split)
+        place = {key: i for i, key in enumerate(table.keys)}
+        wanted = [place[row["key"]] for row in rows if row["split"] == split]
+        found |= {members["__key__"]: decode_sample(members) for members in whole_samples(table, wanted)}
     return [found[row["key"]] for row in rows]
 
 

@@ -238,6 +238,7 @@ def _write_outputs(out: Location, cfg: PreprocessConfig, classes: list[str], par
             "frames": v.frames,
             "bytes": v.bytes,
             "offset": v.offset,
+            "head": v.head,
         }
         for v in videos
         if v.status == "ok"

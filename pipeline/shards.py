@@ -36,6 +36,7 @@ from schemas.sample import (
     encode_jpeg,
     encode_quantized_flow,
     encode_sample,
+    head_bytes,
     sample_ranges,
     write_sample,
 )
@@ -145,6 +146,7 @@ class VideoResult:
     bytes: int = 0  # the sample's bytes in the tar, headers and padding included
     label: int = -1
     offset: int = -1  # where the sample starts in the tar; -1 in records written before flowshard kept it
+    head: int = 0  # the sample's bytes up to and including its member table; 0: no table (written before one was)
 
     def __post_init__(self):
         self.reason = redact(self.reason)  # it may name a video's URI, credentials and all; results are stored and printed
@@ -327,7 +329,10 @@ def _add_video(record: VideoRecord, spec: ShardSpec, cfg: ProcessConfig, flow, t
         offset = sink.offset  # the tar's logical position (what reached the stream is behind it by tarfile's buffer)
         index.append(write_sample(sink, encode_sample(sample)))
     seconds, written = time.monotonic() - start, sink.offset - offset
-    return VideoResult(record.video_id, spec.split, spec.name, "ok", "", seconds, sample.meta.num_frames, written, record.label, offset)
+    head = head_bytes(index[-1], offset)
+    return VideoResult(
+        record.video_id, spec.split, spec.name, "ok", "", seconds, sample.meta.num_frames, written, record.label, offset, head
+    )
 
 
 def index_finished_shards(out: Location, finished: list[ShardResult]) -> int:

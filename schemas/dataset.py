@@ -3,7 +3,8 @@
 OUT/shards/<split>-<NNNNNN>.tar   the samples (see schemas.sample)
 OUT/shards/<split>-<NNNNNN>.idx   its index for NVIDIA DALI's webdataset reader (schemas.sample.dali_index)
 OUT/index.parquet                 one row per sample: key, shard, label, split, frames, and its byte range in
-                                  the tar (offset, bytes): one ranged read gets the whole sample
+                                  the tar (offset, bytes): one ranged read gets the whole sample; its first
+                                  `head` bytes hold its metadata and member table, which place every member
 OUT/results.parquet               one row per manifest video: ok or failed, the reason, seconds
 OUT/dataset.json                  classes, modalities, parameters, counts, the flowshard version
 """
@@ -34,6 +35,8 @@ INDEX_SCHEMA = pa.schema(
         pa.field("frames", pa.int32(), nullable=False),
         pa.field("bytes", pa.int64(), nullable=False),  # the sample's bytes in the tar, headers and padding included
         pa.field("offset", pa.int64(), nullable=False),  # where the sample's first header starts in the tar
+        # its first bytes up to and including its member table (schemas.sample.MEMBERS); 0: a sample without one
+        pa.field("head", pa.int64(), nullable=False),
     ]
 )
 

@@ -2,8 +2,12 @@
 
 A sample holds, under the key `<video_id>` (no '.' or '/'):
 
-    json                      metadata (SampleMeta as JSON): ids, label, fps, frame count, source, modalities
     cls                       the label as ASCII digits (-1 when unlabelled)
+    json                      metadata (SampleMeta as JSON): ids, label, fps, frame count, source, modalities
+    members.npy               the member table: (n, 2) int64, for each member after it in the tar (the frames and
+                              flows, in `member_suffixes` order) the offset of its data from the sample's start
+                              and its size; a loader reads the sample's head (up to here, `head` bytes in
+                              index.parquet) and then only the members an example uses, by byte range
     rgb.000000.jpg ...        RGB frames, 0-based frame index i
     tvl1.000000.x.jpg ...     flow i = frame i -> frame i+1 (N frames give N-1 flows), x and y as 8-bit
     tvl1.000000.y.jpg         grayscale JPEGs, p = round(255 * (v + B) / (2B)) clipped, B = flow bound
@@ -11,7 +15,8 @@ A sample holds, under the key `<video_id>` (no '.' or '/'):
 
 With `flow_encoding="png16"` the flow members end in `.x.png` / `.y.png` (16-bit, p = round(65535 (v+B)/2B)),
 with `"float16"` each flow is one `<modality>.<i>.npy` member (H, W, 2) float16. Frame indices are 0-based
-everywhere (rawframe tools number files from 1; that off-by-one does not exist here).
+everywhere (rawframe tools number files from 1; that off-by-one does not exist here). Members are laid out in the
+tar sorted by suffix, as webdataset's TarWriter lays them out.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ FORMAT_VERSION = 1
 
 JSON = "json"
 CLS = "cls"
+MEMBERS = "members.npy"
 RGB = "rgb"
 FLOW_MODALITIES = ("tvl1", "warp_tvl1")
 MODALITIES = (RGB, *FLOW_MODALITIES)
@@ -50,6 +56,15 @@ def flow_members(modality: str, index: int, encoding: str = "jpeg") -> tuple[str
     if encoding == "float16":
         return (f"{modality}.{index:06d}.npy",)
     raise ValueError(f"unknown flow encoding {encoding!r}; choose one of {', '.join(FLOW_ENCODINGS)}")
+
+
+def member_suffixes(meta: SampleMeta) -> list[str]:
+    """The suffixes of a sample's frames and flows in tar order: the rows of its member table."""
+    names = [rgb_member(i) for i in range(meta.num_frames)] if RGB in meta.modalities else []
+    for modality in FLOW_MODALITIES:
+        if modality in meta.modalities:
+            names += [n for i in range(meta.num_flows) for n in flow_members(modality, i, meta.flow_encoding)]
+    return sorted(names)
 
 
 # --- flow quantisation (pure) ----------------------------------------------------------------------------
@@ -238,26 +253,88 @@ def encode_sample(sample: Sample) -> dict[str, bytes]:
     return out
 
 
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _tar_info(name: str, size: int, mtime: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uname, info.gname = size, mtime, 0o444, "bigdata", "bigdata"
+    return info
+
+
+def _padded(size: int) -> int:
+    return -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
+def with_member_table(members: dict[str, bytes], tar_format: int = tarfile.PAX_FORMAT, mtime: int = 0) -> dict[str, bytes]:
+    """An encoded sample with its member table (`MEMBERS`) added: where each member after the table will lie once
+    the sample is written to a tar of `tar_format` (sorted by suffix, as `write_sample` and webdataset's TarWriter
+    write it), as offsets from the sample's first header. Pure: every header's length is known before writing
+    (a long or non-ASCII name takes a PAX record)."""
+    key = members["__key__"]
+    suffixes = sorted([s for s in members if s not in ("__key__", MEMBERS)] + [MEMBERS])
+    after = [s for s in suffixes if s > MEMBERS]
+    table = np.zeros((len(after), 2), np.int64)
+    sizes = {s: len(members[s]) for s in suffixes if s != MEMBERS} | {MEMBERS: len(_npy(table))}  # fixed by the shape
+    position, row = 0, 0
+    for suffix in suffixes:
+        position += len(_tar_info(f"{key}.{suffix}", sizes[suffix], mtime).tobuf(tar_format, "utf-8", "surrogateescape"))
+        if suffix > MEMBERS:
+            table[row], row = (position, sizes[suffix]), row + 1
+        position += _padded(sizes[suffix])
+    return {**members, MEMBERS: _npy(table)}
+
+
 def write_sample(tar: tarfile.TarFile, members: dict[str, bytes], mtime: int = 0) -> list[tuple[str, int, int, str]]:
-    """Append an encoded sample to a shard tar: members `<key>.<suffix>` in sorted order, laid out byte for byte as
-    `webdataset.TarWriter` lays them out (mode 0444, owner bigdata), with a fixed time so that the same sample
-    always gives the same bytes (an int: a float adds a PAX record per member). The standard library writes it:
-    webdataset's writer imports torch, which a shard task otherwise never needs.
+    """Append an encoded sample to a shard tar with its member table (`with_member_table`): members `<key>.<suffix>`
+    in sorted order, laid out byte for byte as `webdataset.TarWriter` lays them out (mode 0444, owner bigdata),
+    with a fixed time so that the same sample always gives the same bytes (an int: a float adds a PAX record per
+    member). The standard library writes it: webdataset's writer imports torch, which a shard task otherwise never
+    needs.
 
     Returns the sample's members as a DALI index lists them (see `dali_index`): (extension, offset of the data
     in the tar, size, member name)."""
-    key = members["__key__"]
+    if tar.encoding != "utf-8" or tar.errors != "surrogateescape":
+        raise ValueError(f"shards are written as UTF-8 tars (this one: {tar.encoding}, {tar.errors})")
+    members = with_member_table(members, tar.format, mtime)
+    key, start = members["__key__"], tar.offset
     components = []
-    for suffix in sorted(members):
-        if suffix == "__key__":
-            continue
+    for suffix in sorted(s for s in members if s != "__key__"):
         data = members[suffix]
-        info = tarfile.TarInfo(f"{key}.{suffix}")
-        info.size, info.mtime, info.mode, info.uname, info.gname = len(data), mtime, 0o444, "bigdata", "bigdata"
+        info = _tar_info(f"{key}.{suffix}", len(data), mtime)
         tar.addfile(info, io.BytesIO(data))
-        padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-        components.append((suffix, tar.offset - padded, len(data), info.name))  # tar.offset: the end of this member
+        components.append((suffix, tar.offset - _padded(len(data)), len(data), info.name))  # tar.offset: the end of this member
+    table = read_member_table(members[MEMBERS])
+    if [(o - start, n) for suffix, o, n, _ in components if suffix > MEMBERS] != [tuple(r) for r in table.tolist()]:
+        raise AssertionError(f"{key}: the member table does not match the tar as written")  # a change to the layout
     return components
+
+
+def read_member_table(data: bytes) -> np.ndarray:
+    """A sample's `MEMBERS` bytes -> (n, 2) int64: each later member's data offset from the sample's start, and size.
+
+    Raises:
+        ValueError: the bytes are not such a table.
+    """
+    try:
+        table = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"a corrupt member table ({exc})") from None
+    if table.dtype != np.int64 or table.ndim != 2 or table.shape[1] != 2:
+        raise ValueError(f"a corrupt member table ({table.dtype} {table.shape}, expected int64 (n, 2))")
+    return table
+
+
+def head_bytes(components: list[tuple[str, int, int, str]], start: int) -> int:
+    """How many bytes of a sample, from its first header at `start`, hold its head (its members up to and including
+    the member table); 0 for a sample without a table (written before flowshard wrote them)."""
+    for suffix, offset, size, _ in components:
+        if suffix == MEMBERS:
+            return offset + _padded(size) - start
+    return 0
 
 
 DALI_INDEX_VERSION = "v1.2"
@@ -273,15 +350,17 @@ def dali_index(samples: list[list[tuple[str, int, int, str]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sample_ranges(index: str) -> dict[str, tuple[int, int]]:
-    """{key: (offset, bytes)} of each sample of a shard, from its `dali_index` text: a sample starts where the one
-    before it ends (the first at 0) and ends with its last member's data, padded to a tar block."""
+def sample_ranges(index: str) -> dict[str, tuple[int, int, int]]:
+    """{key: (offset, bytes, head)} of each sample of a shard, from its `dali_index` text: a sample starts where the
+    one before it ends (the first at 0) and ends with its last member's data, padded to a tar block; `head` as
+    `head_bytes` gives it."""
     ranges, start = {}, 0
     for line in index.splitlines()[1:]:
         fields = line.split(" ")
-        key = fields[3].split(".", 1)[0]
-        end = int(fields[-3]) + -(-int(fields[-2]) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-        ranges[key], start = (start, end - start), end
+        components = [(fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3]) for i in range(0, len(fields), 4)]
+        key = components[0][3].split(".", 1)[0]
+        end = components[-1][1] + _padded(components[-1][2])
+        ranges[key], start = (start, end - start, head_bytes(components, start)), end
     return ranges
 
 
@@ -313,6 +392,27 @@ def member_filter(modalities: tuple[str, ...]):
     return keep
 
 
+def decode_meta(members: dict) -> SampleMeta:
+    """A sample's metadata from its `json` member ({member suffix: bytes}, with "__key__" where known).
+
+    Raises:
+        ValueError: the metadata is missing or from another format version.
+    """
+    key = members.get("__key__", "?")
+    if JSON not in members:
+        raise ValueError(f"sample {key!r} has no {JSON} member; it was not written by flowshard")
+    raw = json.loads(members[JSON])
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"sample {key!r} has format version {raw.get('format_version')}, this flowshard reads {FORMAT_VERSION}; rebuild the shards"
+        )
+    try:
+        raw["modalities"] = tuple(raw["modalities"])
+        return SampleMeta(**raw)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"sample {key!r} has metadata flowshard cannot read ({exc})") from None
+
+
 def decode_sample(members: dict, modalities: tuple[str, ...] | None = None) -> Sample:
     """{member suffix: bytes} as read by `webdataset` (undecoded) -> Sample. Nothing is image-decoded here.
 
@@ -323,15 +423,7 @@ def decode_sample(members: dict, modalities: tuple[str, ...] | None = None) -> S
         ValueError: the metadata is missing or from another format version, or frames are missing.
     """
     key = members.get("__key__", "?")
-    if JSON not in members:
-        raise ValueError(f"sample {key!r} has no {JSON} member; it was not written by flowshard")
-    raw = json.loads(members[JSON])
-    if raw.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"sample {key!r} has format version {raw.get('format_version')}, this flowshard reads {FORMAT_VERSION}; rebuild the shards"
-        )
-    raw["modalities"] = tuple(raw["modalities"])
-    meta = SampleMeta(**raw)
+    meta = decode_meta(members)
     wanted = meta.modalities if modalities is None else [m for m in meta.modalities if m in modalities]
     try:
         rgb = [members[rgb_member(i)] for i in range(meta.num_frames)] if RGB in wanted else []

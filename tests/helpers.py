@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tarfile
 from pathlib import Path
 
 import av
@@ -11,7 +12,18 @@ import pyarrow.parquet as pq
 import webdataset as wds
 
 from schemas.dataset import INDEX_SCHEMA, DatasetInfo
-from schemas.sample import Sample, SampleMeta, dali_index_of, encode_flow, encode_jpeg, encode_sample, sample_ranges
+from schemas.sample import (
+    Sample,
+    SampleMeta,
+    dali_index_of,
+    encode_flow,
+    encode_jpeg,
+    encode_sample,
+    sample_ranges,
+    write_sample,
+)
+from storage import Location
+from trainers.tar_stream import read_members
 
 # TV-L1 with one warp per pyramid level instead of five (~4x faster on the CPU) for the tests of the pipeline's
 # mechanics: the flow still follows the synthetic motion; the solver's accuracy is tested on Middlebury (test_flow.py)
@@ -105,21 +117,27 @@ def synthetic_sample(key: str, label: int, frames: int = FRAMES) -> Sample:
     return Sample(meta=meta, rgb=rgb, flow={"tvl1": flows})
 
 
-def write_dataset(root: Path, shards: dict[str, list[Sample]]) -> None:
+def write_dataset(root: Path, shards: dict[str, list[Sample]], member_tables: bool = True) -> None:
     """A dataset folder of these shards, each in the split its name starts with ("train-000000.tar": train), with
-    its dataset.json and index.parquet."""
+    its dataset.json and index.parquet; without `member_tables`, written as flowshard wrote them before samples
+    held one (by plain webdataset)."""
     (root / "shards").mkdir(parents=True)
     index = []
     for name, samples in shards.items():
-        with wds.TarWriter(str(root / "shards" / name)) as sink:
-            for s in samples:
-                sink.write(encode_sample(s))
+        if member_tables:
+            with tarfile.open(root / "shards" / name, "w|") as sink:
+                for s in samples:
+                    write_sample(sink, encode_sample(s))
+        else:
+            with wds.TarWriter(str(root / "shards" / name)) as sink:
+                for s in samples:
+                    sink.write(encode_sample(s))
         with open(root / "shards" / name, "rb") as tar:
             ranges = sample_ranges(dali_index_of(tar))
         for s in samples:
-            offset, size = ranges[s.key]
+            offset, size, head = ranges[s.key]
             row = {"key": s.key, "shard": name, "label": s.meta.label, "split": name.split("-")[0], "frames": s.meta.num_frames}
-            index.append(row | {"bytes": size, "offset": offset})
+            index.append(row | {"bytes": size, "offset": offset, "head": head})
     pq.write_table(pa.Table.from_pylist(index, schema=INDEX_SCHEMA), root / "index.parquet")
     splits = sorted({name.split("-")[0] for name in shards})
     info = DatasetInfo(
@@ -130,6 +148,22 @@ def write_dataset(root: Path, shards: dict[str, list[Sample]]) -> None:
         shards={split: sorted(n for n in shards if n.startswith(split + "-")) for split in splits},
     )
     (root / "dataset.json").write_text(info.to_json())
+
+
+def shard_samples(urls: list[str]) -> list[dict[str, bytes]]:
+    """Every sample in these shard tars (local paths or URIs), read straight from the tars, not through the dataset's
+    index: {"__key__", member suffix: bytes} each, in order."""
+    samples: list[dict] = []
+    for url in urls:
+        last = None
+        with Location(url).open_input_stream() as stream:
+            for name, data in read_members(stream):
+                key, _, suffix = name.partition(".")
+                if key != last:
+                    samples.append({"__key__": key})
+                    last = key
+                samples[-1][suffix] = data
+    return samples
 
 
 def whole_shards(names: list[str]) -> list[str]:

@@ -99,7 +99,7 @@ def test_this_checkout_writes_what_the_reference_commit_wrote(tmp_path):
     assert old_index.drop_columns(["bytes"]).equals(new_index.select(old_index.column_names).drop_columns(["bytes"]))
     for row in new_index.to_pylist():
         with open(new / "data" / "shards" / row["shard"], "rb") as tar:
-            assert sample_ranges(dali_index_of(tar))[row["key"]] == (row["offset"], row["bytes"])
+            assert sample_ranges(dali_index_of(tar))[row["key"]] == (row["offset"], row["bytes"], row["head"])
     assert (old / "data" / "dataset.json").read_bytes() == (new / "data" / "dataset.json").read_bytes()
     # The same flags, the same configuration (compared as values: --shard-size-mb's default is now written as the
     # float the flag's type makes of a value given by hand, 1024.0 where the reference wrote 1024).

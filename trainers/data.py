@@ -1,52 +1,33 @@
-"""Streaming examples from the shards with webdataset's stages: nothing is unpacked to disk.
+"""Examples streamed from the shards: nothing is unpacked to disk, and only what an example uses is read.
 
 The pipeline is one visible list of stages (`example_pipeline`): the epoch's samples for this rank and loader
 worker (`EpochSamples`: for training a seeded shuffle of the whole split, every sample once, ranks equal; for
-evaluation each sample once, in order; see `trainers.epochs`) -> each sample read by one ranged read of its
-byte range (index.parquet's `offset` and `bytes`; a positioned read on a local disk, a ranged GET on object
-storage), no shuffle buffer -> `schemas.sample.decode_sample` -> `make_example`, which chooses the frames and
-crops (`select`) and decodes only the frames the example uses; or, with `decode_on`, the workers stop at the
-choice and the frames are decoded on the training device. Members of other modalities are dropped as the tar
-bytes are parsed (`member_filter`). A corrupt sample is skipped with a warning and counted.
+evaluation each sample once, in order; see `trainers.epochs`) -> `_examples`: each sample's head read (its
+metadata and member table), its frames and crops chosen from the metadata (`choose_example`), only the chosen
+members read by byte range (`trainers.shard_reader`), then decoded and assembled (`make`); or, with `decode`
+False, the workers stop at the `Selection` and the frames are decoded on the training device. A corrupt sample is
+skipped with a warning and counted.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import warnings
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 import webdataset as wds
 from torchvision.io import ImageReadMode, decode_jpeg
-from webdataset.tariterators import group_by_keys
 
-from schemas.dataset import DALI_INDEX_SUFFIX, INDEX_FILE, SHARDS_DIR, DatasetInfo, read_dataset_info
-from schemas.sample import (
-    FLOW_MODALITIES,
-    RGB,
-    Sample,
-    dali_index_of,
-    decode_flow,
-    decode_flow_u8,
-    decode_image,
-    decode_sample,
-    member_filter,
-    sample_ranges,
-)
-from storage import Location, StorageError, basename, join, redact
+from schemas.sample import FLOW_MODALITIES, RGB, Sample, SampleMeta, decode_flow, decode_flow_u8, decode_image, flow_members, rgb_member
+from storage import Location
 
 from .epochs import epoch_share
 from .sampling import clip_indices, snippet_indices, tsn_offsets
-from .tar_stream import TarError, read_members
+from .shard_reader import OPEN_REMOTE_SHARDS, OpenedSample, SampleTable, ShardReader, read_chosen, sample_table
 from .transforms import (
     center_box,
     crop_resize,
@@ -141,28 +122,61 @@ def choose(length: int, height: int, width: int, cfg: ExampleConfig, train: bool
     return idx, boxes if cfg.flip else [box for box in boxes if not box[4]]  # no mirror images for a run without flips
 
 
-def _member(sample: Sample, cfg: ExampleConfig, index: int):
-    """Frame or flow `index` as stored (JPEG bytes); lossless flow decoded to the 0..255 scale of the 8-bit
-    images, clipped at the bound as they are."""
+@dataclass(frozen=True)
+class Choice:
+    """The random choices of one example, made from a sample's metadata alone (before any frame is read)."""
+
+    indices: np.ndarray  # (U,) the distinct frames (or flows) used, sorted
+    order: np.ndarray  # (n, T) positions in `indices`: TSN (K, L) snippets, I3D (clips, T) clips
+    boxes: list[tuple[int, int, int, int, bool]]
+
+
+def choose_example(meta: SampleMeta, cfg: ExampleConfig, train: bool, rng: np.random.Generator) -> Choice:
+    """An example's choices for a video with this metadata.
+
+    Raises:
+        ValueError: the video lacks the modality the example needs.
+    """
+    if cfg.modality != RGB and cfg.modality not in meta.modalities:
+        raise ValueError(f"sample {meta.video_id} has no {cfg.modality} flow (it has {', '.join(meta.modalities)})")
+    length = meta.num_flows if cfg.is_flow else meta.num_frames
+    idx, boxes = choose(length, meta.height, meta.width, cfg, train, rng)
+    distinct, order = np.unique(idx, return_inverse=True)
+    return Choice(distinct, order.reshape(idx.shape), boxes)
+
+
+def parts_of(meta: SampleMeta, cfg: ExampleConfig, index: int) -> tuple[str, ...]:
+    """The member suffixes that hold frame (or flow) `index` of the example's modality."""
+    return flow_members(cfg.modality, index, meta.flow_encoding) if cfg.is_flow else (rgb_member(index),)
+
+
+def stored_member(meta: SampleMeta, cfg: ExampleConfig, parts: tuple[bytes, ...]):
+    """A frame's or flow's member bytes as a `Selection` holds them: RGB JPEG bytes, the (x, y) flow JPEGs, or
+    lossless flow decoded to the 0..255 scale of the 8-bit images, clipped at the bound as they are."""
     if not cfg.is_flow:
-        return sample.rgb[index]
-    parts = sample.flow[cfg.modality][index]
-    if sample.meta.flow_encoding == "jpeg":
+        return parts[0]
+    if meta.flow_encoding == "jpeg":
         return parts
-    bound = sample.meta.flow_bound
-    flow = decode_flow(parts, sample.meta.flow_encoding, bound)
+    bound = meta.flow_bound
+    flow = decode_flow(parts, meta.flow_encoding, bound)
     return np.clip(255.0 * (flow + bound) / (2 * bound), 0.0, 255.0).astype(np.float32)
 
 
+def selection(meta: SampleMeta, choice: Choice, members: dict[str, bytes], cfg: ExampleConfig, train: bool) -> Selection:
+    """An example chosen, with the members its choice needs (by suffix), not decoded."""
+    stored = [stored_member(meta, cfg, tuple(members[p] for p in parts_of(meta, cfg, int(i)))) for i in choice.indices]
+    return Selection(meta.video_id, meta.label, stored, choice.order, choice.boxes, train)
+
+
 def select(sample: Sample, cfg: ExampleConfig, train: bool, rng: np.random.Generator) -> Selection:
-    """A video's example, chosen but not decoded."""
-    if cfg.modality != RGB and cfg.modality not in sample.flow:
-        raise ValueError(f"sample {sample.key} has no {cfg.modality} flow (it has {', '.join(sample.meta.modalities)})")
-    length = sample.meta.num_flows if cfg.is_flow else sample.meta.num_frames
-    idx, boxes = choose(length, sample.meta.height, sample.meta.width, cfg, train, rng)
-    distinct, order = np.unique(idx, return_inverse=True)
-    members = [_member(sample, cfg, int(i)) for i in distinct]
-    return Selection(sample.key, sample.meta.label, members, order.reshape(idx.shape), boxes, train)
+    """A video's example from its whole sample in memory, chosen but not decoded (what the loader makes from the
+    members it reads by range, for the same generator state)."""
+    choice = choose_example(sample.meta, cfg, train, rng)
+    if cfg.is_flow:
+        members = {p: data for i in choice.indices for p, data in zip(parts_of(sample.meta, cfg, int(i)), sample.flow[cfg.modality][i])}
+    else:
+        members = {rgb_member(int(i)): sample.rgb[i] for i in choice.indices}
+    return selection(sample.meta, choice, members, cfg, train)
 
 
 def decode_members(members: list, is_flow: bool) -> torch.Tensor:
@@ -225,124 +239,6 @@ def make_example(sample: Sample, cfg: ExampleConfig, train: bool, rng: np.random
     return assemble(sel, decode_members(sel.members, cfg.is_flow), cfg), sel.label, sel.key
 
 
-def shard_urls(root: str, split: str, info: DatasetInfo | None = None) -> list[str]:
-    """The shard files of `split` listed in the dataset's dataset.json (`info`, read here when not given; local paths
-    or URIs, as `root`).
-
-    Raises:
-        ValueError: the dataset has no shards for this split (names the splits it has).
-    """
-    info = info or read_dataset_info(root)
-    names = info.shards.get(split, [])
-    if not names:
-        raise ValueError(f"{root} has no {split!r} shards (it has: {', '.join(sorted(info.shards)) or 'none'})")
-    return [join(root, SHARDS_DIR, n) for n in names]
-
-
-def open_shards(src: Iterator[dict], handler: Callable[[Exception], bool] = wds.reraise_exception) -> Iterator[dict]:
-    """Stage: {"url"} -> {"url", "stream"}, each shard opened through `storage` (webdataset has no opener for
-    object stores); a shard that cannot be opened goes to `handler`. Each stream is closed once the next
-    shard is asked for, which is when the tar reader has finished it."""
-    for sample in src:
-        try:
-            stream = Location(sample["url"]).open_input_stream()
-        except StorageError as exc:
-            if handler(exc):
-                continue
-            break
-        try:
-            yield {**sample, "stream": stream}
-        finally:
-            stream.close()
-
-
-def tar_files(shards: Iterator[dict], handler: Callable[[Exception], bool], select_files: Callable[[str], bool] | None) -> Iterator[dict]:
-    """Stage: opened shards -> their members ({"fname", "data", "__url__"}) read by `tar_stream.read_members`,
-    then {} at the end of each shard so that samples of two shards never merge; a corrupt shard goes to
-    `handler` (its samples so far kept; a partial last sample fails in `decode_sample`)."""
-    for shard in shards:
-        try:
-            for name, data in read_members(shard["stream"], select_files):
-                yield {"fname": name, "data": data, "__url__": shard["url"]}
-        except (TarError, OSError) as exc:
-            if not handler(ValueError(f"{shard['url']}: {exc}")):
-                break
-        yield {}
-
-
-def tar_samples(
-    src: Iterator[dict], handler: Callable[[Exception], bool] = wds.reraise_exception, select_files: Callable[[str], bool] | None = None
-) -> Iterator[dict]:
-    """Stage: shard URLs ({"url"}) -> samples ({member suffix: bytes}), as `wds.tarfile_to_samples` but opened
-    through `storage` and read by `tar_stream` (~20x faster per member than tarfile)."""
-    return group_by_keys(tar_files(open_shards(src, handler), handler, select_files), handler=handler)
-
-
-def read_samples(urls: list[str]) -> wds.DataPipeline:
-    """Every sample of these shards in order, undecoded (for inspection, not training)."""
-    return wds.DataPipeline(wds.SimpleShardList(urls), tar_samples)
-
-
-@dataclass(frozen=True)
-class SampleTable:
-    """The samples of a split and where each lies: its shard's number in `urls`, its offset and size in the tar."""
-
-    urls: list[str]  # the split's shards (local paths or URIs)
-    shard: np.ndarray  # (n,) int32
-    offset: np.ndarray  # (n,) int64
-    size: np.ndarray  # (n,) int64
-
-    def __len__(self) -> int:
-        return len(self.offset)
-
-
-def sample_table(root: str, split: str) -> SampleTable:
-    """The samples of `split` of a preprocessed dataset, in index.parquet's order, with their byte ranges.
-
-    A dataset built before flowshard kept the ranges has them read from its shards' DALI indexes (or, older still,
-    their tar headers: a read of every shard), with a warning: re-running its `jobs.preprocess` command stores them.
-
-    Raises:
-        ValueError: the dataset has no shards for this split (names the splits it has), or its index.parquet does
-            not list the samples dataset.json counts in them (an incomplete or changed dataset).
-    """
-    info = read_dataset_info(root)
-    urls = shard_urls(root, split, info)
-    number = {basename(url): i for i, url in enumerate(urls)}
-    with Location(root).open_input_file(INDEX_FILE) as f:
-        index = pq.read_table(f)
-    index = index.filter(pc.and_(pc.equal(index["split"], split), pc.is_in(index["shard"], pa.array(list(number)))))
-    expected = info.counts.get("samples", {}).get(split, len(index))
-    if len(index) != expected:
-        raise ValueError(
-            f"{root}: index.parquet lists {len(index)} {split} samples in the shards dataset.json names, which counts "
-            f"{expected}; the dataset is incomplete or was changed: run its jobs.preprocess command again"
-        )
-    shards = np.array([number[name] for name in index["shard"].to_pylist()], np.int32)
-    if "offset" in index.column_names:
-        offsets, sizes = index["offset"].to_numpy(), index["bytes"].to_numpy()
-    else:
-        log.warning(
-            "%s: index.parquet has no sample byte ranges (written by an older flowshard); reading them from the shards' "
-            "indexes at each epoch. Run its jobs.preprocess command again to store them (nothing else is redone).",
-            redact(str(root)),
-        )
-        ranges = {name: _shard_ranges(root, name) for name in set(index["shard"].to_pylist())}
-        found = [ranges[shard][key] for shard, key in zip(index["shard"].to_pylist(), index["key"].to_pylist())]
-        offsets, sizes = np.array([o for o, _ in found], np.int64), np.array([n for _, n in found], np.int64)
-    return SampleTable(urls=urls, shard=shards, offset=offsets.astype(np.int64), size=sizes.astype(np.int64))
-
-
-def _shard_ranges(root: str, shard: str) -> dict[str, tuple[int, int]]:
-    """{key: (offset, bytes)} of a shard's samples, from its DALI index, else from its tar's headers."""
-    shards = Location(root).child(SHARDS_DIR)
-    index = shard.removesuffix(".tar") + DALI_INDEX_SUFFIX
-    if shards.is_file(index):
-        return sample_ranges(shards.read_text(index))
-    with shards.open_input_stream(shard) as stream:
-        return sample_ranges(dali_index_of(stream))
-
-
 def _rank_and_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -355,7 +251,7 @@ def _worker_rng(seed: int, rank: int) -> np.random.Generator:
 
 
 class EpochSamples(torch.utils.data.IterableDataset):
-    """Source stage: the byte ranges ({"url", "offset", "size"}) this rank's loader worker reads in one epoch, as
+    """Source stage: the samples ({"url", "offset", "size", "head"}) this rank's loader worker reads in one epoch, as
     `trainers.epochs.epoch_share` deals them (run in the worker, which knows its number)."""
 
     def __init__(self, table: SampleTable, seed: int, train: bool, rank: int = 0, world: int = 1):
@@ -364,79 +260,59 @@ class EpochSamples(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        t = self.table
-        for i in epoch_share(len(t), self.seed, self.train, self.rank, self.world, worker, workers):
-            yield {"url": t.urls[t.shard[i]], "offset": int(t.offset[i]), "size": int(t.size[i])}
+        for i in epoch_share(len(self.table), self.seed, self.train, self.rank, self.world, worker, workers):
+            yield self.table.ref(i)
 
 
-# Shard files a loader worker keeps open: a local one holds a file descriptor (cheap to open again); opening one on
-# an object store costs a request (pyarrow asks for its size), holding it costs nothing, so all are kept.
-OPEN_LOCAL_SHARDS, OPEN_REMOTE_SHARDS = 16, 100_000
+# Reads a loader worker keeps waiting on object storage at once (heads, and chosen members, of this many samples
+# each), so that their latencies overlap; a local disk answers at once and is read inline.
+REMOTE_IN_FLIGHT = 8
 
 
-def read_ranges(
-    src: Iterator[dict], handler: Callable[[Exception], bool] = wds.reraise_exception, select_files: Callable[[str], bool] | None = None
-) -> Iterator[dict]:
-    """Stage: byte ranges ({"url", "offset", "size"}) -> samples ({"__key__", "__url__", member suffix: bytes}), each
-    one ranged read of its shard (positioned on a local disk, a ranged GET on object storage, after one request per
-    shard to open it), its tar members parsed by `tar_stream` and those `select_files` refuses dropped.
-
-    Args:
-        handler: gets a read that fails (a cut or corrupt shard, an unreachable store) and says whether to go on.
-    """
-    files: OrderedDict = OrderedDict()  # url -> open file, least recently used first
-    try:
-        for ref in src:
-            url = ref["url"]
-            try:
-                if url not in files:
-                    shard = Location(url)
-                    files[url] = shard.open_input_file()
-                    if len(files) > (OPEN_LOCAL_SHARDS if shard.is_local else OPEN_REMOTE_SHARDS):
-                        files.popitem(last=False)[1].close()
-                files.move_to_end(url)
-                data = files[url].read_at(ref["size"], ref["offset"])
-                if len(data) != ref["size"]:
-                    raise TarError(f"the shard ends at byte {ref['offset'] + len(data)}, inside a sample")
-                sample: dict = {"__url__": url}
-                for name, member in read_members(io.BytesIO(data), select_files):
-                    sample["__key__"], _, suffix = name.partition(".")
-                    sample[suffix] = member
-            except (TarError, OSError, StorageError) as exc:
-                if handler(ValueError(redact(f"{url} at byte {ref['offset']}: {exc}"))):
-                    continue
-                break
-            yield sample
-    finally:
-        for f in files.values():
-            f.close()
-
-
-def _examples(src, cfg: ExampleConfig, train: bool, seed: int, rank: int, handler: SkipCounter, decode: bool = True):
-    """Stage: Sample -> example (or, with `decode` False, its `Selection`); a sample that cannot be made into one
-    is skipped through `handler`. In training each sample skipped here or upstream is made up for by another
-    example of the worker's last good sample, so every rank still takes the same number of steps (DDP never waits),
-    as long as the worker read one good sample (a worker whose every sample is corrupt makes none)."""
+def _examples(src, cfg: ExampleConfig, train: bool, seed: int, rank: int, handler: SkipCounter, remote: bool, decode: bool = True):
+    """Stage: sample places -> examples (or, with `decode` False, their `Selection`s). Each sample's head is read,
+    its example chosen from the metadata, and only the chosen members are read (`shard_reader.read_chosen`).
+    A sample that cannot be read or made into an example is skipped through `handler`. In training each skipped
+    sample is made up for by another example of the worker's last good sample, so every rank still takes the same
+    number of steps (DDP never waits), as long as the worker read one good sample (a worker whose every sample is
+    corrupt makes none)."""
     rng = _worker_rng(seed, rank)
-    make = make_example if decode else select
+    reader = ShardReader(REMOTE_IN_FLIGHT, OPEN_REMOTE_SHARDS) if remote else ShardReader()
+
+    def chosen(meta: SampleMeta) -> tuple[Choice, list[str]]:
+        choice = choose_example(meta, cfg, train, rng)
+        return choice, [p for i in choice.indices for p in parts_of(meta, cfg, int(i))]
+
+    def make(sample: OpenedSample, choice: Choice, members: dict):
+        sel = selection(sample.meta, choice, members, cfg, train)
+        return (assemble(sel, decode_members(sel.members, cfg.is_flow), cfg), sel.label, sel.key) if decode else sel
+
     last, repaid = None, 0
 
     def made_up():
-        nonlocal repaid
+        nonlocal last, repaid
         while train and last is not None and repaid < handler.count:
             repaid += 1
-            yield make(last, cfg, train, rng)
+            choice, suffixes = chosen(last.meta)
+            try:
+                yield make(last, choice, reader.members(last, suffixes)())
+            except (ValueError, OSError, KeyError) as exc:  # the last good sample is bad after all: none to repeat
+                handler(ValueError(f"{last.key}: {exc}"))
+                last = None
 
-    for sample in src:
-        try:
-            example = make(sample, cfg, train, rng)
-        except ValueError as exc:
-            handler(ValueError(f"{sample.key}: {exc}"))
-        else:
-            last = sample
-            yield example
-        yield from made_up()
-    yield from made_up()  # for samples lost after the last one made
+    try:
+        for sample, choice, members in read_chosen(src, chosen, reader, handler, REMOTE_IN_FLIGHT if remote else 1):
+            try:
+                example = make(sample, choice, members)
+            except ValueError as exc:
+                handler(ValueError(f"{sample.key}: {exc}"))
+            else:
+                last = sample
+                yield example
+            yield from made_up()
+        yield from made_up()  # for samples lost after the last one made
+    finally:
+        reader.close()
 
 
 def example_pipeline(
@@ -446,11 +322,10 @@ def example_pipeline(
     `world_size`: for training every sample of the split once in a seeded order, ranks equal (padded with repeats);
     for evaluation every sample once over all ranks."""
     handler = SkipCounter()
+    remote = bool(table.urls) and not Location(table.urls[0]).is_local
     return wds.DataPipeline(
         EpochSamples(table, seed, train, rank, world_size),
-        partial(read_ranges, handler=handler, select_files=member_filter((cfg.modality,))),  # other modalities dropped
-        wds.map(partial(decode_sample, modalities=(cfg.modality,)), handler=handler),
-        partial(_examples, cfg=cfg, train=train, seed=seed, rank=rank, handler=handler, decode=decode),
+        partial(_examples, cfg=cfg, train=train, seed=seed, rank=rank, handler=handler, remote=remote, decode=decode),
     )
 
 

@@ -57,6 +57,24 @@ def _long_name(kind: bytes, data: bytes) -> str | None:
     return None
 
 
+def header_fields(header: bytes) -> tuple[str, int]:
+    """The name (its plain header's, without a PAX or GNU long name) and size in a 512-byte tar header.
+
+    Raises:
+        TarError: the block fails the header checksum (not a header: a cut, misplaced or corrupt read).
+    """
+    try:
+        stored = _number(header[148:156])
+    except ValueError:
+        stored = -1
+    if len(header) != BLOCK or stored != sum(header[:148]) + 256 + sum(header[156:]):  # the checksum field counts as spaces
+        raise TarError("not a tar header (bad checksum): the shard is corrupt")
+    name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    if header[257:265] == _POSIX_MAGIC and header[345] != 0:
+        name = header[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape") + "/" + name
+    return name, _number(header[124:136])
+
+
 def read_members(stream: BinaryIO, select: Callable[[str], bool] | None = None) -> Iterator[tuple[str, bytes]]:
     """(name, bytes) of each regular file in the tar `stream` that `select` keeps (all by default), in order.
 
@@ -71,18 +89,11 @@ def read_members(stream: BinaryIO, select: Callable[[str], bool] | None = None) 
         if len(header) < BLOCK:
             raise TarError(f"the tar ends inside a header at byte {offset + len(header)}")
         try:
-            stored = _number(header[148:156])
-        except ValueError:
-            stored = -1
-        if stored != sum(header[:148]) + 256 + sum(header[156:]):  # the checksum field itself counts as spaces
-            raise TarError(f"not a tar header at byte {offset} (bad checksum): the shard is corrupt")
-        size, kind = _number(header[124:136]), header[156:157]
-        padding = -size % BLOCK
-        name = next_name
-        if name is None:
-            name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            if header[257:265] == _POSIX_MAGIC and header[345] != 0:
-                name = header[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape") + "/" + name
+            plain_name, size = header_fields(header)
+        except TarError:
+            raise TarError(f"not a tar header at byte {offset} (bad checksum): the shard is corrupt") from None
+        kind, padding = header[156:157], -size % BLOCK
+        name = next_name if next_name is not None else plain_name
         next_name = None
         offset += BLOCK
         data = _read(stream, size + padding, offset)  # one read: the data and its padding to the next block

@@ -23,8 +23,7 @@ from schemas.manifest import read_manifest
 from schemas.sample import decode_sample
 from storage import TMP_MARK, Location, join
 from tests.conftest import REPO, incomplete_uploads, run_inline, run_job
-from tests.helpers import BAD_REASONS, QUICK_FLOW, whole_shards, write_bad_inputs
-from trainers.data import read_samples
+from tests.helpers import BAD_REASONS, QUICK_FLOW, shard_samples, whole_shards, write_bad_inputs
 from trainers.metrics import video_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -41,7 +40,7 @@ def upload_tree(local: Path, uri: str) -> None:
 
 def shard_keys(out: str) -> list[str]:
     shards = whole_shards(Location(out).list("shards"))  # only whole shards (and their indexes) are visible
-    return [m["__key__"] for m in read_samples([join(out, "shards", n) for n in shards])]
+    return [m["__key__"] for m in shard_samples([join(out, "shards", n) for n in shards])]
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +99,7 @@ def test_preprocess_to_s3_stores_every_good_video_once_and_records_bad_ones(s3_d
     results = {r["video_id"]: r for r in pq.read_table(Location(out).open_input_file("results.parquet")).to_pylist()}
     for name, reason in BAD_REASONS.items():
         assert results[name]["status"] == "failed" and results[name]["reason"].startswith(reason), results[name]
-    sample = decode_sample(next(iter(read_samples([join(out, "shards", whole_shards(Location(out).list("shards"))[0])]))))
+    sample = decode_sample(shard_samples([join(out, "shards", whole_shards(Location(out).list("shards"))[0])])[0])
     assert len(sample.flow["tvl1"]) == SMALL.frames - 1 and sample.rgb_frame(0).shape == (48, 64, 3)
     assert Location(out).is_file("preprocess.config.json") and not (REPO / "s3:").exists()
 

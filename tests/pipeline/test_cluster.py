@@ -27,8 +27,7 @@ import webdataset as wds
 from pipeline.synthetic import SyntheticConfig, class_names, generate_dataset
 from storage import Location, join
 from tests.conftest import REPO, free_port, incomplete_uploads, run_job, wait_for
-from tests.helpers import QUICK_FLOW, whole_shards
-from trainers.data import read_samples
+from tests.helpers import QUICK_FLOW, shard_samples, whole_shards
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -245,7 +244,7 @@ def test_preprocessing_and_training_on_s3_survive_losing_the_second_node(two_nod
     assert job.returncode == 0, output
     assert f"{len(entries)} ok, 0 failed" in output, output
     shards = whole_shards(Location(out).list("shards"))
-    keys = [m["__key__"] for m in read_samples([join(out, "shards", n) for n in shards])]
+    keys = [m["__key__"] for m in shard_samples([join(out, "shards", n) for n in shards])]
     assert Counter(keys) == Counter(e.relpath.rsplit("/", 1)[-1].removesuffix(".mp4") for e in entries)
     assert incomplete_uploads(bucket) == [], "the lost attempt's upload was aborted"
     train_and_lose_the_second_node(nodes, out, join(bucket, "runs", "flow"), sum(e.split == "train" for e in entries))

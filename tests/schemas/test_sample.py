@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,8 +12,10 @@ import webdataset as wds
 
 from schemas.sample import (
     FORMAT_VERSION,
+    MEMBERS,
     Sample,
     SampleMeta,
+    dali_index,
     decode_flow,
     decode_flow_u8,
     decode_sample,
@@ -20,10 +23,16 @@ from schemas.sample import (
     encode_jpeg,
     encode_sample,
     flow_members,
+    head_bytes,
     member_filter,
+    member_suffixes,
+    read_member_table,
     rgb_member,
+    sample_ranges,
+    with_member_table,
     write_sample,
 )
+from trainers.tar_stream import read_members
 
 
 def smooth_flow(h=48, w=64, seed=0, scale=8.0) -> np.ndarray:
@@ -111,8 +120,41 @@ def test_write_sample_writes_the_bytes_webdatasets_tar_writer_writes():
             write_sample(sink, encode_sample(s))
     with wds.TarWriter(theirs, mtime=0) as sink:
         for s in samples:
-            sink.write(encode_sample(s))
+            sink.write(with_member_table(encode_sample(s)))
     assert len(ours.getvalue()) > 10240 and ours.getvalue() == theirs.getvalue()
+
+
+@pytest.mark.parametrize("key", ["v_Move000_g01_c01", "k" * 120, "ویدیو_۱"])  # one header each; PAX names; non-ASCII
+@pytest.mark.parametrize("modalities", [("rgb", "tvl1"), ("tvl1", "warp_tvl1")])
+def test_the_member_table_places_every_member_after_it(key, modalities):
+    """The head (the members up to the table, `head_bytes` long) is read first; the table then gives each frame's
+    and flow's data by offset and size, in `member_suffixes` order, for every name length and modality set."""
+    original = make_sample(key, frames=4)
+    original.meta = replace(original.meta, modalities=modalities)
+    original.flow = {m: original.flow["tvl1"] for m in modalities if m != "rgb"}
+    original.rgb = original.rgb if "rgb" in modalities else []
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w|") as sink:
+        first = write_sample(sink, encode_sample(make_sample("first")))  # offsets are from the sample's own start
+        start = sink.offset
+        components = write_sample(sink, encode_sample(original))
+    data = buf.getvalue()
+    tar_members = {name: m for name, m in read_members(io.BytesIO(data[start:]))}
+    head = head_bytes(components, start)
+    assert [n for n, _ in read_members(io.BytesIO(data[start : start + head]))] == [f"{key}.{s}" for s in ("cls", "json", MEMBERS)]
+    table = read_member_table(tar_members[f"{key}.{MEMBERS}"])
+    suffixes = member_suffixes(original.meta)
+    assert len(table) == len(suffixes) == len(tar_members) - 3
+    for suffix, (offset, size) in zip(suffixes, table.tolist(), strict=True):
+        assert data[start + offset : start + offset + size] == tar_members[f"{key}.{suffix}"]
+    end = components[-1][1] + -(-components[-1][2] // 512) * 512
+    assert sample_ranges(dali_index([first, components]))[key] == (start, end - start, head)
+
+
+def test_a_corrupt_member_table_is_one_clear_error():
+    for data in (b"", b"junk" * 40, encode_sample(make_sample())["json"]):
+        with pytest.raises(ValueError, match="corrupt member table"):
+            read_member_table(data)
 
 
 def parse_dali_index(text: str) -> list[list[tuple[str, int, int, str]]]:

@@ -13,11 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from schemas.sample import Sample, dali_index_of, encode_flow, encode_jpeg
+from schemas.sample import Sample, dali_index_of, encode_flow, encode_jpeg, rgb_member
 from tests.conftest import REPO
 from tests.helpers import H, W, synthetic_sample, write_dataset
-from trainers.data import ExampleConfig, example_pipeline, make_example, make_loader, sample_table, shard_urls
+from trainers.data import ExampleConfig, example_pipeline, make_example, make_loader
 from trainers.epochs import epoch_share, steps_in_epoch
+from trainers.shard_reader import ShardReader, coalesce, sample_table, shard_urls
 
 STEP = 2 * 20.0 / 255  # one 8-bit level of flow at bound 20; JPEG may move a value by one more
 
@@ -210,18 +211,100 @@ def test_a_dataset_without_sample_ranges_still_trains(tmp_path, caplog):
     exact = sample_table(tmp_path, "train")
     index = pq.read_table(tmp_path / "index.parquet")
     pq.write_table(index.drop_columns(["offset"]).set_column(5, "bytes", pa.array([0] * 3, pa.int64())), tmp_path / "index.parquet")
-    with caplog.at_level(logging.WARNING, logger="trainers.data"):
+    with caplog.at_level(logging.WARNING, logger="trainers.shard_reader"):
         from_tars = sample_table(tmp_path, "train")  # write_dataset writes no DALI index: from the tar headers
     assert any("has no sample byte ranges" in r.message for r in caplog.records)
-    assert np.array_equal(from_tars.offset, exact.offset) and np.array_equal(from_tars.size, exact.size)
+    assert all(np.array_equal(getattr(from_tars, a), getattr(exact, a)) for a in ("offset", "size", "head")) and exact.head.min() > 0
     with open(tmp_path / "shards" / "train-000000.tar", "rb") as tar:
         (tmp_path / "shards" / "train-000000.idx").write_text(dali_index_of(tar))
     (tmp_path / "shards" / "train-000000.tar").rename(tmp_path / "tar")  # so only the index can give them
     from_index = sample_table(tmp_path, "train")
     (tmp_path / "tar").rename(tmp_path / "shards" / "train-000000.tar")
-    assert np.array_equal(from_index.offset, exact.offset) and np.array_equal(from_index.size, exact.size)
+    assert all(np.array_equal(getattr(from_index, a), getattr(exact, a)) for a in ("offset", "size", "head"))
     cfg = ExampleConfig(arch="tsn", modality="rgb", segments=1, input_size=16)
     assert sorted(k for _, _, ks in make_loader(tmp_path, "train", cfg, train=True, batch_size=2) for k in ks) == ["v0", "v1", "v2"]
+
+
+RECIPES = [
+    (ExampleConfig(arch="tsn", modality="rgb", segments=3, input_size=32), True, "jpeg"),
+    (ExampleConfig(arch="tsn", modality="rgb", segments=5, input_size=24, crops=10), False, "jpeg"),
+    (ExampleConfig(arch="tsn", modality="tvl1", segments=3, new_length=3, input_size=32), True, "jpeg"),
+    (ExampleConfig(arch="tsn", modality="tvl1", segments=2, new_length=2, input_size=32, crops=3), False, "png16"),
+    (ExampleConfig(arch="i3d", modality="tvl1", clip_len=4, interval=2, input_size=24), True, "float16"),
+    (ExampleConfig(arch="i3d", modality="rgb", clip_len=4, clips=2, input_size=24, crops=3), False, "jpeg"),
+]
+
+
+@pytest.mark.parametrize("cfg, train, encoding", RECIPES)
+def test_reading_only_the_chosen_members_gives_the_examples_of_the_whole_samples(tmp_path, cfg, train, encoding):
+    """The loader reads each sample's head and its chosen members by range; for the same samples and generator
+    state its examples equal, tensor for tensor, those made from the whole samples in memory (`make_example`),
+    and those of the same samples written without member tables (read whole, as before them)."""
+    samples = [textured_sample(f"v{i}", i % 3, encoding, i) for i in range(5)]
+    write_dataset(tmp_path / "new", {"train-000000.tar": samples[:3], "train-000001.tar": samples[3:]})
+    write_dataset(tmp_path / "old", {"train-000000.tar": samples[:3], "train-000001.tar": samples[3:]}, member_tables=False)
+    assert sample_table(tmp_path / "new", "train").head.min() > 0 and sample_table(tmp_path / "old", "train").head.max() == 0
+    by_member, whole = (list(make_loader(tmp_path / d, "train", cfg, train, batch_size=1, seed=4)) for d in ("new", "old"))
+    rng, by_key = np.random.default_rng([4, 0, 0]), {s.key: s for s in samples}  # the generator of rank 0's only worker
+    assert len(by_member) == len(whole) == 5
+    for (x, y, (key,)), (wx, wy, (wkey,)) in zip(by_member, whole):
+        ex, ey, ekey = make_example(by_key[key], cfg, train, rng)
+        assert key == wkey == ekey and int(y) == int(wy) == ey
+        assert torch.equal(x[0], ex) and torch.equal(wx[0], ex) and ex.std() > 0.1
+
+
+def test_an_example_reads_its_chosen_members_and_little_else(tmp_path):
+    """What a reader asks for, counted: a TSN RGB example of a 12-frame sample reads the head and its 3 frames (each
+    with its header), a fraction of the sample; far apart, they are 3 reads, and the head 1."""
+    samples = [textured_sample(f"v{i}", 0, "jpeg", i) for i in range(2)]
+    write_dataset(tmp_path, {"train-000000.tar": samples})
+    table = sample_table(tmp_path, "train")
+    reader = ShardReader()
+    cfg = ExampleConfig(arch="tsn", modality="rgb", segments=3, input_size=32)
+    try:
+        sample = reader.open_sample(table.ref(0)).result()
+        opened = reader.stats.bytes
+        suffixes = [rgb_member(i) for i in (1, 5, 9)]
+        members = reader.members(sample, suffixes)()
+    finally:
+        reader.close()
+    assert members == {name: samples[0].rgb[i] for name, i in zip(suffixes, (1, 5, 9))}
+    assert opened == table.head[0] and reader.stats.bytes - opened == sum(len(m) + 512 for m in members.values())
+    assert reader.stats.requests == 1 + 1 + 3  # the open, the head, three frames
+    assert reader.stats.bytes < table.size[0] / 3
+    assert cfg.segments == len(members)
+
+
+def test_coalescing_joins_runs_and_never_reads_more_than_twice_what_is_used():
+    assert coalesce([(0, 10), (10, 20), (20, 30)]) == [(0, 30)]  # a TSN flow snippet: one read
+    assert coalesce([(0, 10), (20, 30), (40, 50)]) == [(0, 50)]  # every other member (I3D at interval 2)
+    assert coalesce([(1000, 1010), (0, 10), (500, 510)]) == [(0, 10), (500, 510), (1000, 1010)]  # far apart: apart
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        starts = np.sort(rng.choice(10_000, 20, replace=False)) * 10
+        spans = [(int(a), int(a) + int(rng.integers(1, 10))) for a in starts]
+        runs = coalesce(spans)
+        assert all(any(r0 <= a and b <= r1 for r0, r1 in runs) for a, b in spans)  # everything asked for is read
+        for r0, r1 in runs:
+            used = sum(b - a for a, b in spans if r0 <= a and b <= r1)
+            assert r1 - r0 <= 2 * used
+
+
+def test_a_member_table_that_lies_is_caught_and_the_sample_skipped(tmp_path, caplog):
+    """A member's header that is not where the table says (an overwritten shard) fails its check: the example is
+    skipped with a warning, never made of the wrong bytes."""
+    write_dataset(tmp_path, {"train-000000.tar": [synthetic_sample(f"v{i}", 0, frames=3) for i in range(2)]})
+    table = sample_table(tmp_path, "train")
+    path = tmp_path / "shards" / "train-000000.tar"
+    data = bytearray(path.read_bytes())
+    start = int(table.offset[1] + table.head[1])  # v1's first frame header
+    data[start : start + 512] = bytes(512)
+    path.write_bytes(bytes(data))
+    cfg = ExampleConfig(arch="tsn", modality="rgb", segments=3, input_size=16)
+    with caplog.at_level(logging.WARNING, logger="trainers.data"):
+        keys = [k for _, _, ks in make_loader(tmp_path, "train", cfg, train=False, batch_size=1) for k in ks]
+    assert keys == ["v0"]
+    assert any("not a tar header" in r.message and "v1" in r.message for r in caplog.records)
 
 
 def test_missing_split_is_a_clear_error(tmp_path):
@@ -282,7 +365,7 @@ def test_the_loader_benchmarks_rawframes_tree_makes_the_same_examples(tmp_path):
     spec.loader.exec_module(bench)
     samples = [textured_sample(f"v{i}", i, "jpeg", i) for i in range(2)]
     write_dataset(tmp_path / "data", {"train-000000.tar": samples})
-    videos = bench.export_rawframes(shard_urls(tmp_path / "data", "train"), tmp_path / "raw")
+    videos = bench.export_rawframes(sample_table(tmp_path / "data", "train"), tmp_path / "raw")
     assert len(list((tmp_path / "raw" / "v1").glob("flow_x_*.jpg"))) == 11 and (tmp_path / "raw" / "v1" / "img_00012.jpg").is_file()
     for cfg in bench.RECIPES.values():
         cfg = replace(cfg, input_size=24)
