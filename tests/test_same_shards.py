@@ -1,8 +1,9 @@
 """No behaviour change from a refactor: this checkout and a reference commit, given the same videos and the same
 command lines, write the same manifest and the same shards, byte for byte.
 
-The reference is the last commit that changed the output on purpose (29b3dfc: member times as an int, so no PAX
-record per member; before it, the last commit before the code-health refactor). Move it forward only in a commit
+The reference is the last commit that changed the output on purpose (583287b: each sample holds a member table, so
+a loader reads only the members an example uses; before it 29b3dfc, member times as an int, so no PAX record per
+member). Move it forward only in a commit
 that changes the output on purpose, and say there what changed and why.
 """
 
@@ -24,7 +25,7 @@ from tests.helpers import QUICK_FLOW, whole_shards
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
-REFERENCE = "29b3dfca5c27189e16126d06520c9200392bf6e4"
+REFERENCE = "583287b8f4d95157739429ba3fe1982d93d40f5e"
 
 # A probe appended to the reference copy's pipeline/shards.py wraps `process_shard`: every call writes its pid and
 # the file it came from, so the test can prove the shard tasks ran the reference code, not this checkout.
@@ -89,14 +90,13 @@ def test_this_checkout_writes_what_the_reference_commit_wrote(tmp_path):
     old, new = tmp_path / "ref_out", tmp_path / "new_out"
     assert pq.read_table(old / "manifest.parquet").equals(pq.read_table(new / "manifest.parquet"), check_metadata=True)
     old_shards, new_shards = files(old / "data" / "shards"), files(new / "data" / "shards")
-    # 6 videos, 2 per shard; since the reference, each tar has its DALI index beside it (new files, same tars)
-    assert len(old_shards) == 3 and whole_shards(list(new_shards)) == sorted(old_shards)
+    # 6 videos, 2 per shard, each tar with its DALI index beside it
+    assert len(whole_shards(list(old_shards))) == 3 and sorted(new_shards) == sorted(old_shards)
     for name in old_shards:
-        assert old_shards[name] == new_shards[name], f"shard {name} differs from the reference commit's"
-    # index.parquet: the same rows; since the reference each also holds the sample's byte range in its tar (offset, and
-    # bytes made exact: the reference counted what had reached the stream, behind tarfile's 10 KB buffer)
+        assert old_shards[name] == new_shards[name], f"shard file {name} differs from the reference commit's"
+    # index.parquet: the same rows, each sample's byte range and head as its tar's headers place them
     old_index, new_index = pq.read_table(old / "data" / "index.parquet"), pq.read_table(new / "data" / "index.parquet")
-    assert old_index.drop_columns(["bytes"]).equals(new_index.select(old_index.column_names).drop_columns(["bytes"]))
+    assert old_index.equals(new_index)
     for row in new_index.to_pylist():
         with open(new / "data" / "shards" / row["shard"], "rb") as tar:
             assert sample_ranges(dali_index_of(tar))[row["key"]] == (row["offset"], row["bytes"], row["head"])
