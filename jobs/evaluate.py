@@ -18,7 +18,7 @@ import torch
 from jobs.common import ArgumentParser, check_locations, cli, write_config
 from schemas.dataset import read_dataset_info
 from storage import Location, join, parent
-from trainers.data import CROPS, make_loader
+from trainers.data import CROPS, make_loader, read_cost
 from trainers.loop import build, config_from_checkpoint, evaluate, load_checkpoint
 from trainers.metrics import confusion_matrix, confusion_png, fuse, softmax, video_metrics
 
@@ -147,7 +147,8 @@ def score_stream(cfg: EvaluateConfig, run: str, num_classes: int, device) -> tup
     keys, labels, logits = evaluate(model, loader, device)
     order = np.argsort(keys)  # loader workers interleave videos; align streams by key
     sampling = f"{example.segments} segments" if example.arch == "tsn" else f"{example.clips} clips"
-    return [keys[i] for i in order], labels[order], softmax(logits[order]), f"{sampling} x {_views(cfg, train_cfg, mirrored)}"
+    cost = read_cost(loader.reads.per_example(len(keys)))
+    return [keys[i] for i in order], labels[order], softmax(logits[order]), f"{sampling} x {_views(cfg, train_cfg, mirrored)}; {cost}"
 
 
 def mirrors(cfg: EvaluateConfig, train_cfg) -> bool:

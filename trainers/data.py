@@ -27,7 +27,7 @@ from storage import Location
 
 from .epochs import epoch_share
 from .sampling import clip_indices, snippet_indices, tsn_offsets
-from .shard_reader import OPEN_REMOTE_SHARDS, OpenedSample, SampleTable, ShardReader, read_chosen, sample_table
+from .shard_reader import OPEN_REMOTE_SHARDS, OpenedSample, ReadStats, SampleTable, ShardReader, read_chosen, sample_table
 from .transforms import (
     center_box,
     crop_resize,
@@ -269,13 +269,15 @@ class EpochSamples(torch.utils.data.IterableDataset):
 REMOTE_IN_FLIGHT = 8
 
 
-def _examples(src, cfg: ExampleConfig, train: bool, seed: int, rank: int, handler: SkipCounter, remote: bool, decode: bool = True):
+def _examples(
+    src, cfg: ExampleConfig, train: bool, seed: int, rank: int, handler: SkipCounter, remote: bool, decode: bool = True, reads=None
+):
     """Stage: sample places -> examples (or, with `decode` False, their `Selection`s). Each sample's head is read,
     its example chosen from the metadata, and only the chosen members are read (`shard_reader.read_chosen`).
     A sample that cannot be read or made into an example is skipped through `handler`. In training each skipped
     sample is made up for by another example of the worker's last good sample, so every rank still takes the same
     number of steps (DDP never waits), as long as the worker read one good sample (a worker whose every sample is
-    corrupt makes none)."""
+    corrupt makes none). What was read so far goes to `reads` (a `ReadTotals`) after each example."""
     rng = _worker_rng(seed, rank)
     reader = ShardReader(REMOTE_IN_FLIGHT, OPEN_REMOTE_SHARDS) if remote else ShardReader()
 
@@ -308,24 +310,35 @@ def _examples(src, cfg: ExampleConfig, train: bool, seed: int, rank: int, handle
                 handler(ValueError(f"{sample.key}: {exc}"))
             else:
                 last = sample
+                if reads is not None:
+                    reads.record(reader.stats)
                 yield example
             yield from made_up()
         yield from made_up()  # for samples lost after the last one made
     finally:
         reader.close()
+        if reads is not None:
+            reads.record(reader.stats)
 
 
 def example_pipeline(
-    table: SampleTable, cfg: ExampleConfig, train: bool, seed: int = 0, rank: int = 0, world_size: int = 1, decode: bool = True
+    table: SampleTable,
+    cfg: ExampleConfig,
+    train: bool,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    decode: bool = True,
+    reads: ReadTotals | None = None,
 ) -> wds.DataPipeline:
     """The dataset of one epoch's examples (of `Selection`s when `decode` is False) for rank `rank` of
     `world_size`: for training every sample of the split once in a seeded order, ranks equal (padded with repeats);
-    for evaluation every sample once over all ranks."""
+    for evaluation every sample once over all ranks. What each worker reads is recorded in `reads`."""
     handler = SkipCounter()
     remote = bool(table.urls) and not Location(table.urls[0]).is_local
     return wds.DataPipeline(
         EpochSamples(table, seed, train, rank, world_size),
-        partial(_examples, cfg=cfg, train=train, seed=seed, rank=rank, handler=handler, remote=remote, decode=decode),
+        partial(_examples, cfg=cfg, train=train, seed=seed, rank=rank, handler=handler, remote=remote, decode=decode, reads=reads),
     )
 
 
@@ -334,17 +347,47 @@ def as_list(batch: list) -> list:
     return batch
 
 
-class DecodedOnDevice:
-    """Batches of `Selection`s from the loader workers -> (inputs, labels, keys) as the plain loader gives,
-    decoded and assembled on `device` (one batched nvJPEG call per batch on a GPU), so that the workers only
-    read the shards and choose. On the CPU the inputs equal the workers' own."""
+class ReadTotals:
+    """What an epoch's loader workers have read (bytes, requests), in shared memory: each worker writes its own row
+    of running totals (no two write the same), the training process adds them up."""
 
-    def __init__(self, loader: torch.utils.data.DataLoader, cfg: ExampleConfig, device: torch.device):
-        self.loader, self.cfg, self.device = loader, cfg, device
+    def __init__(self, workers: int = 0):
+        self._rows = torch.zeros(max(workers, 1), 2, dtype=torch.int64).share_memory_()
+
+    def record(self, stats: ReadStats) -> None:
+        """This worker's totals so far (called in the worker)."""
+        info = torch.utils.data.get_worker_info()
+        self._rows[info.id if info else 0] = torch.tensor([stats.bytes, stats.requests])
+
+    def per_example(self, examples: int) -> dict[str, float]:
+        """{"read_mb", "read_requests"} per example over `examples` examples."""
+        total_bytes, requests = self._rows.sum(0).tolist()
+        return {"read_mb": total_bytes / max(examples, 1) / 2**20, "read_requests": requests / max(examples, 1)}
+
+
+def read_cost(stats: dict) -> str:
+    """Bytes and requests read per example, as the summaries print them ("" without the figures)."""
+    if "read_mb" not in stats:
+        return ""
+    return f"{stats['read_mb']:.2f} MB in {stats['read_requests']:.1f} reads per video"
+
+
+class EpochLoader:
+    """One epoch's batches, (inputs, labels, keys), from `make_loader`; `reads` totals what its workers read.
+
+    With `decode_on` the workers give batches of `Selection`s, decoded and assembled here on that device (one
+    batched nvJPEG call per batch on a GPU), so that the workers only read the shards and choose. On the CPU the
+    inputs equal the workers' own."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, reads: ReadTotals, cfg: ExampleConfig, decode_on: torch.device | None = None):
+        self.loader, self.reads, self.cfg, self.decode_on = loader, reads, cfg, decode_on
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        if self.decode_on is None:
+            yield from self.loader
+            return
         for batch in self.loader:
-            frames = decode_members_on(batch, self.cfg.is_flow, self.device)
+            frames = decode_members_on(batch, self.cfg.is_flow, self.decode_on)
             x = torch.stack([assemble(sel, f, self.cfg) for sel, f in zip(batch, frames)])
             yield x, torch.tensor([sel.label for sel in batch]), [sel.key for sel in batch]
 
@@ -358,13 +401,12 @@ def make_loader(
     workers: int = 0,
     seed: int = 0,
     decode_on: torch.device | None = None,
-):
-    """A DataLoader over one epoch of `split` of a preprocessed dataset (see `example_pipeline`; the rank and the
+) -> EpochLoader:
+    """A loader over one epoch of `split` of a preprocessed dataset (see `example_pipeline`; the rank and the
     number of ranks are torch.distributed's), yielding (inputs, labels, keys) batches; with `decode_on` the workers
-    stop at the `Selection` and the frames are decoded on that device (`DecodedOnDevice`)."""
+    stop at the `Selection` and the frames are decoded on that device (see `EpochLoader`)."""
     rank, world = _rank_and_world()
-    dataset = example_pipeline(sample_table(root, split), cfg, train, seed, rank, world, decode=decode_on is None)
-    if decode_on is None:
-        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=as_list)
-    return DecodedOnDevice(loader, cfg, decode_on)
+    reads = ReadTotals(workers)
+    dataset = example_pipeline(sample_table(root, split), cfg, train, seed, rank, world, decode=decode_on is None, reads=reads)
+    collate = {} if decode_on is None else {"collate_fn": as_list}
+    return EpochLoader(torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, **collate), reads, cfg, decode_on)

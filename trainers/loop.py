@@ -31,7 +31,7 @@ from schemas.sample import FORMAT_VERSION
 from storage import Location, redact, redacted
 
 from .curves import curves_png
-from .data import ExampleConfig, make_loader
+from .data import ExampleConfig, make_loader, read_cost
 from .epochs import steps_in_epoch
 from .metrics import softmax, video_metrics
 from .models import MODELS, build_model
@@ -290,6 +290,9 @@ def train_one_epoch(
         "samples": seen,
         "seconds": time.monotonic() - start,
     }
+    reads = getattr(loader, "reads", None)  # an EpochLoader's: what this rank's workers read from the shards
+    if reads is not None:
+        stats |= reads.per_example(seen)
     return stats, step
 
 
@@ -572,6 +575,8 @@ def _epoch_line(epoch: int, stats: dict, best: dict, split: str) -> str:
     """The line printed after an epoch: training loss and top-1, validation scores when there were any."""
     rate = stats["samples"] / stats["seconds"]
     line = f"epoch {epoch}: loss {stats['loss']:.4f}, train top-1 {stats['train_top1']:.3f}, {rate:.1f} samples/s"
+    if "read_mb" in stats:
+        line += f" ({read_cost(stats)})"
     if "val_top1" in stats:
         line += (
             f"; {split} top-1 {stats['val_top1']:.3f}, top-5 {stats['val_top5']:.3f}, mean class {stats['val_mean_class']:.3f}"

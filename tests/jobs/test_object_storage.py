@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -171,6 +172,8 @@ def test_train_evaluate_visualize_from_s3(s3_dataset):
         "jobs.evaluate", "--data", out, "--run", f"flow={run}", "--segments", "3", "--json", metrics_uri, "--loader-workers", "1"
     )
     assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+    reads = float(re.search(r"MB in ([\d.]+) reads per video", evaluated.stdout).group(1))
+    assert 2 <= reads <= 2 * 3 + 2  # a head and the 3 segments' snippets (an open per shard spread over the videos)
     metrics = json.loads(Location(metrics_uri).read_text())
     tests = sum(e.split == "test" for e in entries)
     saved = np.load(io.BytesIO(Location(join(bucket, "eval", "scores.npz")).read_bytes()))

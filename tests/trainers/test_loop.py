@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from tests.conftest import REPO, run_job
 from tests.helpers import flags, synthetic_sample, write_dataset
 from trainers.loop import BEST, CHECKPOINT, TrainConfig, get_lr, load_checkpoint, run_training
 from trainers.metrics import confusion_matrix, confusion_png, fuse, mean_class_accuracy, most_confused, topk_accuracy, video_metrics
+from trainers.shard_reader import sample_table
 
 
 def test_lr_warmup_then_cosine_or_steps():
@@ -90,6 +92,11 @@ def test_training_writes_checkpoints_metrics_and_resumes(tiny_dataset, tmp_path,
     state = load_checkpoint(out)
     assert state["epoch"] == 0 and state["step"] == 2 and state["num_classes"] == 3
     first = {k: v.clone() for k, v in state["model"].items()}
+    printed = capsys.readouterr().out
+    # what the epoch read, per video: each sample's head and its 2 snippets of 2 flows, a part of the sample
+    mb, reads = map(float, re.search(r"epoch 0: .*\(([\d.]+) MB in ([\d.]+) reads per video\)", printed).groups())
+    table = sample_table(tiny_dataset, "train")
+    assert 0 < mb * 2**20 < table.size.mean() / 2 and 2 <= reads <= 2 * 2 + 2
     run_training(tiny_config(tiny_dataset, out, epochs=2))
     assert "resuming" in capsys.readouterr().out
     state = load_checkpoint(out)
