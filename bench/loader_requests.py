@@ -14,12 +14,9 @@ most 2.5x that, requests at most 2 x segments + 2 (TSN) or 6 (I3D). The same sam
 from __future__ import annotations
 
 import argparse
-import http.client
-import http.server
 import os
 import sys
 import tempfile
-import threading
 import uuid
 from pathlib import Path
 
@@ -29,9 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import boto3  # noqa: E402
 
+from bench.s3_proxy import Counter, s3_proxy  # noqa: E402
 from schemas.sample import Sample, SampleMeta, encode_flow, encode_jpeg  # noqa: E402
 from storage import Location  # noqa: E402
-from tests.conftest import free_port, s3_env, start_moto, stop_process  # noqa: E402
+from tests.conftest import s3_env, start_moto, stop_process  # noqa: E402
 from tests.helpers import write_dataset  # noqa: E402
 from trainers.data import ExampleConfig, example_pipeline  # noqa: E402
 from trainers.shard_reader import sample_table  # noqa: E402
@@ -42,52 +40,6 @@ RECIPES = {  # (config, train, the issue's bound on requests per example)
     "i3d_flow, 16 flows at interval 2": (ExampleConfig(arch="i3d", modality="tvl1", clip_len=16, interval=2, input_size=64), True, 6),
     "evaluation, 25 segments, rgb": (ExampleConfig(arch="tsn", modality="rgb", segments=25, input_size=64), False, 2 * 25 + 2),
 }
-
-
-class Counter:
-    """Requests and response-body bytes the proxy passed, by method."""
-
-    def __init__(self):
-        self.lock, self.requests, self.bytes = threading.Lock(), {}, 0
-
-    def add(self, method: str, size: int) -> None:
-        with self.lock:
-            self.requests[method] = self.requests.get(method, 0) + 1
-            self.bytes += size
-
-
-def counting_proxy(upstream_port: int, counter: Counter) -> tuple[http.server.ThreadingHTTPServer, int]:
-    """An HTTP proxy on 127.0.0.1 that passes bodiless requests (GET, HEAD) to moto and counts what it serves."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _forward(self):
-            upstream = http.client.HTTPConnection("127.0.0.1", upstream_port)
-            headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-            headers["Host"] = f"127.0.0.1:{upstream_port}"
-            upstream.request(self.command, self.path, headers=headers)
-            response = upstream.getresponse()
-            body = response.read()
-            self.send_response(response.status)
-            for key, value in response.getheaders():
-                if key.lower() not in ("transfer-encoding", "connection"):
-                    self.send_header(key, value)  # a HEAD keeps the server's Content-Length
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-            counter.add(self.command, len(body))
-            upstream.close()
-
-        do_GET = do_HEAD = _forward
-
-        def log_message(self, *args):
-            pass
-
-    port = free_port()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, port
 
 
 def textured_sample(key: str, label: int, frames: int, rng: np.random.Generator) -> Sample:
@@ -132,13 +84,13 @@ def main() -> int:
             for path in (work / folder).rglob("*"):
                 if path.is_file():
                     target.write_bytes(path.read_bytes(), str(path.relative_to(work / folder)))
-        proxy, proxy_port = counting_proxy(port, counter)
+        proxy, proxy_port = s3_proxy(port, counter)
         os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{proxy_port}"  # the loader reads through the proxy
         rows = []
         for name, (cfg, train, bound) in RECIPES.items():
             for layout, folder in layouts.items():
                 table = sample_table(f"s3://{bucket}/{folder}", "train")  # index.parquet, dataset.json: once per epoch, not counted
-                counter.requests, counter.bytes = {}, 0
+                counter.reset()
                 selections = list(example_pipeline(table, cfg, train, seed=1, decode=False))
                 used = sum(used_bytes(s) for s in selections)
                 n = len(selections)

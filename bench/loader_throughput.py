@@ -1,6 +1,6 @@
 """Loader budget: training-time samples/s per loader worker, shards (local disk, S3) against a rawframes tree.
 
-    python bench/loader_throughput.py [--data DATA] [--samples 96] [--repeat 2]
+    python bench/loader_throughput.py [--data DATA] [--samples 48] [--repeat 2]
 
 The recipes are the published training set-ups: TSN flow (3 segments x 5 flows), TSN RGB (3 segments), I3D flow
 (64 consecutive flows), all with TSN's multi-scale crop to 224 px and random flips. Each source runs the same
@@ -10,11 +10,18 @@ worker (so the figure is per worker; the main process only receives batches), ti
   counts from the annotation list as mmaction2 reads them), each frame a file read then decoded by OpenCV, as
   mmaction2's RawFrameDecode does, written from the shards' own JPEG bytes so both read identical images;
 - flowshard's shards on local disk, and on moto's S3 server on 127.0.0.1 (a Python server on the same two
-  cores: a floor for a real object store);
+  cores: a floor for a real object store), each example's head and chosen members read by byte range; and the
+  same objects through `bench/s3_proxy.py` serving ranges from whole objects it keeps ("ranges served"), as a
+  real store serves a range at a cost that does not grow with the object (moto reads the whole object for each);
+- the same samples written without member tables, as flowshard wrote them before (each example one ranged read of
+  its whole sample): the reference, measured in the same run;
 - the shards with --decode-on-device: what a worker still does when the JPEGs are decoded on the GPU (the
   decoding itself is not timed, there is no GPU here).
-Without --data, the real clips of ../shared/data/videos are preprocessed first (rgb + tvl1, short side 256,
-at most 72 frames) into a temporary folder. Then "cores per GPU" = what a GPU consumes / samples/s per worker.
+Each source's MB and reads (files opened, or ranged reads and shard opens) per example are counted by the loader
+worker. Without --data, the real ~300-frame clips of ../shared/data/videos are preprocessed first (rgb + tvl1,
+short side 256, at most 300 frames; TV-L1 with one warp per level: the flow's values do not matter here) into a
+temporary folder. Then "cores per GPU" = what a GPU consumes / samples/s per worker, and "GB/s per GPU" = what a
+GPU consumes x MB per example.
 """
 
 from __future__ import annotations
@@ -36,9 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import boto3  # noqa: E402
 
+from bench.s3_proxy import Counter, s3_proxy  # noqa: E402
 from schemas.dataset import read_dataset_info  # noqa: E402
 from trainers.data import (  # noqa: E402
     ExampleConfig,
+    ReadTotals,
     Selection,
     as_list,
     assemble,
@@ -48,7 +57,7 @@ from trainers.data import (  # noqa: E402
 )
 from trainers.shard_reader import SampleTable, sample_table, whole_samples  # noqa: E402
 
-CLIPS = ["Kop0sDqOn-c.mp4", "demo.mp4", "test.avi", "S001C001P001R001A001_rgb.avi"]
+CLIPS = ["Kop0sDqOn-c.mp4", "demo.mp4", "flipping_a_pancake.mkv", "test.avi"]  # 300, 280, 310, 164 frames
 RECIPES = {
     "TSN flow, 3 x 5 flows": ExampleConfig(arch="tsn", modality="tvl1", segments=3, new_length=5),
     "TSN RGB, 3 segments": ExampleConfig(arch="tsn", modality="rgb", segments=3),
@@ -82,8 +91,8 @@ def export_rawframes(table: SampleTable, root: Path) -> list[tuple[str, int, int
 class Rawframes(torch.utils.data.Dataset):
     """mmaction2's training read of a rawframes tree: every chosen frame a file, read, then decoded."""
 
-    def __init__(self, videos: list, cfg: ExampleConfig):
-        self.videos, self.cfg = videos, cfg
+    def __init__(self, videos: list, cfg: ExampleConfig, reads: ReadTotals):
+        self.videos, self.cfg, self.reads = videos, cfg, reads
         self.rng = np.random.default_rng(0)
 
     def __len__(self) -> int:
@@ -98,39 +107,55 @@ class Rawframes(torch.utils.data.Dataset):
             members = [tuple(Path(f"{folder}/flow_{c}_{j + 1:05d}.jpg").read_bytes() for c in "xy") for j in distinct]
         else:
             members = [Path(f"{folder}/img_{j + 1:05d}.jpg").read_bytes() for j in distinct]
+        files = [p for m in members for p in (m if isinstance(m, tuple) else (m,))]
+        self.reads.add(sum(map(len, files)), len(files))
         sel = Selection(Path(folder).name, label, members, order.reshape(idx.shape), boxes, True)
         return assemble(sel, decode_members(members, cfg.is_flow), cfg), label, sel.key
 
 
-def rate(loader, batch_size: int) -> float:
-    """Samples/s from the first batch on (the worker's start and first shard open excluded)."""
+def measure(loader, reads: ReadTotals, batch_size: int) -> dict[str, float]:
+    """Samples/s from the first batch on (the worker's start and first shard open excluded), and MB and reads per
+    example over the whole run."""
     n, start = 0, None
     for batch in loader:
-        if start is None:
-            start = time.perf_counter()
-            continue
         n += len(batch) if isinstance(batch[0], Selection) else len(batch[1])
-    return n / (time.perf_counter() - start)
+        if start is None:
+            start, first = time.perf_counter(), n
+    return {"rate": (n - first) / (time.perf_counter() - start), **reads.per_example(n)}
 
 
-def shard_loader(root: str, cfg: ExampleConfig, samples: int, batch: int, decode: bool = True) -> torch.utils.data.DataLoader:
+def shard_source(root: str, cfg: ExampleConfig, samples: int, batch: int, decode: bool = True) -> dict[str, float]:
     """What `make_loader` gives for training, in one loader worker, its epoch repeated until `samples` samples (a
     worker started once, as an epoch of a large dataset runs)."""
-    table = sample_table(root, "train")
-    pipeline = example_pipeline(table, cfg, True, decode=decode).repeat(math.ceil(samples / len(table)))
-    return torch.utils.data.DataLoader(pipeline, batch_size=batch, num_workers=1, **({} if decode else {"collate_fn": as_list}))
+    table, reads = sample_table(root, "train"), ReadTotals(1)
+    pipeline = example_pipeline(table, cfg, True, decode=decode, reads=reads).repeat(math.ceil(samples / len(table)))
+    loader = torch.utils.data.DataLoader(pipeline, batch_size=batch, num_workers=1, **({} if decode else {"collate_fn": as_list}))
+    return measure(loader, reads, batch)
 
 
-def source_rates(data: str, s3_data: str, videos: list, cfg: ExampleConfig, samples: int, batch: int) -> dict[str, float]:
-    """Samples/s of one loader worker per source, for one recipe."""
+def source_rates(data: dict[str, str], videos: list, cfg: ExampleConfig, samples: int, batch: int) -> dict[str, dict]:
+    """Per source, one loader worker's samples/s and MB and reads per example, for one recipe."""
     sampler = torch.utils.data.RandomSampler(range(len(videos)), replacement=True, num_samples=samples)
-    raw = torch.utils.data.DataLoader(Rawframes(videos, cfg), batch_size=batch, sampler=sampler, num_workers=1)
+    reads = ReadTotals(1)
+    raw = torch.utils.data.DataLoader(Rawframes(videos, cfg, reads), batch_size=batch, sampler=sampler, num_workers=1)
     return {
-        "rawframes": rate(raw, batch),
-        "shards, local": rate(shard_loader(data, cfg, samples, batch), batch),
-        "shards, S3 (moto)": rate(shard_loader(s3_data, cfg, samples, batch), batch),
-        "shards, decode on device": rate(shard_loader(data, cfg, samples, batch, decode=False), batch),
+        "rawframes": measure(raw, reads, batch),
+        **{source: shard_source(root, cfg, samples, batch) for source, root in data.items()},
+        "shards, decode on device": shard_source(data["shards, local"], cfg, samples, batch, decode=False),
     }
+
+
+def without_member_tables(data: str, out: Path) -> str:
+    """The dataset's train samples written again as flowshard wrote them before member tables (read whole)."""
+    from schemas.sample import decode_sample
+    from tests.helpers import write_dataset
+
+    table = sample_table(data, "train")
+    shards: dict[str, list] = {}
+    for i, members in enumerate(whole_samples(table)):
+        shards.setdefault(f"train-{table.shard[i]:06d}.tar", []).append(decode_sample(members))
+    write_dataset(out, shards, member_tables=False)
+    return str(out)
 
 
 def preprocess_clips(videos: Path, out: str) -> str:
@@ -149,7 +174,7 @@ def preprocess_clips(videos: Path, out: str) -> str:
     (Path(out) / "list.csv").write_text("".join(f"{n},c{i % 2},train\n" for i, n in enumerate(names)))
     manifest = load_dataset("csv", f"{out}/list.csv", str(videos))
     write_manifest(manifest_table(manifest.records, manifest.classes, manifest.dataset), f"{out}/m.parquet")
-    process = ProcessConfig(modalities=("rgb", "tvl1"), decode=DecodeConfig(short_side=256, max_frames=72))
+    process = ProcessConfig(modalities=("rgb", "tvl1"), decode=DecodeConfig(short_side=256, max_frames=300), flow_params=(("warps", 1),))
     with ray_session(None):
         run_preprocess(PreprocessConfig(f"{out}/m.parquet", f"{out}/data", process, videos_per_shard=2), print_fn=print)
     return f"{out}/data"
@@ -170,29 +195,41 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="a local dataset with rgb and tvl1 and a train split (default: preprocess the real clips)")
     parser.add_argument("--videos", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"))
-    parser.add_argument("--samples", type=int, default=96, help="training samples per source and recipe")
+    parser.add_argument("--samples", type=int, default=48, help="training samples per source and recipe")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=2, help="runs per source (best one reported)")
     args = parser.parse_args()
     from tests.conftest import s3_env, start_moto, stop_process
 
     work = Path(tempfile.mkdtemp(prefix="flowshard-loader-"))
-    server = None
+    server = proxy = None
     try:
         data = args.data or preprocess_clips(Path(args.videos), str(work))
         info = read_dataset_info(data)
         videos = export_rawframes(sample_table(data, "train"), work / "rawframes")
+        whole = without_member_tables(data, work / "whole")
         server, port = start_moto()
         os.environ.update(s3_env(port))
         bucket = f"s3://bench-{uuid.uuid4().hex[:8]}"
         boto3.client("s3").create_bucket(Bucket=bucket.removeprefix("s3://"))
-        s3_data = upload(data, bucket)
+        proxy, proxy_port = s3_proxy(port, Counter(), serve_ranges=True)
+        served = f"endpoint_override=127.0.0.1:{proxy_port}&scheme=http"
+        sources = {
+            "shards, local": data,
+            "shards, S3 (moto)": upload(data, f"{bucket}/new"),
+            "shards, S3 (ranges served)": f"{bucket}/new/data?{served}",
+            "read whole, local": whole,
+            "read whole, S3 (moto)": upload(whole, f"{bucket}/whole"),
+            "read whole, S3 (ranges served)": f"{bucket}/whole/data?{served}",
+        }
         results = {}
         for name, cfg in RECIPES.items():
-            runs = [source_rates(data, s3_data, videos, cfg, args.samples, args.batch_size) for _ in range(args.repeat)]
-            results[name] = {source: max(r[source] for r in runs) for source in runs[0]}
-            print(f"{name}: " + ", ".join(f"{s} {v:.1f}/s" for s, v in results[name].items()), flush=True)
+            runs = [source_rates(sources, videos, cfg, args.samples, args.batch_size) for _ in range(args.repeat)]
+            results[name] = {source: max((r[source] for r in runs), key=lambda m: m["rate"]) for source in runs[0]}
+            print(f"{name}: " + ", ".join(f"{s} {m['rate']:.1f}/s" for s, m in results[name].items()), flush=True)
     finally:
+        if proxy is not None:
+            proxy.shutdown()
         if server is not None:
             stop_process(server)
         shutil.rmtree(work, ignore_errors=True)
@@ -204,18 +241,37 @@ def main() -> int:
         "224 px multi-scale crops, flips\n"
     )
     sources = list(next(iter(results.values())))
-    print("Samples/s per loader worker (against the rawframes tree)\n")
+    print("Samples/s per loader worker (against the rawframes tree; 'read whole': the samples without member tables)\n")
     print("| recipe | " + " | ".join(sources) + " |")
     print("|---|" + "---|" * len(sources))
     for name, r in results.items():
-        base = r["rawframes"]
-        print(f"| {name} | " + " | ".join(f"{v:.1f} ({v / base:.2f}x)" for v in r.values()) + " |")
-    print("\nCores per GPU: loader workers (one core each) a GPU needs to be kept fed, at MMAction2's published rates\n")
-    print("| recipe | GPU consumes (samples/s) | rawframes | shards, local | shards, S3 (moto) | shards, decode on device |")
-    print("|---|---|---|---|---|---|")
+        base = r["rawframes"]["rate"]
+        print(f"| {name} | " + " | ".join(f"{m['rate']:.1f} ({m['rate'] / base:.2f}x)" for m in r.values()) + " |")
+    print("\nBy member against read whole, in the same run: samples/s\n")
+    print("| recipe | local | S3 (moto) | S3 (ranges served) |")
+    print("|---|---|---|---|")
+    for name, r in results.items():
+        ratios = [
+            r[f"shards, {where}"]["rate"] / r[f"read whole, {where}"]["rate"] for where in ("local", "S3 (moto)", "S3 (ranges served)")
+        ]
+        print(f"| {name} | " + " | ".join(f"{x:.2f}x" for x in ratios) + " |")
+    print("\nWhat an example reads (MB, reads) and what a GPU then needs (GB/s) at MMAction2's published rates\n")
+    print("| recipe | GPU consumes (samples/s) | " + " | ".join(s for s in sources if s != "shards, decode on device") + " |")
+    print("|---|---|" + "---|" * (len(sources) - 1))
     for name, r in results.items():
         need = GPU_DEMAND[name]
-        print(f"| {name} | {need:.1f} | " + " | ".join(f"{need / r[s]:.1f}" for s in sources) + " |")
+        cells = [
+            f"{m['read_mb']:.2f} MB, {m['read_requests']:.1f} reads: {need * m['read_mb'] / 1024:.3f} GB/s"
+            for s, m in r.items()
+            if s != "shards, decode on device"
+        ]
+        print(f"| {name} | {need:.1f} | " + " | ".join(cells) + " |")
+    print("\nCores per GPU: loader workers (one core each) a GPU needs to be kept fed, at MMAction2's published rates\n")
+    print("| recipe | GPU consumes (samples/s) | " + " | ".join(sources) + " |")
+    print("|---|---|" + "---|" * len(sources))
+    for name, r in results.items():
+        need = GPU_DEMAND[name]
+        print(f"| {name} | {need:.1f} | " + " | ".join(f"{need / r[s]['rate']:.1f}" for s in sources) + " |")
     return 0
 
 

@@ -18,9 +18,11 @@ import torch
 from jobs.common import ArgumentParser, check_locations, cli, write_config
 from schemas.dataset import read_dataset_info
 from storage import Location, join, parent
+from trainers.config import config_from_checkpoint
 from trainers.data import CROPS, make_loader, read_cost
-from trainers.loop import build, config_from_checkpoint, evaluate, load_checkpoint
+from trainers.loop import build, evaluate
 from trainers.metrics import confusion_matrix, confusion_png, fuse, softmax, video_metrics
+from trainers.run_folder import load_checkpoint
 
 
 @dataclass(frozen=True)

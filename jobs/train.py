@@ -21,9 +21,11 @@ from unittest.mock import patch
 
 from jobs.common import ArgumentParser, check_locations, cli
 from storage import Location, join
-from trainers.loop import BEST, CHECKPOINT, CURVES_PNG, METRICS_CSV, TrainConfig, check_dataset, run_training
+from trainers.config import TrainConfig
+from trainers.loop import check_dataset, run_training
 from trainers.models import MODELS
 from trainers.models.tsn import BACKBONES
+from trainers.run_folder import BEST, CHECKPOINT, CURVES_PNG, METRICS_CSV
 
 EXIT_STOPPED = 1  # a run that started and could not finish (not a usage error)
 

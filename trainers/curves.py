@@ -2,7 +2,7 @@
 
 The x axis counts epochs trained: the epoch printed as "epoch 3" (0-based, as in metrics.csv) ends at 4.
 
-`curves_png` is a pure function of the rows of `metrics.csv` (as `trainers.loop.read_metrics` returns them:
+`curves_png` is a pure function of the rows of `metrics.csv` (as `trainers.run_folder.read_metrics` returns them:
 strings, empty where a row has no value), drawn with matplotlib's object API (no pyplot, no global figure).
 """
 

@@ -289,7 +289,12 @@ def _examples(
         sel = selection(sample.meta, choice, members, cfg, train)
         return (assemble(sel, decode_members(sel.members, cfg.is_flow), cfg), sel.label, sel.key) if decode else sel
 
-    last, repaid = None, 0
+    last, repaid, recorded = None, 0, ReadStats()
+
+    def record() -> None:  # what the reader read since the last call, to `reads`
+        if reads is not None:
+            reads.add(reader.stats.bytes - recorded.bytes, reader.stats.requests - recorded.requests)
+            recorded.bytes, recorded.requests = reader.stats.bytes, reader.stats.requests
 
     def made_up():
         nonlocal last, repaid
@@ -310,15 +315,13 @@ def _examples(
                 handler(ValueError(f"{sample.key}: {exc}"))
             else:
                 last = sample
-                if reads is not None:
-                    reads.record(reader.stats)
+                record()
                 yield example
             yield from made_up()
         yield from made_up()  # for samples lost after the last one made
     finally:
         reader.close()
-        if reads is not None:
-            reads.record(reader.stats)
+        record()
 
 
 def example_pipeline(
@@ -354,10 +357,10 @@ class ReadTotals:
     def __init__(self, workers: int = 0):
         self._rows = torch.zeros(max(workers, 1), 2, dtype=torch.int64).share_memory_()
 
-    def record(self, stats: ReadStats) -> None:
-        """This worker's totals so far (called in the worker)."""
+    def add(self, bytes_read: int, requests: int) -> None:
+        """Add to this worker's totals (called in the worker)."""
         info = torch.utils.data.get_worker_info()
-        self._rows[info.id if info else 0] = torch.tensor([stats.bytes, stats.requests])
+        self._rows[info.id if info else 0] += torch.tensor([bytes_read, requests])
 
     def per_example(self, examples: int) -> dict[str, float]:
         """{"read_mb", "read_requests"} per example over `examples` examples."""

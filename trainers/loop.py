@@ -4,14 +4,12 @@
 run's last checkpoint if there is one, train epoch by epoch, checkpoint after each, and every `eval_every`
 epochs score the validation split the test way (all ranks, each its own shards) and keep the best checkpoint.
 Distributed training (Ray Train in `jobs.train`) only differs in that torch.distributed is initialised: the
-model is wrapped in DDP, each rank draws its own stream of shards, and rank 0 writes checkpoints and logs.
+model is wrapped in DDP, each rank reads its own share of each epoch, and rank 0 writes checkpoints and logs
+(`trainers.run_folder`). The run's settings are `trainers.config.TrainConfig`.
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import io
 import json
 import logging
 import math
@@ -20,110 +18,23 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
 from torch import nn
 
 from schemas.dataset import read_dataset_info
-from schemas.sample import FORMAT_VERSION
 from storage import Location, redact, redacted
 
-from .curves import curves_png
-from .data import ExampleConfig, make_loader, read_cost
+from .config import TrainConfig, config_from_checkpoint, resumed_config
+from .data import make_loader, read_cost
 from .epochs import steps_in_epoch
 from .metrics import softmax, video_metrics
-from .models import MODELS, build_model
+from .models import build_model
+from .run_folder import CHECKPOINT, VALIDATION_FIELDS, load_checkpoint, read_metrics, read_state_dict, save_epoch, tensorboard_writer
 
 log = logging.getLogger(__name__)
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"  # the checkpoint of the epoch with the highest validation top-1 so far
-METRICS_CSV = "metrics.csv"
-CURVES_PNG = "curves.png"
-VALIDATION_FIELDS = ["val_top1", "val_top5", "val_mean_class"]
-# A row per training step (loss, lr, samples/s), then one per epoch (its training top-1, and its validation scores
-# when it validated), in the order they happened.
-EPOCH_FIELDS = ["train_top1", *VALIDATION_FIELDS]
-METRICS_FIELDS = ["epoch", "step", "loss", "lr", "samples_per_s", *EPOCH_FIELDS]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """A training run. Defaults follow TSN where it has one (SGD, 3 segments, 5 flows per snippet)."""
-
-    data: str  # a preprocessed dataset (jobs.preprocess --out), a local path or URI
-    model: str  # tsn_rgb | tsn_flow | i3d_rgb | i3d_flow
-    out: str  # the run folder (a local path or URI): checkpoint.pt, metrics.csv, config.json
-    backbone: str = "resnet18"  # TSN: resnet18 or resnet50
-    flow_modality: str = "tvl1"  # which flow the *_flow models read: tvl1 or warp_tvl1
-    epochs: int = 20
-    batch_size: int = 16
-    lr: float = 0.01
-    optimizer: str = "sgd"  # sgd | adamw
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | step (x0.1 at each of step_epochs)
-    step_epochs: tuple[int, ...] = ()
-    warmup_epochs: float = 1.0
-    clip_grad: float | None = 40.0  # max gradient norm (TSN: 40 RGB, 20 flow); None = off
-    dropout: float = 0.5
-    segments: int = 3
-    new_length: int = 5
-    clip_len: int = 16
-    interval: int = 2
-    input_size: int = 224
-    flip: bool = True
-    pretrained: str | None = None  # a 2D ImageNet state dict (torchvision names; a path or URI); nothing is downloaded
-    loader_workers: int = 2
-    decode_on_device: bool = False  # decode the JPEGs in this process on the training device (nvJPEG), not in the workers
-    use_gpu: bool = False
-    amp: bool = True  # mixed precision, on a GPU only
-    seed: int = 0
-    print_freq: int = 10
-    split: str = "train"
-    eval_every: int = 0  # validate every K epochs and after the last one (0 = never); best.pt keeps the best
-    eval_split: str | None = None  # the split validated on; None = "val" where the dataset has one, else "test"
-    eval_segments: int = 5  # TSN segments (I3D clips) per video when validating, centre crop (jobs.evaluate: 25 x 10 crops)
-
-    def __post_init__(self):
-        if self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be sgd or adamw, got {self.optimizer!r}")
-        if self.schedule not in ("cosine", "step"):
-            raise ValueError(f"schedule must be cosine or step, got {self.schedule!r}")
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise ValueError("epochs and batch size must be at least 1 and lr positive")
-        if self.schedule == "step" and not self.step_epochs:
-            raise ValueError("--schedule step needs --step-epochs, the epochs where the lr drops x0.1 (e.g. --step-epochs 30 60)")
-        if self.eval_every < 0 or self.eval_segments < 1:
-            raise ValueError(f"--eval-every must be 0 or more and --eval-segments at least 1, got {self.eval_every}, {self.eval_segments}")
-
-    @property
-    def arch(self) -> str:
-        """tsn or i3d, from the model name."""
-        return self.model.split("_")[0]
-
-    @property
-    def modality(self) -> str:
-        """rgb, or the flow modality the *_flow models read."""
-        return "rgb" if self.model.endswith("_rgb") else self.flow_modality
-
-    def example_config(self, crops: int = 1, segments: int | None = None, clips: int = 1) -> ExampleConfig:
-        """How this run's model turns a video into an input (test-time crops, segments, clips as given)."""
-        return ExampleConfig(
-            arch=self.arch,
-            modality=self.modality,
-            segments=segments or self.segments,
-            new_length=self.new_length,
-            clip_len=self.clip_len,
-            interval=self.interval,
-            clips=clips,
-            input_size=self.input_size,
-            crops=crops,
-            flip=self.flip,
-        )
 
 
 def say(line: str) -> None:
@@ -159,91 +70,11 @@ def build(cfg: TrainConfig, num_classes: int) -> nn.Module:
     )
 
 
-def _load_plain(data: bytes):
-    """`torch.load` of tensors and plain values only (`weights_only=True`), so loading a file cannot run code.
-
-    Raises:
-        ValueError: the file is not one (pickle, zip and torch errors alike), with the first line of why.
-    """
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - an unpickling refusal, a zip or a torch error: not a file we load
-        raise ValueError(next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)) from None
-
-
-def read_state_dict(name: str, data: bytes) -> dict:
-    """A state dict from a file's bytes (a plain one, or the "model"/"state_dict" entry of a checkpoint); a file
-    that is none is a ValueError in one sentence, not an unpickling traceback."""
-    fix = "pass a .pth file of torch.save(model.state_dict())"
-    try:
-        state = _load_plain(data)
-    except ValueError as exc:
-        raise ValueError(f"pretrained weights {name} are not a PyTorch state dict ({str(exc)[:120]}); {fix}") from None
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"pretrained weights {name} hold no state dict of tensors; {fix}")
-    return state
-
-
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """AdamW or SGD with momentum, as configured, over every parameter."""
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
-def save_checkpoint(out: Location, state: dict, name: str = CHECKPOINT) -> None:
-    """Write `out/name` atomically, so a run killed while saving keeps its previous checkpoint."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    out.write_bytes(buffer.getvalue(), name)
-
-
-def load_checkpoint(path: str) -> dict:
-    """A checkpoint written by `run_training`: a run folder or a checkpoint file (a local path or URI).
-
-    Loaded with `weights_only=True`: tensors and plain values only, which is all a flowshard checkpoint holds, so
-    a run folder from someone else (a shared bucket) cannot run code when it is loaded.
-
-    Raises:
-        ValueError: no checkpoint, one that holds anything else (refused, not unpickled), or one from another
-            format version.
-    """
-    where = Location(path)
-    if where.is_dir():
-        where = where.child(CHECKPOINT)
-    if not where.is_file():
-        raise ValueError(f"no checkpoint at {where.uri_of()}; train one with `python -m jobs.train`")
-    try:
-        state = _load_plain(where.read_bytes())
-    except ValueError as exc:
-        raise ValueError(
-            f"{where.uri_of()} is not a flowshard checkpoint of tensors and plain values ({str(exc)[:160]}); it was not "
-            "loaded, since unpickling anything more could run code: use a checkpoint written by `python -m jobs.train`"
-        ) from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{where.uri_of()} is not a flowshard checkpoint (it holds a {type(state).__name__}, not a dict)")
-    if state.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path} was trained on sample format {state.get('format_version')}, this flowshard reads {FORMAT_VERSION}")
-    return state
-
-
-def read_metrics(out: Location) -> list[dict]:
-    """The rows of `out/metrics.csv` ([] when there is none yet)."""
-    if not out.is_file(METRICS_CSV):
-        return []
-    return list(csv.DictReader(io.StringIO(out.read_text(METRICS_CSV))))
-
-
-def write_metrics(out: Location, rows: list[dict]) -> None:
-    """Rewrite `out/metrics.csv` whole (object stores cannot append), atomically."""
-    text = io.StringIO()
-    writer = csv.DictWriter(text, METRICS_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    out.write_text(text.getvalue(), METRICS_CSV)
 
 
 def train_one_epoch(
@@ -391,44 +222,6 @@ def validate(model: nn.Module, cfg: TrainConfig, split: str, device) -> dict:
     return {"val_top1": metrics["top1"], "val_top5": metrics["top5"], "val_mean_class": metrics["mean_class"]}
 
 
-# What a resumed run may change: where its data and run folder are, how it runs (loader workers, device, mixed
-# precision, printing), when and how it validates, and --epochs (raised, to extend the run). Every other setting
-# shapes the model or its training recipe; --pretrained only matters before the first checkpoint.
-RUNTIME_FIELDS = (
-    "data",
-    "out",
-    "epochs",
-    "loader_workers",
-    "decode_on_device",
-    "use_gpu",
-    "amp",
-    "print_freq",
-    "eval_every",
-    "eval_split",
-    "eval_segments",
-)
-
-
-def resumed_config(cfg: TrainConfig, saved: TrainConfig) -> TrainConfig:
-    """The configuration a run resumes with: the saved run's recipe with this invocation's runtime settings (so
-    config.json keeps saying how the run was trained).
-
-    Raises:
-        ValueError: a recipe setting differs from the run's (each change named, with the ways out).
-    """
-    changes = [
-        f"{f.name} {getattr(saved, f.name)!r} -> {getattr(cfg, f.name)!r}"
-        for f in dataclasses.fields(TrainConfig)
-        if f.name not in (*RUNTIME_FIELDS, "pretrained") and getattr(cfg, f.name) != getattr(saved, f.name)
-    ]
-    if changes:
-        raise ValueError(
-            f"{cfg.out} holds a run trained with other settings ({', '.join(changes)}); to resume it, pass the settings "
-            "of its config.json (--epochs may be raised to extend it), or train into another --out"
-        )
-    return replace(saved, **{name: getattr(cfg, name) for name in RUNTIME_FIELDS})
-
-
 def _resume(cfg: TrainConfig, state: dict | None, model: nn.Module, optimizer, num_classes: int, verbose: bool) -> tuple[int, int, dict]:
     """Load the run's checkpoint (`state`, None for a new run) into the model and optimizer: (first epoch to run,
     step, the best validation so far: {"epoch", "val_top1"} or {})."""
@@ -484,7 +277,7 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
         out.write_text(json.dumps(redacted(asdict(cfg)), indent=2) + "\n", "config.json")
     # Rows of epochs after the checkpoint belong to an interrupted epoch that runs again.
     metrics = [r for r in read_metrics(out) if int(r["epoch"]) < start_epoch] if rank == 0 else []
-    tensorboard = _tensorboard(out) if rank == 0 else None
+    tensorboard = tensorboard_writer(out) if rank == 0 else None
 
     def on_step(row: dict) -> None:
         if rank == 0:
@@ -528,7 +321,7 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
                         tensorboard.add_scalar(f"val/{name.removeprefix('val_')}", stats[name], step)
             if rank == 0:
                 schedule = {"step": step, "total": total, "warmup": warmup}
-                best = _save_epoch(out, cfg, plain, optimizer, schedule, epoch, info.classes, metrics, stats, best)
+                best = save_epoch(out, cfg, plain, optimizer, schedule, epoch, info.classes, metrics, stats, best)
                 say(_epoch_line(epoch, stats, best, val_split) + f"; checkpoint {out.uri_of(CHECKPOINT)}")
             if report is not None:
                 report(stats)
@@ -536,39 +329,6 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
         if tensorboard:
             tensorboard.close()
     return stats
-
-
-def _save_epoch(
-    out: Location, cfg, model: nn.Module, optimizer, schedule: dict, epoch: int, classes: list, metrics: list, stats: dict, best: dict
-) -> dict:
-    """metrics.csv (with the epoch's row) and curves.png, best.pt when validation top-1 improved, then the checkpoint
-    (a resume drops metric rows past the checkpoint, never the reverse). Returns the best so far."""
-    metrics.append({"epoch": epoch, "step": schedule["step"], **{k: v for k, v in stats.items() if k in EPOCH_FIELDS}})
-    if "val_top1" in stats and (not best or stats["val_top1"] > best["val_top1"]):
-        best = {"epoch": epoch, "val_top1": stats["val_top1"]}
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "lr_scheduler": schedule,
-        "epoch": epoch,
-        "step": schedule["step"],
-        "config": redacted(asdict(cfg)),  # no credentials of a data or run URI in a file others may read
-        "num_classes": len(classes),
-        "classes": classes,
-        "format_version": FORMAT_VERSION,
-        "best": best,
-    }
-    write_metrics(out, metrics)
-    out.write_bytes(curves_png(_as_read(metrics), f"{cfg.model} {out.uri_of()}"), CURVES_PNG)
-    if best.get("epoch") == epoch:
-        save_checkpoint(out, state, BEST)
-    save_checkpoint(out, state)
-    return best
-
-
-def _as_read(rows: list[dict]) -> list[dict]:
-    """Rows as `read_metrics` gives them back (strings; empty where a row has no value)."""
-    return [{k: "" if r.get(k) is None else str(r[k]) for k in METRICS_FIELDS} for r in rows]
 
 
 def _epoch_line(epoch: int, stats: dict, best: dict, split: str) -> str:
@@ -583,21 +343,3 @@ def _epoch_line(epoch: int, stats: dict, best: dict, split: str) -> str:
             f" (best {best['val_top1']:.3f} at epoch {best['epoch']})"
         )
     return line
-
-
-def _tensorboard(out: Location):
-    """A SummaryWriter for a local run folder when tensorboard is installed, else None (metrics.csv is always
-    written)."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(out.path("tensorboard")) if out.is_local else None
-
-
-def config_from_checkpoint(state: dict) -> TrainConfig:
-    """The TrainConfig a checkpoint was trained with (fields of older versions ignored, new ones defaulted)."""
-    raw = dict(state["config"])
-    raw["step_epochs"] = tuple(raw.get("step_epochs", ()))
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in raw.items() if k in known})

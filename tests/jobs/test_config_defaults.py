@@ -8,7 +8,7 @@ import pytest
 from jobs import evaluate, export, make_synthetic, manifest, preprocess, train, visualize
 from pipeline.preprocess import PreprocessConfig
 from pipeline.synthetic import SyntheticConfig
-from trainers.loop import TrainConfig
+from trainers.config import TrainConfig
 
 CASES = {
     "preprocess": (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from jobs.evaluate import _views, config_from_args, get_args_parser, mirrors
-from trainers.loop import TrainConfig
+from trainers.config import TrainConfig
 
 
 @pytest.mark.parametrize(

@@ -369,9 +369,10 @@ def test_the_loader_benchmarks_rawframes_tree_makes_the_same_examples(tmp_path):
     assert len(list((tmp_path / "raw" / "v1").glob("flow_x_*.jpg"))) == 11 and (tmp_path / "raw" / "v1" / "img_00012.jpg").is_file()
     for cfg in bench.RECIPES.values():
         cfg = replace(cfg, input_size=24)
-        raw = bench.Rawframes(videos, cfg)
+        raw = bench.Rawframes(videos, cfg, bench.ReadTotals())
         for i, sample in enumerate(samples):
             raw.rng = np.random.default_rng(i)
             x, label, key = raw[i]
             expected = make_example(sample, cfg, True, np.random.default_rng(i))
             assert torch.equal(x, expected[0]) and (label, key) == expected[1:]
+    assert raw.reads.per_example(2)["read_requests"] > 1  # the files it opened, counted

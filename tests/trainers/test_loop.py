@@ -19,8 +19,10 @@ import torch
 
 from tests.conftest import REPO, run_job
 from tests.helpers import flags, synthetic_sample, write_dataset
-from trainers.loop import BEST, CHECKPOINT, TrainConfig, get_lr, load_checkpoint, run_training
+from trainers.config import TrainConfig
+from trainers.loop import get_lr, run_training
 from trainers.metrics import confusion_matrix, confusion_png, fuse, mean_class_accuracy, most_confused, topk_accuracy, video_metrics
+from trainers.run_folder import BEST, CHECKPOINT, load_checkpoint
 from trainers.shard_reader import sample_table
 
 

@@ -123,7 +123,7 @@ def test_pretrained_weights_say_what_was_loaded_and_foreign_ones_are_refused(tmp
 
 
 def test_a_file_that_is_not_a_state_dict_is_one_sentence(tmp_path):
-    from trainers.loop import read_state_dict
+    from trainers.run_folder import read_state_dict
 
     with pytest.raises(ValueError, match=r"^pretrained weights w.csv are not a PyTorch state dict \(.*\); pass a \.pth") as error:
         read_state_dict("w.csv", b"a,b\n1,2\n")
