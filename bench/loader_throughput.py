@@ -1,6 +1,6 @@
 """Loader budget: training-time samples/s per loader worker, shards (local disk, S3) against a rawframes tree.
 
-    python bench/loader_throughput.py [--data DATA] [--samples 48] [--repeat 2]
+    python bench/loader_throughput.py [--data DATA] [--samples 48] [--repeat 2] [--reference GIT_REF]
 
 The recipes are the published training set-ups: TSN flow (3 segments x 5 flows), TSN RGB (3 segments), I3D flow
 (64 consecutive flows), all with TSN's multi-scale crop to 224 px and random flips. Each source runs the same
@@ -15,6 +15,8 @@ worker (so the figure is per worker; the main process only receives batches), ti
   real store serves a range at a cost that does not grow with the object (moto reads the whole object for each);
 - the same samples written without member tables, as flowshard wrote them before (each example one ranged read of
   its whole sample): the reference, measured in the same run;
+- with --reference, a git commit's own loader (its `make_loader`, one worker, the same recipe) on the samples
+  without member tables, locally and from both S3 sources, each in a fresh process: "today" for a change;
 - the shards with --decode-on-device: what a worker still does when the JPEGs are decoded on the GPU (the
   decoding itself is not timed, there is no GPU here).
 Each source's MB and reads (files opened, or ranged reads and shard opens) per example are counted by the loader
@@ -27,9 +29,12 @@ GPU consumes x MB per example.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import boto3  # noqa: E402
 
+from bench.flow_service import checkout  # noqa: E402
 from bench.s3_proxy import Counter, s3_proxy  # noqa: E402
 from schemas.dataset import read_dataset_info  # noqa: E402
 from trainers.data import (  # noqa: E402
@@ -145,6 +151,34 @@ def source_rates(data: dict[str, str], videos: list, cfg: ExampleConfig, samples
     }
 
 
+# Run in a fresh process from a reference commit's tree: that commit's training loader, one worker, an epoch of
+# `samples` examples (a loader of resampled shards, as flowshard had before exact epochs: 3361698), samples/s from
+# the first batch on.
+REFERENCE_RUN = """
+import json, sys, time
+from trainers.data import ExampleConfig, make_loader
+root, cfg, samples, batch = sys.argv[1], ExampleConfig(**json.loads(sys.argv[2])), int(sys.argv[3]), int(sys.argv[4])
+n, start = 0, None
+for x, y, k in make_loader(root, "train", cfg, True, batch, workers=1, seed=0, epoch_samples=samples):
+    n += len(y)
+    if start is None:
+        start, first = time.perf_counter(), n
+print("RATE", (n - first) / (time.perf_counter() - start))
+"""
+
+
+def reference_rate(tree: Path, root: str, cfg: ExampleConfig, samples: int, batch: int) -> dict[str, float]:
+    """Samples/s of the reference commit's loader in `tree`, run in a fresh process with that tree's code."""
+    args = [root, json.dumps(dataclasses.asdict(cfg)), str(samples), str(batch)]
+    run = subprocess.run(
+        [sys.executable, "-c", REFERENCE_RUN, *args], cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True
+    )
+    rates = [float(line.split()[1]) for line in run.stdout.splitlines() if line.startswith("RATE ")]
+    if run.returncode or not rates:
+        raise SystemExit(f"the reference loader failed (a commit before exact epochs, 3361698, is needed):\n{run.stderr[-2000:]}")
+    return {"rate": rates[0]}
+
+
 def without_member_tables(data: str, out: Path) -> str:
     """The dataset's train samples written again as flowshard wrote them before member tables (read whole)."""
     from schemas.sample import decode_sample
@@ -198,6 +232,7 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=48, help="training samples per source and recipe")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=2, help="runs per source (best one reported)")
+    parser.add_argument("--reference", help="a git commit whose loader runs too, on the samples without member tables (e.g. 88d264e)")
     args = parser.parse_args()
     from tests.conftest import s3_env, start_moto, stop_process
 
@@ -222,10 +257,14 @@ def main() -> int:
             "read whole, S3 (moto)": upload(whole, f"{bucket}/whole"),
             "read whole, S3 (ranges served)": f"{bucket}/whole/data?{served}",
         }
+        tree = checkout(args.reference, work / "reference") if args.reference else None
         results = {}
         for name, cfg in RECIPES.items():
             runs = [source_rates(sources, videos, cfg, args.samples, args.batch_size) for _ in range(args.repeat)]
             results[name] = {source: max((r[source] for r in runs), key=lambda m: m["rate"]) for source in runs[0]}
+            for where in ("local", "S3 (moto)", "S3 (ranges served)") if tree else ():
+                root = sources[f"read whole, {where}"]
+                results[name][f"{args.reference}, {where}"] = reference_rate(tree, root, cfg, args.samples, args.batch_size)
             print(f"{name}: " + ", ".join(f"{s} {m['rate']:.1f}/s" for s, m in results[name].items()), flush=True)
     finally:
         if proxy is not None:
@@ -255,16 +294,21 @@ def main() -> int:
             r[f"shards, {where}"]["rate"] / r[f"read whole, {where}"]["rate"] for where in ("local", "S3 (moto)", "S3 (ranges served)")
         ]
         print(f"| {name} | " + " | ".join(f"{x:.2f}x" for x in ratios) + " |")
+    if args.reference:
+        print(f"\nBy member against {args.reference}'s loader, in the same run: samples/s\n")
+        print("| recipe | local | S3 (moto) | S3 (ranges served) |")
+        print("|---|---|---|---|")
+        for name, r in results.items():
+            wheres = ("local", "S3 (moto)", "S3 (ranges served)")
+            ratios = [r[f"shards, {where}"]["rate"] / r[f"{args.reference}, {where}"]["rate"] for where in wheres]
+            print(f"| {name} | " + " | ".join(f"{x:.2f}x" for x in ratios) + " |")
     print("\nWhat an example reads (MB, reads) and what a GPU then needs (GB/s) at MMAction2's published rates\n")
-    print("| recipe | GPU consumes (samples/s) | " + " | ".join(s for s in sources if s != "shards, decode on device") + " |")
-    print("|---|---|" + "---|" * (len(sources) - 1))
+    measured = [s for s in sources if s != "shards, decode on device" and "read_mb" in next(iter(results.values()))[s]]
+    print("| recipe | GPU consumes (samples/s) | " + " | ".join(measured) + " |")
+    print("|---|---|" + "---|" * len(measured))
     for name, r in results.items():
         need = GPU_DEMAND[name]
-        cells = [
-            f"{m['read_mb']:.2f} MB, {m['read_requests']:.1f} reads: {need * m['read_mb'] / 1024:.3f} GB/s"
-            for s, m in r.items()
-            if s != "shards, decode on device"
-        ]
+        cells = [f"{r[s]['read_mb']:.2f} MB, {r[s]['read_requests']:.1f} reads: {need * r[s]['read_mb'] / 1024:.3f} GB/s" for s in measured]
         print(f"| {name} | {need:.1f} | " + " | ".join(cells) + " |")
     print("\nCores per GPU: loader workers (one core each) a GPU needs to be kept fed, at MMAction2's published rates\n")
     print("| recipe | GPU consumes (samples/s) | " + " | ".join(sources) + " |")

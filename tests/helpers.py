@@ -120,7 +120,7 @@ def synthetic_sample(key: str, label: int, frames: int = FRAMES) -> Sample:
 def write_dataset(root: Path, shards: dict[str, list[Sample]], member_tables: bool = True) -> None:
     """A dataset folder of these shards, each in the split its name starts with ("train-000000.tar": train), with
     its dataset.json and index.parquet; without `member_tables`, written as flowshard wrote them before samples
-    held one (by plain webdataset)."""
+    held one (by plain webdataset's writer)."""
     (root / "shards").mkdir(parents=True)
     index = []
     for name, samples in shards.items():
@@ -128,8 +128,8 @@ def write_dataset(root: Path, shards: dict[str, list[Sample]], member_tables: bo
             with tarfile.open(root / "shards" / name, "w|") as sink:
                 for s in samples:
                     write_sample(sink, encode_sample(s))
-        else:
-            with wds.TarWriter(str(root / "shards" / name)) as sink:
+        else:  # as flowshard wrote them from 29b3dfc (plain headers, int member times) to 583287b
+            with wds.TarWriter(str(root / "shards" / name), mtime=0) as sink:
                 for s in samples:
                     sink.write(encode_sample(s))
         with open(root / "shards" / name, "rb") as tar:
