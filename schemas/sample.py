@@ -117,7 +117,10 @@ def encode_jpeg(image: np.ndarray, quality: int = DEFAULT_JPEG_QUALITY) -> bytes
 def decode_image(data: bytes, color: bool = True) -> np.ndarray:
     """JPEG/PNG bytes -> (H, W, 3) RGB uint8 (color) or (H, W) grayscale (8- or 16-bit as stored)."""
     flags = cv2.IMREAD_COLOR if color else cv2.IMREAD_UNCHANGED
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if len(data) else None
+    except cv2.error:
+        image = None
     if image is None:
         raise ValueError("could not decode image bytes (corrupt or not an image)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if color else image
@@ -163,7 +166,10 @@ def encode_flow(
 def decode_flow(parts: tuple[bytes, ...], encoding: str = "jpeg", bound: float = DEFAULT_FLOW_BOUND) -> np.ndarray:
     """The inverse of `encode_flow`: member bytes -> (H, W, 2) float32 flow in pixels."""
     if encoding == "float16":
-        return np.load(io.BytesIO(parts[0]), allow_pickle=False).astype(np.float32)
+        try:
+            return np.load(io.BytesIO(parts[0]), allow_pickle=False).astype(np.float32)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ValueError(f"could not decode a float16 flow ({exc})") from None
     x, y = (decode_image(p, color=False) for p in parts)
     return _dequantize16(x, y, bound) if encoding == "png16" else dequantize(x, y, bound)
 

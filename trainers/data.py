@@ -23,7 +23,7 @@ import webdataset as wds
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from schemas.sample import FLOW_MODALITIES, RGB, Sample, SampleMeta, decode_flow, decode_flow_u8, decode_image, flow_members, rgb_member
-from storage import Location
+from storage import Location, StorageError
 
 from .epochs import epoch_share
 from .sampling import clip_indices, snippet_indices, tsn_offsets
@@ -245,9 +245,10 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _worker_rng(seed: int, rank: int) -> np.random.Generator:
+def _worker_rng(seed: int, rank: int, stream: int = 0) -> np.random.Generator:
+    """This loader worker's generator for the examples' choices (`stream` 1: for the made-up ones)."""
     info = torch.utils.data.get_worker_info()
-    return np.random.default_rng([seed, rank, info.id if info else 0])
+    return np.random.default_rng([seed, rank, info.id if info else 0, *([stream] if stream else [])])
 
 
 class EpochSamples(torch.utils.data.IterableDataset):
@@ -281,8 +282,10 @@ def _examples(
     rng = _worker_rng(seed, rank)
     reader = ShardReader(REMOTE_IN_FLIGHT, OPEN_REMOTE_SHARDS) if remote else ShardReader()
 
-    def chosen(meta: SampleMeta) -> tuple[Choice, list[str]]:
-        choice = choose_example(meta, cfg, train, rng)
+    makeup_rng = _worker_rng(seed, rank, 1)  # made-up examples draw apart: the same choices however far reads run ahead
+
+    def chosen(meta: SampleMeta, generator: np.random.Generator = rng) -> tuple[Choice, list[str]]:
+        choice = choose_example(meta, cfg, train, generator)
         return choice, [p for i in choice.indices for p in parts_of(meta, cfg, int(i))]
 
     def make(sample: OpenedSample, choice: Choice, members: dict):
@@ -292,18 +295,20 @@ def _examples(
     last, repaid, recorded = None, 0, ReadStats()
 
     def record() -> None:  # what the reader read since the last call, to `reads`
+        nonlocal recorded
         if reads is not None:
-            reads.add(reader.stats.bytes - recorded.bytes, reader.stats.requests - recorded.requests)
-            recorded.bytes, recorded.requests = reader.stats.bytes, reader.stats.requests
+            now = reader.read_so_far()
+            reads.add(now.bytes - recorded.bytes, now.requests - recorded.requests)
+            recorded = now
 
     def made_up():
         nonlocal last, repaid
         while train and last is not None and repaid < handler.count:
             repaid += 1
-            choice, suffixes = chosen(last.meta)
+            choice, suffixes = chosen(last.meta, makeup_rng)
             try:
                 yield make(last, choice, reader.members(last, suffixes)())
-            except (ValueError, OSError, KeyError) as exc:  # the last good sample is bad after all: none to repeat
+            except (ValueError, OSError, KeyError, StorageError) as exc:  # the last good sample is bad after all: none to repeat
                 handler(ValueError(f"{last.key}: {exc}"))
                 last = None
 

@@ -200,6 +200,11 @@ class ShardReader:
         self._files.move_to_end(url)
         return self._files[url]
 
+    def read_so_far(self) -> ReadStats:
+        """A copy of `stats`, taken while no read thread is counting."""
+        with self._lock:
+            return ReadStats(self.stats.bytes, self.stats.requests)
+
     def _count(self, size: int) -> None:
         with self._lock:
             self.stats.bytes += size
@@ -225,13 +230,13 @@ class ShardReader:
         file = self._file(url)
         if whole or not ref["head"]:
             return self._submit(self._read_whole, file, url, ref["offset"], ref["size"])
-        return self._submit(self._read_head, file, url, ref["offset"], ref["head"])
+        return self._submit(self._read_head, file, url, ref["offset"], ref["head"], ref["size"])
 
     def _read_whole(self, file, url: str, offset: int, size: int) -> OpenedSample:
         members = _parse(self._read(file, url, offset, size), url, offset)
         return OpenedSample(url, offset, decode_meta(members), None, members)
 
-    def _read_head(self, file, url: str, offset: int, head: int) -> OpenedSample:
+    def _read_head(self, file, url: str, offset: int, head: int, size: int) -> OpenedSample:
         members = _parse(self._read(file, url, offset, head), url, offset)
         meta = decode_meta(members)
         if MEMBERS not in members:
@@ -239,6 +244,8 @@ class ShardReader:
         table, suffixes = read_member_table(members[MEMBERS]), member_suffixes(meta)
         if len(table) != len(suffixes):
             raise ValueError(f"sample {meta.video_id!r}: its member table lists {len(table)} members, its metadata {len(suffixes)}")
+        if not _places_fit(table, head, size):
+            raise ValueError(f"sample {meta.video_id!r}: its member table places members outside the sample or out of order")
         return OpenedSample(url, offset, meta, dict(zip(suffixes, map(tuple, table.tolist()))), None)
 
     def members(self, sample: OpenedSample, suffixes: list[str]) -> Callable[[], dict[str, bytes]]:
@@ -275,6 +282,17 @@ class ShardReader:
         for f in self._files.values():
             f.close()
         self._files.clear()
+
+
+def _places_fit(table: np.ndarray, head: int, size: int) -> bool:
+    """Whether a member table's places can be those of a sample of `size` bytes whose head is `head` bytes: each
+    member's data after its header, in order, without overlap, inside the sample (a corrupt table would otherwise
+    ask for reads of any size, anywhere)."""
+    if not len(table):
+        return True
+    starts, sizes = table[:, 0], table[:, 1]
+    ends = starts + sizes
+    return bool(starts[0] >= head + BLOCK and (sizes >= 0).all() and ends[-1] <= size and (starts[1:] >= ends[:-1] + BLOCK).all())
 
 
 def _parse(data: bytes, url: str, offset: int) -> dict[str, bytes]:

@@ -61,14 +61,15 @@ def header_fields(header: bytes) -> tuple[str, int]:
     """The name (its plain header's, without a PAX or GNU long name) and size in a 512-byte tar header.
 
     Raises:
-        TarError: the block fails the header checksum (not a header: a cut, misplaced or corrupt read).
+        TarError: the block fails the header checksum (not a header: a cut, misplaced or corrupt read), or its size
+            is not a number.
     """
     try:
         stored = _number(header[148:156])
     except ValueError:
         stored = -1
     if len(header) != BLOCK or stored != sum(header[:148]) + 256 + sum(header[156:]):  # the checksum field counts as spaces
-        raise TarError("not a tar header (bad checksum): the shard is corrupt")
+        raise TarError("not a tar header")  # its checksum fails
     name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
     if header[257:265] == _POSIX_MAGIC and header[345] != 0:
         name = header[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape") + "/" + name
@@ -90,8 +91,8 @@ def read_members(stream: BinaryIO, select: Callable[[str], bool] | None = None) 
             raise TarError(f"the tar ends inside a header at byte {offset + len(header)}")
         try:
             plain_name, size = header_fields(header)
-        except TarError:
-            raise TarError(f"not a tar header at byte {offset} (bad checksum): the shard is corrupt") from None
+        except TarError as exc:
+            raise TarError(f"{exc} at byte {offset} of the stream: the shard is corrupt") from None
         kind, padding = header[156:157], -size % BLOCK
         name = next_name if next_name is not None else plain_name
         next_name = None

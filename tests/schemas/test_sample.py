@@ -18,6 +18,7 @@ from schemas.sample import (
     dali_index,
     decode_flow,
     decode_flow_u8,
+    decode_image,
     decode_sample,
     encode_flow,
     encode_jpeg,
@@ -149,6 +150,16 @@ def test_the_member_table_places_every_member_after_it(key, modalities):
         assert data[start + offset : start + offset + size] == tar_members[f"{key}.{suffix}"]
     end = components[-1][1] + -(-components[-1][2] // 512) * 512
     assert sample_ranges(dali_index([first, components]))[key] == (start, end - start, head)
+
+
+def test_empty_or_cut_members_are_a_value_error_not_a_codec_error():
+    """A 0-byte or cut member (an overwritten shard) is a ValueError the loader skips, for every encoding."""
+    flow = encode_flow(smooth_flow(), "float16")[0]
+    for decode in (lambda: decode_image(b""), lambda: decode_image(b"\xff\xd8" + b"\0" * 30), lambda: decode_flow((b"",), "float16")):
+        with pytest.raises(ValueError):
+            decode()
+    with pytest.raises(ValueError, match="float16"):
+        decode_flow((flow[:60],), "float16")
 
 
 def test_a_corrupt_member_table_is_one_clear_error():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import logging
 import multiprocessing as mp
 from dataclasses import replace
@@ -13,12 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from schemas.sample import Sample, dali_index_of, encode_flow, encode_jpeg, rgb_member
+from schemas.sample import Sample, dali_index_of, encode_flow, encode_jpeg, read_member_table, rgb_member
 from tests.conftest import REPO
 from tests.helpers import H, W, synthetic_sample, write_dataset
 from trainers.data import ExampleConfig, example_pipeline, make_example, make_loader
 from trainers.epochs import epoch_share, steps_in_epoch
 from trainers.shard_reader import ShardReader, coalesce, sample_table, shard_urls
+from trainers.tar_stream import read_members
 
 STEP = 2 * 20.0 / 255  # one 8-bit level of flow at bound 20; JPEG may move a value by one more
 
@@ -305,6 +307,29 @@ def test_a_member_table_that_lies_is_caught_and_the_sample_skipped(tmp_path, cap
         keys = [k for _, _, ks in make_loader(tmp_path, "train", cfg, train=False, batch_size=1) for k in ks]
     assert keys == ["v0"]
     assert any("not a tar header" in r.message and "v1" in r.message for r in caplog.records)
+
+
+def test_a_corrupt_member_table_is_a_skipped_sample_not_a_huge_read(tmp_path, caplog):
+    """A member table whose numbers were overwritten (a size of 2**45, an offset back into the head) is refused
+    before any read it would ask for: the sample is skipped with a warning, the others read."""
+    write_dataset(tmp_path, {"train-000000.tar": [synthetic_sample(f"v{i}", 0, frames=3) for i in range(3)]})
+    path = tmp_path / "shards" / "train-000000.tar"
+    data = path.read_bytes()
+    table = sample_table(tmp_path, "train")
+    for i, (row, column, value) in enumerate([(0, 1, 2**45), (2, 0, 16)]):  # v0: a size; v2: an offset into the head
+        start, end = int(table.offset[2 * i]), int(table.offset[2 * i] + table.head[2 * i])
+        stored = dict(read_members(io.BytesIO(data[start:end])))[f"v{2 * i}.members.npy"]
+        places = read_member_table(stored).copy()
+        places[row, column] = value
+        changed = io.BytesIO()
+        np.save(changed, places)
+        data = data[:start] + data[start:end].replace(stored, changed.getvalue()) + data[end:]
+    path.write_bytes(data)
+    cfg = ExampleConfig(arch="tsn", modality="rgb", segments=2, input_size=16)
+    with caplog.at_level(logging.WARNING, logger="trainers.data"):
+        keys = [k for _, _, ks in make_loader(tmp_path, "train", cfg, train=False, batch_size=1) for k in ks]
+    assert keys == ["v1"]
+    assert sum("places members outside the sample" in r.message for r in caplog.records) == 2
 
 
 def test_missing_split_is_a_clear_error(tmp_path):
