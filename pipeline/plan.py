@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from schemas.manifest import SPLITS, VideoRecord
-from schemas.sample import RGB
-
-if TYPE_CHECKING:
-    from .shards import ProcessConfig
 
 
 @dataclass(frozen=True)
@@ -38,16 +33,3 @@ def plan_shards(records: list[VideoRecord], videos_per_shard: int) -> list[Shard
         for i in range(0, len(rows), videos_per_shard):
             specs.append(ShardSpec(f"{split}-{i // videos_per_shard:06d}", split, tuple(rows[i : i + videos_per_shard])))
     return specs
-
-
-def estimate_video_mb(cfg: ProcessConfig, frames: int = 300) -> float:
-    """Rough size of one stored video (default: 10 s at 30 fps), for choosing videos per shard."""
-    w, h = cfg.decode.size or (340, cfg.decode.short_side or 256)
-    pixels = w * h / (340 * 256)
-    per_frame = 0.0
-    if RGB in cfg.modalities:
-        per_frame += 0.030 * pixels * cfg.jpeg_quality / 95  # an RGB JPEG at q95 is ~30 KB at 340x256
-    per_flow = {"jpeg": 0.012, "png16": 0.2, "float16": 0.35}[cfg.flow_encoding] * pixels
-    per_frame += per_flow * len(cfg.flow_modalities)
-    frames = min(frames, cfg.decode.max_frames or frames)
-    return max(per_frame * frames, 1e-3)

@@ -22,7 +22,7 @@ from schemas.manifest import VideoRecord, read_manifest
 from storage import Location, join
 
 from . import __version__
-from .plan import ShardSpec, estimate_video_mb, plan_shards
+from .plan import ShardSpec, plan_shards
 from .progress import Progress, format_duration
 from .ray_tasks import ClusterConfig, check_visible, node_names, ray_session, run_shards
 from .report import REPORT_FILE, build_report, format_report
@@ -126,7 +126,7 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
         raise ValueError(f"manifest {cfg.manifest} lists no videos")
     out = Location(cfg.out)
     _check_output(cfg, out)
-    videos_per_shard = cfg.videos_per_shard or max(1, math.floor(cfg.shard_size_mb / estimate_video_mb(cfg.process)))
+    videos_per_shard = cfg.videos_per_shard or max(1, math.floor(cfg.shard_size_mb / cfg.process.estimated_video_mb()))
     params = run_parameters(cfg, records, videos_per_shard)
     if not cfg.overwrite:
         _refuse_other_parameters(out, params, estimated_per_shard=cfg.videos_per_shard is None)

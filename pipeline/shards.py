@@ -87,6 +87,18 @@ class ProcessConfig:
             raise ValueError(f"video time limit must be positive seconds (or none), got {self.video_timeout}")
         resolve_params(self.flow_preset, dict(self.flow_params))  # raises ValueError on unknown names
 
+    def estimated_video_mb(self, frames: int = 300) -> float:
+        """Rough size of one stored video (default: 10 s at 30 fps), for choosing videos per shard."""
+        w, h = self.decode.size or (340, self.decode.short_side or 256)
+        pixels = w * h / (340 * 256)
+        per_frame = 0.0
+        if RGB in self.modalities:
+            per_frame += 0.030 * pixels * self.jpeg_quality / 95  # an RGB JPEG at q95 is ~30 KB at 340x256
+        per_flow = {"jpeg": 0.012, "png16": 0.2, "float16": 0.35}[self.flow_encoding] * pixels
+        per_frame += per_flow * len(self.flow_modalities)
+        frames = min(frames, self.decode.max_frames or frames)
+        return max(per_frame * frames, 1e-3)
+
     @property
     def flow_modalities(self) -> tuple[str, ...]:
         """The flow modalities asked for, in order."""

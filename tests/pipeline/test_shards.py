@@ -11,7 +11,7 @@ import pytest
 import webdataset as wds
 
 from pipeline.decode import DecodeConfig
-from pipeline.plan import estimate_video_mb, plan_shards
+from pipeline.plan import plan_shards
 from pipeline.shards import (
     DONE_SUFFIX,
     PROGRESS_DIR,
@@ -68,8 +68,8 @@ def test_size_estimate_grows_with_modalities_and_size():
     rgb = ProcessConfig(modalities=("rgb",))
     both = ProcessConfig(modalities=("rgb", "tvl1", "warp_tvl1"))
     big = ProcessConfig(modalities=("rgb",), decode=DecodeConfig(size=(680, 512)))
-    assert estimate_video_mb(rgb) < estimate_video_mb(both)
-    assert estimate_video_mb(rgb) < estimate_video_mb(big)
+    assert rgb.estimated_video_mb() < both.estimated_video_mb()
+    assert rgb.estimated_video_mb() < big.estimated_video_mb()
 
 
 def test_process_video_frames_and_flows_align_with_the_motion(videos):
