@@ -5,6 +5,8 @@ output-size frames. The pixel grid is a choice (`DecodeConfig.pixel_grid`):
   - "stored" (default): the pixels as stored, ignoring the sample aspect ratio, as OpenCV-based tools
     (denseflow, mmaction2) do. A 340x256 Kinetics clip with sample aspect 64/51 stays 340x256.
   - "square": sample-aspect corrected, so pixels are square: that clip becomes 427x256 before resizing.
+Frames are shown as a player shows them: a stream's display matrix (phone videos carry a rotation) is applied as
+FFmpeg's autorotation applies it (`Orientation`), so `short_side` and `size` are those of the displayed frame.
 `encode_mp4` is the way back, for generated videos and previews.
 """
 
@@ -65,6 +67,61 @@ class DecodedVideo:
     source_size: tuple[int, int]  # stored (width, height)
     sample_aspect: Fraction  # of the source; 1 where unknown
     decoded_frames: int  # frames decoded inside the trim window (before fps resampling; decoding stops once max_frames are out)
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """How a player turns a stored frame for display: `turns` quarter turns counter-clockwise, then, where
+    `mirrored`, its mirror image (left-right)."""
+
+    turns: int = 0  # 0..3
+    mirrored: bool = False
+
+    @property
+    def rotation(self) -> int:
+        """Degrees counter-clockwise, as PyAV's `VideoFrame.rotation` gives them."""
+        return 90 * self.turns
+
+    def apply(self, frame: np.ndarray) -> np.ndarray:
+        """A stored (H, W, ...) frame as displayed."""
+        shown = np.rot90(frame, self.turns) if self.turns else frame
+        return np.ascontiguousarray(shown[:, ::-1] if self.mirrored else shown)
+
+    def stored_size(self, displayed: tuple[int, int]) -> tuple[int, int]:
+        """The (width, height) of a stored frame that is `displayed` (width, height) once turned."""
+        return (displayed[1], displayed[0]) if self.turns % 2 else displayed
+
+
+def orientation_of(matrix: np.ndarray | None) -> Orientation:
+    """A stream's display matrix (FFmpeg's 3x3 int32 side data, 16.16 fixed point; None where there is none) ->
+    the turns and mirror image FFmpeg's autorotation gives (fftools' get_rotation and its transpose/flip filters,
+    ffmpeg 7): what ffmpeg, players and OpenCV's VideoCapture show. Angles other than quarter turns are not
+    applied (a rotate filter would pad the frame). Pure."""
+    if matrix is None:
+        return Orientation()
+    m = [int(v) for v in matrix[:9]]
+    scale = math.hypot(m[0], m[3]), math.hypot(m[1], m[4])
+    if not min(scale):
+        return Orientation()
+    theta = round(math.degrees(math.atan2(m[1] / scale[1], m[0] / scale[0])))  # av_display_rotation_get, negated
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
+    if theta == 90:
+        return Orientation(3, True) if m[3] > 0 else Orientation(3)  # transpose: cclock_flip / clock
+    if theta == 180:
+        return {(True, True): Orientation(2), (True, False): Orientation(0, True), (False, True): Orientation(2, True)}.get(
+            (m[0] < 0, m[4] < 0), Orientation()
+        )
+    if theta == 270:
+        return Orientation(1, True) if m[3] < 0 else Orientation(1)  # transpose: clock_flip / cclock
+    return Orientation(2, True) if theta == 0 and m[4] < 0 else Orientation()  # a vertical flip; other angles as stored
+
+
+def frame_orientation(frame: av.VideoFrame) -> Orientation:
+    """The orientation a decoded frame's display matrix asks for (none without one)."""
+    for data in frame.side_data:
+        if data.type.name == "DISPLAYMATRIX":
+            return orientation_of(np.frombuffer(bytes(data), "<i4"))
+    return Orientation()
 
 
 def output_size(width: int, height: int, sample_aspect: Fraction, cfg: DecodeConfig) -> tuple[int, int]:
@@ -175,7 +232,8 @@ class VideoStream:
         stream.thread_type = "AUTO"
         self.sample_aspect = stream.sample_aspect_ratio or Fraction(1)
         self.source_size = (stream.codec_context.width, stream.codec_context.height)
-        self.size = output_size(*self.source_size, self.sample_aspect, cfg)  # (width, height) of the frames
+        self.size = output_size(*self.source_size, self.sample_aspect, cfg)  # (width, height) of the frames as displayed
+        self.orientation = Orientation()  # known at the first frame (its display matrix), which may turn `size`
         self.native_rate = float(stream.average_rate or stream.guessed_rate or 25)
         self.fps = cfg.fps or self.native_rate  # frame rate of the output
         self.decoded_frames = 0  # frames decoded inside the window so far (before resampling)
@@ -217,6 +275,16 @@ class VideoStream:
         if chunk:
             yield np.stack(chunk)
 
+    def _orient(self, orientation: Orientation) -> tuple[int, int]:
+        """Take the stream's orientation; returns the (width, height) to resize stored frames to, so that once
+        turned they are `size`: the displayed frame's size (`short_side` and `size` are the displayed frame's)."""
+        self.orientation = orientation
+        if orientation.turns % 2:
+            if self.cfg.size is None:  # the shorter side: the same once turned
+                self.size = self.size[::-1]
+            return orientation.stored_size(self.size)
+        return self.size
+
     def _decoded(self) -> Iterator[tuple[np.ndarray, float]]:
         """(frame at the output size, timestamp) of every frame inside the window."""
         container, stream, (width, height) = self._container, self._stream, self.size
@@ -234,8 +302,11 @@ class VideoStream:
                     continue
                 if self.end_sec is not None and t >= self.end_sec - 1e-6:
                     break
+                if not self.decoded_frames:
+                    width, height = self._orient(frame_orientation(frame))
                 self.decoded_frames += 1
-                yield frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray(), t
+                image = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray()
+                yield self.orientation.apply(image), t
         except av.error.FFmpegError as exc:
             raise VideoError(f"corrupt or cut off after {self.decoded_frames} decoded frames ({_reason(exc)})") from None
 

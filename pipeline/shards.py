@@ -159,6 +159,8 @@ class VideoResult:
     label: int = -1
     offset: int = -1  # where the sample starts in the tar; -1 in records written before flowshard kept it
     head: int = 0  # the sample's bytes up to and including its member table; 0: no table (written before one was)
+    rotation: int = 0  # degrees counter-clockwise its frames were turned for display (its display matrix)
+    mirrored: bool = False  # and mirrored after the turn
 
     def __post_init__(self):
         self.reason = redact(self.reason)  # it may name a video's URI, credentials and all; results are stored and printed
@@ -275,6 +277,8 @@ def _sample_meta(record: VideoRecord, cfg: ProcessConfig, video: VideoStream, ho
         homographies=homographies,
         start_sec=record.start_sec,
         end_sec=record.end_sec,
+        rotation=video.orientation.rotation,
+        mirrored=video.orientation.mirrored,
     )
 
 
@@ -341,9 +345,21 @@ def _add_video(record: VideoRecord, spec: ShardSpec, cfg: ProcessConfig, flow, t
         offset = sink.offset  # the tar's logical position (what reached the stream is behind it by tarfile's buffer)
         index.append(write_sample(sink, encode_sample(sample)))
     seconds, written = time.monotonic() - start, sink.offset - offset
-    head = head_bytes(index[-1], offset)
+    meta = sample.meta
     return VideoResult(
-        record.video_id, spec.split, spec.name, "ok", "", seconds, sample.meta.num_frames, written, record.label, offset, head
+        record.video_id,
+        spec.split,
+        spec.name,
+        "ok",
+        "",
+        seconds,
+        meta.num_frames,
+        written,
+        record.label,
+        offset,
+        head_bytes(index[-1], offset),
+        meta.rotation,
+        meta.mirrored,
     )
 
 

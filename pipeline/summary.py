@@ -41,6 +41,7 @@ class DatasetSummary:
     shard_bytes: dict[str, int]  # shard -> bytes of its samples
     failures: dict[str, list[str]] = field(default_factory=dict)  # reason kind -> video ids
     report: dict = field(default_factory=dict)  # report.json, {} where absent
+    turned: dict[str, int] = field(default_factory=dict)  # "rotated 90", "rotated 90, mirrored", ... -> videos stored turned
 
     def thinnest(self, split: str) -> list[tuple[str, int]]:
         """The THINNEST classes of `split` with the fewest videos (ties by class order)."""
@@ -71,6 +72,11 @@ def summarize(root: str) -> DatasetSummary:
         if 0 <= label < n:
             per_class[split][label] += 1
         shard_bytes[shard] += size
+    turned = Counter(
+        f"rotated {r}" + (", mirrored" if m else "") if r else "mirrored"
+        for status, r, m in zip(results["status"], results.get("rotation", []), results.get("mirrored", []))
+        if status == "ok" and (r or m)
+    )
     failed, failures = Counter(), defaultdict(list)
     for video, split, status, reason in zip(results["video_id"], results["split"], results["status"], results["reason"]):
         if status != "ok":
@@ -89,6 +95,7 @@ def summarize(root: str) -> DatasetSummary:
         shard_bytes=dict(shard_bytes),
         failures=dict(sorted(failures.items(), key=lambda kv: -len(kv[1]))),
         report=report,
+        turned=dict(sorted(turned.items())),
     )
 
 
@@ -111,6 +118,9 @@ def summary_lines(s: DatasetSummary) -> list[str]:
         lines.append(
             f"{len(mb)} shards: {mb.sum():.1f} MB, per shard min {mb.min():.1f}, median {np.median(mb):.1f}, max {mb.max():.1f} MB"
         )
+    if s.turned:
+        turns = ", ".join(f"{n} {how}" for how, n in s.turned.items())
+        lines.append(f"{sum(s.turned.values())} videos stored turned as their display matrix asks (as players show them): {turns}")
     if s.failures:
         lines.append("failures by reason:")
         for kind, ids in s.failures.items():

@@ -52,6 +52,8 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("frames", pa.int32(), nullable=False),
         pa.field("bytes", pa.int64(), nullable=False),
         pa.field("label", pa.int32(), nullable=False),
+        pa.field("rotation", pa.int32(), nullable=False),  # degrees counter-clockwise the frames were turned for display
+        pa.field("mirrored", pa.bool_(), nullable=False),  # and mirrored after the turn
     ]
 )
 

@@ -204,6 +204,10 @@ class SampleMeta:
     start_sec: float | None = None
     end_sec: float | None = None
     format_version: int = FORMAT_VERSION
+    # How the stored frames were turned for display (the video's display matrix): degrees counter-clockwise, then a
+    # mirror image. Written to `json` only when the video had one (see `meta_json`).
+    rotation: int = 0
+    mirrored: bool = False
 
     @property
     def num_flows(self) -> int:
@@ -233,6 +237,17 @@ class Sample:
         return decode_flow(self.flow[modality][index], self.meta.flow_encoding, self.meta.flow_bound)
 
 
+# Fields added to format version 1 after it was first written, with the value that means "not there": left out of
+# `json` at that value, so the samples of videos without them keep the bytes they had (and older readers read them).
+LATER_FIELDS = {"rotation": 0, "mirrored": False}
+
+
+def meta_json(meta: SampleMeta) -> bytes:
+    """The `json` member of a sample."""
+    raw = {k: v for k, v in asdict(meta).items() if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
+    return json.dumps(raw).encode()
+
+
 def encode_sample(sample: Sample) -> dict[str, bytes]:
     """Sample -> {"__key__": key, member suffix: bytes}, ready for `write_sample` (or `webdataset.TarWriter.write`).
 
@@ -245,7 +260,7 @@ def encode_sample(sample: Sample) -> dict[str, bytes]:
         raise ValueError(f"sample key {meta.video_id!r} must be non-empty without '.' or '/'")
     if RGB in meta.modalities and len(sample.rgb) != meta.num_frames:
         raise ValueError(f"{meta.video_id}: {len(sample.rgb)} RGB frames but num_frames = {meta.num_frames}")
-    out = {"__key__": meta.video_id, JSON: json.dumps(asdict(meta)).encode(), CLS: str(meta.label).encode()}
+    out = {"__key__": meta.video_id, JSON: meta_json(meta), CLS: str(meta.label).encode()}
     for i, data in enumerate(sample.rgb):
         out[rgb_member(i)] = data
     for modality, flows in sample.flow.items():
