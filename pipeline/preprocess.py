@@ -29,6 +29,8 @@ from .report import REPORT_FILE, build_report, format_report
 from .shards import PROGRESS_DIR, ProcessConfig, ShardResult, VideoResult, completed_shards, index_finished_shards, locate_samples
 
 RUN_FILE = "run.json"  # under _progress/: the parameters the existing shards were built with
+ROWS_FILE = "manifest_rows.parquet"  # under _progress/: the manifest rows they were built from, to name what changed
+ROW_FIELDS = ("video_id", "path", "label", "split", "start_sec", "end_sec")  # what the plan and the shards depend on
 FINGERPRINT_VERSION = 2  # 1 (flowshard 0.1.0) also held runtime settings
 MAX_OBJECT_SHARD_MB = 4096  # shards are copied into place on object stores, and S3 copies at most 5 GB
 
@@ -69,6 +71,46 @@ def manifest_fingerprint(records: list[VideoRecord]) -> str:
     return h.hexdigest()
 
 
+def manifest_rows(records: list[VideoRecord]) -> pa.Table:
+    """The fields of the manifest's rows that the output depends on (`ROW_FIELDS`), as kept beside the shards."""
+    return pa.Table.from_pylist(
+        [{name: getattr(r, name) for name in ROW_FIELDS} for r in records],
+        schema=pa.schema(
+            [
+                ("video_id", pa.string()),
+                ("path", pa.string()),
+                ("label", pa.int64()),
+                ("split", pa.string()),
+                ("start_sec", pa.float64()),
+                ("end_sec", pa.float64()),
+            ]
+        ),
+    )
+
+
+def manifest_changes(old: list[dict], new: list[VideoRecord], named: int = 3) -> str:
+    """What changed from the rows a dataset was built from (`old`, as `manifest_rows` keeps them) to `new`, in
+    words: "2 videos added (v_a, v_b), 1 removed (v_c), 1 changed (v_d: path)". Pure."""
+    before = {row["video_id"]: row for row in old}
+    after = {r.video_id: {name: getattr(r, name) for name in ROW_FIELDS} for r in new}
+    added = [v for v in after if v not in before]
+    removed = [v for v in before if v not in after]
+    changed = [
+        f"{v}: {', '.join(k for k in ROW_FIELDS if before[v][k] != after[v][k])}" for v in after if v in before and before[v] != after[v]
+    ]
+
+    def some(ids: list[str]) -> str:
+        return ", ".join(ids[:named]) + (f", ... {len(ids) - named} more" if len(ids) > named else "")
+
+    parts = [
+        f"{len(ids)} {'video' if len(ids) == 1 else 'videos'} {what} ({some(ids)})"
+        for what, ids in (("added", added), ("removed", removed))
+        if ids
+    ]
+    parts += [f"{len(changed)} changed ({some(changed)})"] if changed else []
+    return ", ".join(parts) or "the same rows in another order"
+
+
 def run_parameters(cfg: PreprocessConfig, records: list[VideoRecord], videos_per_shard: int) -> dict:
     """The resume fingerprint: only what changes the output (runtime and cluster settings may change)."""
     return {
@@ -79,14 +121,22 @@ def run_parameters(cfg: PreprocessConfig, records: list[VideoRecord], videos_per
     }
 
 
-def _refuse_other_parameters(out: Location, params: dict, estimated_per_shard: bool = False) -> None:
+def _refuse_other_parameters(out: Location, params: dict, records: list[VideoRecord], estimated_per_shard: bool = False) -> None:
     """Raise ValueError when `out` holds shards built with other output parameters. An estimated videos per
-    shard (no --videos-per-shard) is named only when nothing else changed: it follows the other settings."""
+    shard (no --videos-per-shard) is named only when nothing else changed: it follows the other settings. A
+    changed manifest alone is named in words (videos added, removed, changed) where its rows were kept."""
     if not out.exists(PROGRESS_DIR, RUN_FILE):
         return
     previous = json.loads(out.read_bytes(PROGRESS_DIR, RUN_FILE))
     if previous.get("fingerprint_version") != FINGERPRINT_VERSION:
         raise ValueError(f"{out.uri} was started by an older flowshard; pass --overwrite to rebuild it, or choose another --out")
+    if {**previous, "manifest": None} == {**params, "manifest": None} and previous != params and out.is_file(PROGRESS_DIR, ROWS_FILE):
+        with out.open_input_file(PROGRESS_DIR, ROWS_FILE) as f:
+            old_rows = pq.read_table(f).to_pylist()
+        raise ValueError(
+            f"{out.uri} was built from another manifest: {manifest_changes(old_rows, records)}; a dataset cannot grow or "
+            "change in place yet: pass --overwrite to rebuild it, or choose another --out"
+        )
     if previous != params:
         old, new = _flatten(previous), _flatten(params)
         keys = sorted(set(old) | set(new), key=lambda k: (k.count("."), k))  # top-level changes (modalities) first
@@ -129,7 +179,7 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
     videos_per_shard = cfg.videos_per_shard or max(1, math.floor(cfg.shard_size_mb / cfg.process.estimated_video_mb()))
     params = run_parameters(cfg, records, videos_per_shard)
     if not cfg.overwrite:
-        _refuse_other_parameters(out, params, estimated_per_shard=cfg.videos_per_shard is None)
+        _refuse_other_parameters(out, params, records, estimated_per_shard=cfg.videos_per_shard is None)
     specs = plan_shards(records, videos_per_shard)
     done = _finished_shards(out, specs, cfg.overwrite)
     todo = [s for s in specs if s.name not in done]
@@ -188,11 +238,11 @@ def _run_todo(cfg: PreprocessConfig, out: Location, records: list[VideoRecord], 
     """Check the cluster, prepare the output, and run the shards still to do: (their results, the run report or None).
     Without shards to run, Ray is not started; the output is still prepared (parameters recorded, leftovers removed)."""
     if not todo:
-        _prepare(out, params, cfg.overwrite)
+        _prepare(out, params, records, cfg.overwrite)
         return [], None
     with ray_session(cfg.cluster.address):
         check_visible(out, [r.path for r in records if r.exists])
-        _prepare(out, params, cfg.overwrite)
+        _prepare(out, params, records, cfg.overwrite)
         start = time.monotonic()
         new, flow_stats = run_shards(todo, cfg.process, cfg.out, cfg.cluster, on_progress)
         return new, build_report(new, flow_stats, time.monotonic() - start, node_names())
@@ -213,13 +263,16 @@ def _summary(results: list[ShardResult], new: list[ShardResult], seconds: float)
     )
 
 
-def _prepare(out: Location, params: dict, overwrite: bool) -> None:
-    """Clear the output (with overwrite), record the parameters, and remove what interrupted writes left."""
+def _prepare(out: Location, params: dict, records: list[VideoRecord], overwrite: bool) -> None:
+    """Clear the output (with overwrite), record the parameters and the manifest rows, and remove what interrupted
+    writes left."""
     if overwrite:
         for folder in (SHARDS_DIR, PROGRESS_DIR):
             out.delete_dir(folder)
         for name in (INDEX_FILE, RESULTS_FILE, DATASET_FILE):
             out.delete_file(name)
+    with out.atomic_write(PROGRESS_DIR, ROWS_FILE) as stream:
+        pq.write_table(manifest_rows(records), stream)
     out.write_bytes(json.dumps(params, indent=2).encode(), PROGRESS_DIR, RUN_FILE)
     for folder in (SHARDS_DIR, PROGRESS_DIR):
         out.remove_temporaries(folder)

@@ -8,6 +8,7 @@ runs some of the same errors as processes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -122,12 +123,44 @@ def test_a_refused_resume_names_what_the_user_changed_not_the_estimate_that_foll
     (tmp_path / PROGRESS_DIR / RUN_FILE).write_text(json.dumps(before))
     smaller = {**before, "process": {"short_side": 128}, "videos_per_shard": 1040}
     with pytest.raises(ValueError) as refused:
-        _refuse_other_parameters(Location(str(tmp_path)), smaller, estimated_per_shard=True)
+        _refuse_other_parameters(Location(str(tmp_path)), smaller, [], estimated_per_shard=True)
     assert "process.short_side: 256 -> 128" in str(refused.value) and "videos_per_shard" not in str(refused.value)
     with pytest.raises(ValueError, match="videos_per_shard: 650 -> 1040"):  # set by hand, it is a change of its own
-        _refuse_other_parameters(Location(str(tmp_path)), smaller, estimated_per_shard=False)
+        _refuse_other_parameters(Location(str(tmp_path)), smaller, [], estimated_per_shard=False)
     with pytest.raises(ValueError, match="videos_per_shard: 650 -> 520"):  # the only change (--shard-size-mb)
-        _refuse_other_parameters(Location(str(tmp_path)), {**before, "videos_per_shard": 520}, estimated_per_shard=True)
+        _refuse_other_parameters(Location(str(tmp_path)), {**before, "videos_per_shard": 520}, [], estimated_per_shard=True)
+
+
+def test_a_changed_manifest_is_named_in_words_not_hashes(tmp_path):
+    """Issue 28: a run over a dataset built from another manifest says which videos were added, removed or
+    changed (and how), in one sentence."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from pipeline.preprocess import FINGERPRINT_VERSION, ROWS_FILE, RUN_FILE, _refuse_other_parameters, manifest_rows
+    from pipeline.shards import PROGRESS_DIR
+    from schemas.manifest import VideoRecord
+    from storage import Location
+
+    old = [VideoRecord(f"v{i}", f"/videos/v{i}.mp4", i % 2, "c", "train", "ucf101") for i in range(6)]
+    before = {"fingerprint_version": FINGERPRINT_VERSION, "process": {"short_side": 256}, "videos_per_shard": 650, "manifest": "x"}
+    (tmp_path / PROGRESS_DIR).mkdir()
+    (tmp_path / PROGRESS_DIR / RUN_FILE).write_text(json.dumps(before))
+    pq.write_table(manifest_rows(old), tmp_path / PROGRESS_DIR / ROWS_FILE)
+    new = [r for r in old if r.video_id != "v2"]  # v2 removed
+    new[0] = dataclasses.replace(new[0], path="/elsewhere/v0.mp4")
+    new[3] = dataclasses.replace(new[3], label=1, split="test")  # v4
+    new += [VideoRecord(f"w{i}", f"/videos/w{i}.mp4", 0, "c", "train", "ucf101") for i in range(5)]
+    with pytest.raises(ValueError) as refused:
+        _refuse_other_parameters(Location(str(tmp_path)), {**before, "manifest": "y"}, new)
+    message = str(refused.value)
+    assert "5 videos added (w0, w1, w2, ... 2 more), 1 video removed (v2), 2 changed (v0: path, v4: label, split)" in message
+    assert "--overwrite" in message and "x -> y" not in message  # no fingerprints (they were "manifest: x -> y")
+    with pytest.raises(ValueError, match="the same rows in another order"):
+        _refuse_other_parameters(Location(str(tmp_path)), {**before, "manifest": "z"}, old[::-1])
+    with pytest.raises(ValueError, match="process.short_side: 256 -> 128"):  # other parameters changed too: named as ever
+        _refuse_other_parameters(Location(str(tmp_path)), {**before, "process": {"short_side": 128}, "manifest": "y"}, new)
 
 
 @pytest.mark.parametrize(

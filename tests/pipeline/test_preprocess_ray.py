@@ -89,6 +89,8 @@ def test_embedded_run_writes_readable_shards(dataset, embedded_run):
     assert "videos (" in result.stdout and "frames/s" in result.stdout and "ETA" in result.stdout
     assert "Token authentication" not in result.stdout + result.stderr  # no third-party notice a user cannot act on
     assert_every_good_video_exactly_once(out, manifest)
+    kept = pq.read_table(out / "_progress" / "manifest_rows.parquet").to_pylist()  # what a later run compares with
+    assert [row["video_id"] for row in kept] == [r.video_id for r in read_manifest(manifest)[0]]
     for tar in (out / "shards").glob("*.tar"):  # DALI's index beside each tar: a line per sample
         lines = tar.with_suffix(".idx").read_text().splitlines()
         assert lines[0] == f"v1.2 {len(lines) - 1}" and len(lines) - 1 == len(read_shards_of(tar))
