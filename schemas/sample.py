@@ -150,9 +150,7 @@ def encode_quantized_flow(q: np.ndarray, encoding: str = "jpeg", quality: int = 
             out.append(buf.tobytes())
         return tuple(out)
     if encoding == "float16":
-        buf = io.BytesIO()
-        np.save(buf, np.asarray(q, dtype=np.float16), allow_pickle=False)
-        return (buf.getvalue(),)
+        return (_npy(np.asarray(q, dtype=np.float16)),)
     raise ValueError(f"unknown flow encoding {encoding!r}; choose one of {', '.join(FLOW_ENCODINGS)}")
 
 
@@ -166,10 +164,7 @@ def encode_flow(
 def decode_flow(parts: tuple[bytes, ...], encoding: str = "jpeg", bound: float = DEFAULT_FLOW_BOUND) -> np.ndarray:
     """The inverse of `encode_flow`: member bytes -> (H, W, 2) float32 flow in pixels."""
     if encoding == "float16":
-        try:
-            return np.load(io.BytesIO(parts[0]), allow_pickle=False).astype(np.float32)
-        except (ValueError, OSError, EOFError) as exc:
-            raise ValueError(f"could not decode a float16 flow ({exc})") from None
+        return _from_npy(parts[0], "could not decode a float16 flow").astype(np.float32)
     x, y = (decode_image(p, color=False) for p in parts)
     return _dequantize16(x, y, bound) if encoding == "png16" else dequantize(x, y, bound)
 
@@ -275,9 +270,18 @@ def encode_sample(sample: Sample) -> dict[str, bytes]:
 
 
 def _npy(array: np.ndarray) -> bytes:
+    """An array as the bytes of a .npy file (a float16 flow member, the member table)."""
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     return buf.getvalue()
+
+
+def _from_npy(data: bytes, what: str) -> np.ndarray:
+    """`_npy`'s inverse; bytes that are no .npy array are a ValueError: "<what> (why)"."""
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{what} ({exc})") from None
 
 
 def _tar_info(name: str, size: int, mtime: int) -> tarfile.TarInfo:
@@ -340,10 +344,7 @@ def read_member_table(data: bytes) -> np.ndarray:
     Raises:
         ValueError: the bytes are not such a table.
     """
-    try:
-        table = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ValueError(f"a corrupt member table ({exc})") from None
+    table = _from_npy(data, "a corrupt member table")
     if table.dtype != np.int64 or table.ndim != 2 or table.shape[1] != 2:
         raise ValueError(f"a corrupt member table ({table.dtype} {table.shape}, expected int64 (n, 2))")
     return table

@@ -172,10 +172,8 @@ def select(sample: Sample, cfg: ExampleConfig, train: bool, rng: np.random.Gener
     """A video's example from its whole sample in memory, chosen but not decoded (what the loader makes from the
     members it reads by range, for the same generator state)."""
     choice = choose_example(sample.meta, cfg, train, rng)
-    if cfg.is_flow:
-        members = {p: data for i in choice.indices for p, data in zip(parts_of(sample.meta, cfg, int(i)), sample.flow[cfg.modality][i])}
-    else:
-        members = {rgb_member(int(i)): sample.rgb[i] for i in choice.indices}
+    stored = sample.flow[cfg.modality] if cfg.is_flow else [(frame,) for frame in sample.rgb]
+    members = {p: data for i in choice.indices for p, data in zip(parts_of(sample.meta, cfg, int(i)), stored[i], strict=True)}
     return selection(sample.meta, choice, members, cfg, train)
 
 
@@ -235,7 +233,11 @@ def assemble(sel: Selection, frames: torch.Tensor, cfg: ExampleConfig) -> torch.
 
 def make_example(sample: Sample, cfg: ExampleConfig, train: bool, rng: np.random.Generator) -> tuple[torch.Tensor, int, str]:
     """One video -> (input, label, key), decoded here (see `assemble` for the shapes)."""
-    sel = select(sample, cfg, train, rng)
+    return decoded(select(sample, cfg, train, rng), cfg)
+
+
+def decoded(sel: Selection, cfg: ExampleConfig) -> tuple[torch.Tensor, int, str]:
+    """A selection decoded here (OpenCV) and assembled: (input, label, key)."""
     return assemble(sel, decode_members(sel.members, cfg.is_flow), cfg), sel.label, sel.key
 
 
@@ -290,7 +292,7 @@ def _examples(
 
     def make(sample: OpenedSample, choice: Choice, members: dict):
         sel = selection(sample.meta, choice, members, cfg, train)
-        return (assemble(sel, decode_members(sel.members, cfg.is_flow), cfg), sel.label, sel.key) if decode else sel
+        return decoded(sel, cfg) if decode else sel
 
     last, repaid, recorded = None, 0, ReadStats()
 

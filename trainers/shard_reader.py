@@ -210,14 +210,14 @@ class ShardReader:
             self.stats.bytes += size
             self.stats.requests += 1
 
-    def _read(self, file, url: str, offset: int, size: int) -> bytes:
+    def _read(self, file, offset: int, size: int) -> bytes:
         try:
             data = file.read_at(size, offset)
         except (OSError, StorageError) as exc:
-            raise OSError(redact(f"{url} at byte {offset}: {exc}")) from None
+            raise OSError(str(exc)) from None
         self._count(len(data))
         if len(data) != size:
-            raise TarError(redact(f"{url} ends at byte {offset + len(data)}, inside a sample"))
+            raise TarError(f"the shard ends at byte {offset + len(data)}, inside a sample")
         return data
 
     def _submit(self, fn, *args) -> Future:
@@ -226,18 +226,18 @@ class ShardReader:
     def open_sample(self, ref: dict, whole: bool = False) -> Future:
         """Future of the `OpenedSample` at `ref` ({"url", "offset", "size", "head"}): its head read, or the whole
         sample where it has no member table (head 0) or `whole` is asked for."""
-        url = ref["url"]
+        url, offset = ref["url"], ref["offset"]
         file = self._file(url)
         if whole or not ref["head"]:
-            return self._submit(self._read_whole, file, url, ref["offset"], ref["size"])
-        return self._submit(self._read_head, file, url, ref["offset"], ref["head"], ref["size"])
+            return self._submit(_at, url, offset, self._read_whole, file, url, offset, ref["size"])
+        return self._submit(_at, url, offset, self._read_head, file, url, offset, ref["head"], ref["size"])
 
     def _read_whole(self, file, url: str, offset: int, size: int) -> OpenedSample:
-        members = _parse(self._read(file, url, offset, size), url, offset)
+        members = _parse(self._read(file, offset, size), url)
         return OpenedSample(url, offset, decode_meta(members), None, members)
 
     def _read_head(self, file, url: str, offset: int, head: int, size: int) -> OpenedSample:
-        members = _parse(self._read(file, url, offset, head), url, offset)
+        members = _parse(self._read(file, offset, head), url)
         meta = decode_meta(members)
         if MEMBERS not in members:
             raise ValueError(f"sample {meta.video_id!r} has no member table where index.parquet places one")
@@ -259,7 +259,7 @@ class ShardReader:
         spans = {s: (sample.places[s][0] - BLOCK, sample.places[s][0] + sample.places[s][1]) for s in suffixes}
         file = self._file(sample.url)
         runs = [
-            (run, self._submit(self._read, file, sample.url, sample.offset + run[0], run[1] - run[0]))
+            (run, self._submit(_at, sample.url, sample.offset + run[0], self._read, file, sample.offset + run[0], run[1] - run[0]))
             for run in coalesce(list(spans.values()))
         ]
 
@@ -269,7 +269,7 @@ class ShardReader:
             for suffix, (start, end) in spans.items():
                 run = next(r for r in data if r[0] <= start and end <= r[1])
                 block = data[run][start - run[0] : end - run[0]]
-                _check_header(block[:BLOCK], f"{sample.key}.{suffix}", end - start - BLOCK, sample.url, sample.offset + start)
+                _at(sample.url, sample.offset + start, _check_header, block[:BLOCK], f"{sample.key}.{suffix}", end - start - BLOCK)
                 out[suffix] = block[BLOCK:]
             return out
 
@@ -295,28 +295,32 @@ def _places_fit(table: np.ndarray, head: int, size: int) -> bool:
     return bool(starts[0] >= head + BLOCK and (sizes >= 0).all() and ends[-1] <= size and (starts[1:] >= ends[:-1] + BLOCK).all())
 
 
-def _parse(data: bytes, url: str, offset: int) -> dict[str, bytes]:
+def _at(url: str, offset: int, fn, *args):
+    """`fn(*args)`, a failure of which is named once, here, by the shard and the byte it concerns (its kind kept:
+    TarError, OSError or ValueError)."""
+    try:
+        return fn(*args)
+    except (ValueError, OSError) as exc:
+        kind = next(k for k in (TarError, OSError, ValueError) if isinstance(exc, k))
+        raise kind(redact(f"{url} at byte {offset}: {exc}")) from None
+
+
+def _parse(data: bytes, url: str) -> dict[str, bytes]:
     """A sample's bytes (or its head's) -> {"__key__", "__url__", member suffix: bytes}."""
     sample: dict = {"__url__": url}
-    try:
-        for name, member in read_members(io.BytesIO(data)):
-            sample["__key__"], _, suffix = name.partition(".")
-            sample[suffix] = member
-    except TarError as exc:
-        raise TarError(redact(f"{url} at byte {offset}: {exc}")) from None
+    for name, member in read_members(io.BytesIO(data)):
+        sample["__key__"], _, suffix = name.partition(".")
+        sample[suffix] = member
     return sample
 
 
-def _check_header(header: bytes, name: str, size: int, url: str, offset: int) -> None:
+def _check_header(header: bytes, name: str, size: int) -> None:
     """A member's tar header as its sample's member table promises: a valid header of this size (and name, where
     the name fits a plain header), so that a table that lies or a shard that was overwritten is caught."""
-    try:
-        stored_name, stored_size = header_fields(header)
-    except TarError as exc:
-        raise TarError(redact(f"{url} at byte {offset}: {exc}")) from None
+    stored_name, stored_size = header_fields(header)
     short = name.isascii() and len(name) <= 100
     if stored_size != size or (short and stored_name != name):
-        raise TarError(redact(f"{url} at byte {offset}: the member table places {name} ({size} bytes) where the tar holds {stored_name}"))
+        raise TarError(f"the member table places {name} ({size} bytes) where the tar holds {stored_name}")
 
 
 def read_chosen(
@@ -352,8 +356,8 @@ def read_chosen(
                 sample = future.result()
                 choice, suffixes = choose(sample.meta)
                 chosen.append((sample, choice, reader.members(sample, suffixes)))
-            except (ValueError, OSError, KeyError, StorageError) as exc:
-                if not handler(ValueError(redact(f"{ref['url']} at byte {ref['offset']}: {exc}"))):
+            except (ValueError, OSError, KeyError, StorageError) as exc:  # a read's names its shard and byte (`_at`)
+                if not handler(ValueError(f"{exc}")):
                     return
         if not chosen:
             if not heads and not more:
