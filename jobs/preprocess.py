@@ -56,7 +56,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         prog="python -m jobs.preprocess",
         description="Decode the videos of a manifest, compute optical flow, and write WebDataset shards "
         "(OUT/shards/<split>-NNNNNN.tar) with OUT/index.parquet, OUT/results.parquet and OUT/dataset.json. "
-        "Runs on an embedded local Ray unless --address or RAY_ADDRESS names a cluster. Re-running resumes.",
+        "Runs on an embedded local Ray unless --address or RAY_ADDRESS names a cluster. Re-running resumes; a manifest "
+        "with rows added grows the dataset, processing only the new videos.",
         add_help=add_help,
     )
     # Every default comes from the configuration types (the help shows it with %(default)s), so none can drift.
@@ -70,6 +71,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "shared by all) or an object-storage URI such as s3://bucket/prefix",
     )
     io.add_argument("--overwrite", action="store_true", help="delete the shards already in --out and start over")
+    io.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="process again, into new shards, the videos of --out whose result is failed (after fixing or "
+        "re-downloading their files); one that succeeds becomes ok, one that fails again keeps its one row",
+    )
     io.add_argument("--strict", action="store_true", help="exit with status 1 when any video failed (default: 0, failures are listed)")
 
     frames = parser.add_argument_group("frames")
@@ -200,6 +207,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessJobConfig:
         shard_size_mb=args.shard_size_mb,
         videos_per_shard=args.videos_per_shard,
         overwrite=args.overwrite,
+        retry_failed=args.retry_failed,
         progress_seconds=args.progress_seconds,
     )
     return PreprocessJobConfig(run=run, strict=args.strict)

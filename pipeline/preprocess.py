@@ -12,7 +12,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,15 +22,14 @@ from schemas.manifest import VideoRecord, read_manifest
 from storage import Location, join
 
 from . import __version__
-from .plan import ShardSpec, plan_shards
+from .generations import grow, latest_results, read_generations, write_generations
+from .plan import ShardSpec, plan_generations
 from .progress import Progress, format_duration
 from .ray_tasks import ClusterConfig, check_visible, node_names, ray_session, run_shards
 from .report import REPORT_FILE, build_report, format_report
 from .shards import PROGRESS_DIR, ProcessConfig, ShardResult, VideoResult, completed_shards, index_finished_shards, locate_samples
 
 RUN_FILE = "run.json"  # under _progress/: the parameters the existing shards were built with
-ROWS_FILE = "manifest_rows.parquet"  # under _progress/: the manifest rows they were built from, to name what changed
-ROW_FIELDS = ("video_id", "path", "label", "split", "start_sec", "end_sec")  # what the plan and the shards depend on
 FINGERPRINT_VERSION = 2  # 1 (flowshard 0.1.0) also held runtime settings
 MAX_OBJECT_SHARD_MB = 4096  # shards are copied into place on object stores, and S3 copies at most 5 GB
 
@@ -46,6 +45,7 @@ class PreprocessConfig:
     shard_size_mb: float = 1024.0  # target shard size; videos per shard is estimated from it
     videos_per_shard: int | None = None  # set explicitly instead of estimating
     overwrite: bool = False
+    retry_failed: bool = False  # process again, into new shards, the videos whose latest result is a failure
     progress_seconds: float = 10.0
 
 
@@ -71,46 +71,6 @@ def manifest_fingerprint(records: list[VideoRecord]) -> str:
     return h.hexdigest()
 
 
-def manifest_rows(records: list[VideoRecord]) -> pa.Table:
-    """The fields of the manifest's rows that the output depends on (`ROW_FIELDS`), as kept beside the shards."""
-    return pa.Table.from_pylist(
-        [{name: getattr(r, name) for name in ROW_FIELDS} for r in records],
-        schema=pa.schema(
-            [
-                ("video_id", pa.string()),
-                ("path", pa.string()),
-                ("label", pa.int64()),
-                ("split", pa.string()),
-                ("start_sec", pa.float64()),
-                ("end_sec", pa.float64()),
-            ]
-        ),
-    )
-
-
-def manifest_changes(old: list[dict], new: list[VideoRecord], named: int = 3) -> str:
-    """What changed from the rows a dataset was built from (`old`, as `manifest_rows` keeps them) to `new`, in
-    words: "2 videos added (v_a, v_b), 1 removed (v_c), 1 changed (v_d: path)". Pure."""
-    before = {row["video_id"]: row for row in old}
-    after = {r.video_id: {name: getattr(r, name) for name in ROW_FIELDS} for r in new}
-    added = [v for v in after if v not in before]
-    removed = [v for v in before if v not in after]
-    changed = [
-        f"{v}: {', '.join(k for k in ROW_FIELDS if before[v][k] != after[v][k])}" for v in after if v in before and before[v] != after[v]
-    ]
-
-    def some(ids: list[str]) -> str:
-        return ", ".join(ids[:named]) + (f", ... {len(ids) - named} more" if len(ids) > named else "")
-
-    parts = [
-        f"{len(ids)} {'video' if len(ids) == 1 else 'videos'} {what} ({some(ids)})"
-        for what, ids in (("added", added), ("removed", removed))
-        if ids
-    ]
-    parts += [f"{len(changed)} changed ({some(changed)})"] if changed else []
-    return ", ".join(parts) or "the same rows in another order"
-
-
 def run_parameters(cfg: PreprocessConfig, records: list[VideoRecord], videos_per_shard: int) -> dict:
     """The resume fingerprint: only what changes the output (runtime and cluster settings may change)."""
     return {
@@ -121,24 +81,17 @@ def run_parameters(cfg: PreprocessConfig, records: list[VideoRecord], videos_per
     }
 
 
-def _refuse_other_parameters(out: Location, params: dict, records: list[VideoRecord], estimated_per_shard: bool = False) -> None:
-    """Raise ValueError when `out` holds shards built with other output parameters. An estimated videos per
-    shard (no --videos-per-shard) is named only when nothing else changed: it follows the other settings. A
-    changed manifest alone is named in words (videos added, removed, changed) where its rows were kept."""
+def _refuse_other_parameters(out: Location, params: dict, estimated_per_shard: bool = False) -> dict | None:
+    """The parameters `out`'s shards were built with (None: nothing built yet); ValueError when any besides the
+    manifest differ from `params`. An estimated videos per shard (no --videos-per-shard) is named only when nothing
+    else changed: it follows the other settings. The manifest is compared row by row (`_generations`)."""
     if not out.exists(PROGRESS_DIR, RUN_FILE):
-        return
+        return None
     previous = json.loads(out.read_bytes(PROGRESS_DIR, RUN_FILE))
     if previous.get("fingerprint_version") != FINGERPRINT_VERSION:
         raise ValueError(f"{out.uri} was started by an older flowshard; pass --overwrite to rebuild it, or choose another --out")
-    if {**previous, "manifest": None} == {**params, "manifest": None} and previous != params and out.is_file(PROGRESS_DIR, ROWS_FILE):
-        with out.open_input_file(PROGRESS_DIR, ROWS_FILE) as f:
-            old_rows = pq.read_table(f).to_pylist()
-        raise ValueError(
-            f"{out.uri} was built from another manifest: {manifest_changes(old_rows, records)}; a dataset cannot grow or "
-            "change in place yet: pass --overwrite to rebuild it, or choose another --out"
-        )
-    if previous != params:
-        old, new = _flatten(previous), _flatten(params)
+    old, new = _flatten({**previous, "manifest": None}), _flatten({**params, "manifest": None})
+    if old != new:
         keys = sorted(set(old) | set(new), key=lambda k: (k.count("."), k))  # top-level changes (modalities) first
         changed = [f"{k}: {old.get(k)} -> {new.get(k)}" for k in keys if old.get(k) != new.get(k)]
         if estimated_per_shard and len(changed) > 1:
@@ -147,6 +100,7 @@ def _refuse_other_parameters(out: Location, params: dict, records: list[VideoRec
             f"{out.uri} holds shards built with other parameters ({'; '.join(changed[:4])}); "
             "pass --overwrite to rebuild them, or choose another --out"
         )
+    return previous
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -160,14 +114,17 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = print) -> RunSummary:
-    """Run (or resume) preprocessing and write index.parquet, results.parquet and dataset.json.
+    """Run, resume or grow preprocessing and write index.parquet, results.parquet and dataset.json.
 
-    Nothing is written before the checks pass: parameters, the store, and on several nodes that every node
-    sees a local output folder and local videos.
+    A manifest that keeps every row `cfg.out` was built from and adds rows grows the dataset: only the new videos
+    (and with `cfg.retry_failed` the failed ones) are processed, into new shards. Nothing is written before the
+    checks pass: parameters, manifest rows, the store, and on several nodes that every node sees a local output
+    folder and local videos.
 
     Raises:
-        ValueError: an unreadable manifest, an output folder built with other parameters (without
-            overwrite), or a local path some node cannot see; the message says how to fix it.
+        ValueError: an unreadable manifest, an output folder built with other parameters or from rows this
+            manifest removes or changes (without overwrite), or a local path some node cannot see; the message
+            says how to fix it.
         StorageError: the output's store cannot be reached, refuses the credentials or lacks the bucket.
     """
     start = time.monotonic()
@@ -178,34 +135,42 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
     _check_output(cfg, out)
     videos_per_shard = cfg.videos_per_shard or max(1, math.floor(cfg.shard_size_mb / cfg.process.estimated_video_mb()))
     params = run_parameters(cfg, records, videos_per_shard)
-    if not cfg.overwrite:
-        _refuse_other_parameters(out, params, records, estimated_per_shard=cfg.videos_per_shard is None)
-    specs = plan_shards(records, videos_per_shard)
-    done = _finished_shards(out, specs, cfg.overwrite)
-    todo = [s for s in specs if s.name not in done]
+    finished = {} if cfg.overwrite else completed_shards(out)
+    generations, grown, earlier = _generations(cfg, out, params, records, finished, videos_per_shard)
+    specs = plan_generations(generations, videos_per_shard)
+    done = {s.name: finished[s.name] for s in specs if s.name in finished}
+    current = {r.video_id: r for r in records}  # kept rows hold only what the plan needs: run the manifest's
+    todo = [replace(s, records=tuple(current[r.video_id] for r in s.records)) for s in specs if s.name not in done]
+    _say_growth(grown, earlier, len(generations) - 1, cfg.retry_failed, print_fn)
     print_fn(
         f"{len(records)} videos in {len(specs)} shards of up to {videos_per_shard} videos; "
         f"{len(done)} shards already done, {len(todo)} to run; modalities {','.join(cfg.process.modalities)}"
     )
-    done_videos = sum(len(r.videos) for r in done.values())
-    done_failed = sum(v.status != "ok" for r in done.values() for v in r.videos)
+    running = {r.video_id for s in todo for r in s.records}
+    done_videos = len(records) - len(running)
+    done_failed = sum(r.status != "ok" for v, r in earlier.items() if v not in running)
     progress = Progress(len(records), cfg.progress_seconds, print_fn, already_done=done_videos)
 
     def on_progress(videos: int, frames: int, failed: int) -> None:
         progress.update(done_videos + videos, frames, done_failed + failed)
 
-    new, report = _run_todo(cfg, out, records, todo, params, on_progress)
+    new, report = _run_todo(cfg, out, generations, todo, params, on_progress)
     for folder in (SHARDS_DIR, PROGRESS_DIR):  # leftovers of attempts whose worker or node died (Ray retried them)
         out.remove_temporaries(folder)
     indexed = index_finished_shards(out, list(done.values()))
     if indexed:
         print_fn(f"wrote the DALI index of {indexed} shards built before flowshard wrote them")
     results = sorted([*(locate_samples(out, r) for r in done.values()), *new], key=lambda r: r.name)
-    videos = [v for r in results for v in r.videos]
+    latest = latest_results(specs, {r.name: r for r in results})  # one per video: a retry's replaces the failure
+    videos = [v for r in results for v in r.videos if latest.get(v.video_id) is v]
     progress.update(len(videos), sum(v.frames for r in new for v in r.videos), sum(v.status != "ok" for v in videos), force=True)
-    _write_outputs(out, cfg, classes, params, results)
+    _write_outputs(out, cfg, classes, params, results, videos)
     if report:
         report["written"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        report["dataset_videos"] = len(records)
+        if grown:
+            retried = sum(r.video_id in earlier for r in grown)
+            report["grown"] = {"generation": len(generations) - 1, "added": len(grown) - retried, "retried": retried}
         out.write_bytes(json.dumps(report, indent=2).encode(), REPORT_FILE)
     elif not todo and out.is_file(REPORT_FILE):  # nothing ran: the report stays the one of the run that did the work
         report = json.loads(out.read_bytes(REPORT_FILE))
@@ -213,7 +178,46 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
         print_fn(f"nothing to run; {REPORT_FILE} is the report of the run that built the shards ({when}):")
     for line in format_report(report) if report else []:
         print_fn(line)
-    return _summary(results, new, time.monotonic() - start)
+    return _summary(results, videos, new, time.monotonic() - start)
+
+
+def _generations(
+    cfg: PreprocessConfig, out: Location, params: dict, records: list[VideoRecord], finished: dict[str, ShardResult], videos_per_shard: int
+) -> tuple[list[list[VideoRecord]], list[VideoRecord], dict[str, VideoResult]]:
+    """The dataset's generations after this run; the records of the generation this run adds to an existing
+    dataset (new rows, and failed videos retried; empty when it adds none); and each video's latest result
+    before this run. Raises ValueError when `out` was built with other parameters or from rows the manifest
+    removes or changes."""
+    previous = None if cfg.overwrite else _refuse_other_parameters(out, params, estimated_per_shard=cfg.videos_per_shard is None)
+    if previous is None:
+        return [list(records)], [], {}
+    kept = read_generations(out)
+    if kept is None:  # built before flowshard kept its rows: only the very same manifest is known to be the same
+        if previous["manifest"] != params["manifest"]:
+            raise ValueError(
+                f"{out.uri} was built from another manifest before flowshard kept a dataset's rows, so it cannot grow "
+                "yet: run once with the manifest it was built from (that keeps them), then with the new one; or pass "
+                "--overwrite to rebuild it, or choose another --out"
+            )
+        kept = [list(records)]
+    earlier = latest_results(plan_generations(kept, videos_per_shard), finished)
+    try:
+        grown = grow(kept, records, {v for v, r in earlier.items() if r.status != "ok"}, cfg.retry_failed)
+    except ValueError as exc:
+        raise ValueError(f"{out.uri}: {exc}") from None
+    return kept + ([grown] if grown else []), grown, earlier
+
+
+def _say_growth(grown: list[VideoRecord], earlier: dict[str, VideoResult], generation: int, retry_failed: bool, print_fn) -> None:
+    """A line on what this run adds to an existing dataset, or on the failed videos a retry would try again."""
+    if grown:
+        retried = sum(r.video_id in earlier for r in grown)
+        what = [f"{len(grown) - retried} new videos"] if len(grown) > retried else []
+        what += [f"{retried} failed {'video' if retried == 1 else 'videos'} retried"] if retried else []
+        print_fn(f"growing the dataset: {' and '.join(what)}, in new shards (generation {generation}); finished shards stay as they are")
+    failed = sum(r.status != "ok" for r in earlier.values())
+    if failed and not retry_failed:
+        print_fn(f"{failed} {'video' if failed == 1 else 'videos'} failed in earlier runs; --retry-failed tries them again")
 
 
 def _check_output(cfg: PreprocessConfig, out: Location) -> None:
@@ -226,30 +230,21 @@ def _check_output(cfg: PreprocessConfig, out: Location) -> None:
         )
 
 
-def _finished_shards(out: Location, specs: list[ShardSpec], overwrite: bool) -> dict[str, ShardResult]:
-    """The planned shards an earlier run finished (none with overwrite), by name."""
-    if overwrite:
-        return {}
-    planned = {s.name for s in specs}
-    return {name: r for name, r in completed_shards(out).items() if name in planned}
-
-
-def _run_todo(cfg: PreprocessConfig, out: Location, records: list[VideoRecord], todo: list[ShardSpec], params: dict, on_progress):
+def _run_todo(cfg: PreprocessConfig, out: Location, generations: list[list[VideoRecord]], todo: list[ShardSpec], params: dict, on_progress):
     """Check the cluster, prepare the output, and run the shards still to do: (their results, the run report or None).
     Without shards to run, Ray is not started; the output is still prepared (parameters recorded, leftovers removed)."""
     if not todo:
-        _prepare(out, params, records, cfg.overwrite)
+        _prepare(out, params, generations, cfg.overwrite)
         return [], None
     with ray_session(cfg.cluster.address):
-        check_visible(out, [r.path for r in records if r.exists])
-        _prepare(out, params, records, cfg.overwrite)
+        check_visible(out, [r.path for s in todo for r in s.records if r.exists])
+        _prepare(out, params, generations, cfg.overwrite)
         start = time.monotonic()
         new, flow_stats = run_shards(todo, cfg.process, cfg.out, cfg.cluster, on_progress)
         return new, build_report(new, flow_stats, time.monotonic() - start, node_names())
 
 
-def _summary(results: list[ShardResult], new: list[ShardResult], seconds: float) -> RunSummary:
-    videos = [v for r in results for v in r.videos]
+def _summary(results: list[ShardResult], videos: list[VideoResult], new: list[ShardResult], seconds: float) -> RunSummary:
     failures = [v for v in videos if v.status != "ok"]
     return RunSummary(
         videos=len(videos),
@@ -263,24 +258,26 @@ def _summary(results: list[ShardResult], new: list[ShardResult], seconds: float)
     )
 
 
-def _prepare(out: Location, params: dict, records: list[VideoRecord], overwrite: bool) -> None:
-    """Clear the output (with overwrite), record the parameters and the manifest rows, and remove what interrupted
-    writes left."""
+def _prepare(out: Location, params: dict, generations: list[list[VideoRecord]], overwrite: bool) -> None:
+    """Clear the output (with overwrite), record the parameters and the manifest rows of every generation, and
+    remove what interrupted writes left. The rows are kept before the parameters: with no parameters, an output
+    holds nothing built yet."""
     if overwrite:
         for folder in (SHARDS_DIR, PROGRESS_DIR):
             out.delete_dir(folder)
         for name in (INDEX_FILE, RESULTS_FILE, DATASET_FILE):
             out.delete_file(name)
-    with out.atomic_write(PROGRESS_DIR, ROWS_FILE) as stream:
-        pq.write_table(manifest_rows(records), stream)
+    write_generations(out, generations)
     out.write_bytes(json.dumps(params, indent=2).encode(), PROGRESS_DIR, RUN_FILE)
     for folder in (SHARDS_DIR, PROGRESS_DIR):
         out.remove_temporaries(folder)
 
 
-def _write_outputs(out: Location, cfg: PreprocessConfig, classes: list[str], params: dict, results: list[ShardResult]) -> None:
-    """index.parquet, results.parquet and dataset.json, each written atomically, after all shards closed."""
-    videos = [v for r in results for v in r.videos]
+def _write_outputs(
+    out: Location, cfg: PreprocessConfig, classes: list[str], params: dict, results: list[ShardResult], videos: list[VideoResult]
+) -> None:
+    """index.parquet, results.parquet and dataset.json, each written atomically, after all shards closed: every
+    shard with a tar, and each video's latest result (`videos`)."""
     tar_of = {r.name: r.tar for r in results}
     index_rows = [
         {

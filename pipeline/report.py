@@ -105,12 +105,21 @@ def _flow_worker_row(s: dict, node: str, wall: float) -> dict:
     }
 
 
+def _of_dataset(report: dict) -> str:
+    """What the report's videos are of the dataset, where this run processed only some (a resume, append or retry)."""
+    total, grown = report.get("dataset_videos", report["videos"]), report.get("grown")
+    if grown:
+        return f" ({grown['added']} added, {grown['retried']} retried; the dataset holds {total})"
+    return f" (the rest of the dataset's {total})" if total != report["videos"] else ""
+
+
 def format_report(report: dict) -> list[str]:
     """The report as a few lines for the log (failures are in the run summary)."""
     t = report["time"]
     busy = sum(t.values()) or 1e-9
     lines = [
-        f"report: {report['videos']} videos, {report['videos_per_s']:.2f} videos/s, {report['pairs_per_s']:.1f} flow pairs/s; "
+        f"report: {report['videos']} videos{_of_dataset(report)}, {report['videos_per_s']:.2f} videos/s, "
+        f"{report['pairs_per_s']:.1f} flow pairs/s; "
         "time (summed over processes): "
         + ", ".join(f"{k.replace('_', ' ')} {v:.0f}s ({100 * v / busy:.0f}%)" for k, v in t.items() if v >= 0.5),
     ]

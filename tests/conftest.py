@@ -52,6 +52,24 @@ def run_job(module: str, *args: str, timeout: float = 600, env: dict | None = No
     )
 
 
+def ray_task_pids(name: str = "ray::_run_shard") -> list[int]:
+    """The PIDs of the processes whose command line names `name` (Ray sets a task's or actor's name there)."""
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines()[1:] if name in line and "ps -eo" not in line]
+
+
+def start_job(*args: str) -> subprocess.Popen:
+    """`python -m jobs.preprocess args...` started in a session of its own (killing its group kills its embedded Ray)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "jobs.preprocess", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def run_inline(module: str, *args: str) -> subprocess.CompletedProcess:
     """`python -m <module> args...` run in this process, through the job's `cli` as `-m` runs it: the same code
     without a new interpreter's 5-10 s of imports. Only for jobs that stay in one process (no Ray)."""

@@ -222,17 +222,26 @@ def validate(model: nn.Module, cfg: TrainConfig, split: str, device) -> dict:
     return {"val_top1": metrics["top1"], "val_top5": metrics["top5"], "val_mean_class": metrics["mean_class"]}
 
 
-def _resume(cfg: TrainConfig, state: dict | None, model: nn.Module, optimizer, num_classes: int, verbose: bool) -> tuple[int, int, dict]:
+def _resume(
+    cfg: TrainConfig, state: dict | None, model: nn.Module, optimizer, num_classes: int, epoch_samples: int, verbose: bool
+) -> tuple[int, int, dict]:
     """Load the run's checkpoint (`state`, None for a new run) into the model and optimizer: (first epoch to run,
-    step, the best validation so far: {"epoch", "val_top1"} or {})."""
+    step, the best validation so far: {"epoch", "val_top1"} or {}). A dataset grown since the checkpoint is trained
+    on whole from the next epoch (said in a line); one with other classes is refused."""
     if state is None:
         return 0, 0, {}
     if state["num_classes"] != num_classes:  # a changed model or recipe was refused by `resumed_config`
-        raise ValueError(f"{cfg.out} holds a {state['config']['model']} run for {state['num_classes']} classes; choose another --out")
+        raise ValueError(
+            f"{cfg.out} holds a {state['config']['model']} run for {state['num_classes']} classes and {cfg.data} now has "
+            f"{num_classes}: a trained classifier cannot take other classes; choose another --out"
+        )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if verbose:
         say(f"resuming {cfg.out} after epoch {state['epoch']} (step {state['step']})")
+        before = state["lr_scheduler"].get("samples", epoch_samples)  # older checkpoints lack it
+        if before != epoch_samples:
+            say(f"{cfg.data} has {epoch_samples} {cfg.split} samples ({before} at the checkpoint): epochs from here read all of them")
     return state["epoch"] + 1, state["step"], state.get("best") or {}
 
 
@@ -260,7 +269,7 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
     if cfg.pretrained and saved is None and rank == 0:
         say(f"pretrained weights {cfg.pretrained}: {model.pretrained_summary}")
     optimizer = make_optimizer(cfg, model)
-    start_epoch, step, best = _resume(cfg, saved, model, optimizer, len(info.classes), verbose=rank == 0)
+    start_epoch, step, best = _resume(cfg, saved, model, optimizer, len(info.classes), epoch_samples, verbose=rank == 0)
     val_split = validation_split(cfg, info.counts.get("samples", {}))
     if distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -320,7 +329,7 @@ def run_training(cfg: TrainConfig, report: Callable[[dict], None] | None = None)
                     for name in VALIDATION_FIELDS:
                         tensorboard.add_scalar(f"val/{name.removeprefix('val_')}", stats[name], step)
             if rank == 0:
-                schedule = {"step": step, "total": total, "warmup": warmup}
+                schedule = {"step": step, "total": total, "warmup": warmup, "samples": epoch_samples}
                 best = save_epoch(out, cfg, plain, optimizer, schedule, epoch, info.classes, metrics, stats, best)
                 say(_epoch_line(epoch, stats, best, val_split) + f"; checkpoint {out.uri_of(CHECKPOINT)}")
             if report is not None:

@@ -24,7 +24,7 @@ from pipeline.synthetic import SyntheticConfig, class_direction, class_names, ge
 from schemas.dataset import read_dataset_info
 from schemas.manifest import read_manifest
 from schemas.sample import decode_sample
-from tests.conftest import REPO, SHARED_DATA, free_port, run_inline, run_job, wait_for
+from tests.conftest import REPO, SHARED_DATA, free_port, ray_task_pids, run_inline, run_job, start_job, wait_for
 from tests.helpers import BAD_REASONS, QUICK_FLOW, flags, whole_shards, write_bad_inputs
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -251,22 +251,6 @@ def test_help_documents_every_flag():
 SLOW = SyntheticConfig(classes=2, videos_per_class=4, width=96, height=72, frames=12, seed=5)
 
 
-def ray_task_pids(name: str = "ray::_run_shard") -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines()[1:] if name in line and "ps -eo" not in line]
-
-
-def start_job(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "jobs.preprocess", *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-
-
 def run_and_kill(manifest: Path, out: Path, started, victims) -> tuple[str, int, list[int]]:
     """Run jobs.preprocess; once `started()` holds, SIGKILL the processes `victims()` names; wait for the end.
     Returns (output, exit status, the killed PIDs)."""
@@ -313,32 +297,6 @@ def test_killed_flow_workers_are_restarted_and_every_video_lands_once(tmp_path):
     assert len(killed) == os.cpu_count()
     assert_every_good_video_exactly_once(out, manifest)
     assert f"{len(entries)} ok, 0 failed of {len(entries)} videos" in output
-
-
-def test_killed_driver_resumes_and_every_video_lands_once(tmp_path):
-    manifest, entries = make_manifest(tmp_path, SLOW, bad=False)
-    out = tmp_path / "out"
-    # One video per shard: the shards still running when the driver dies may finish on their own, so there
-    # must be more shards than the two busy workers can complete after the first one is done.
-    args = ["--manifest", str(manifest), "--out", str(out), "--videos-per-shard", "1", "--progress-seconds", "1", *QUICK_FLOW]
-    shards = len(entries)
-    job = start_job(*args)
-    try:
-        done = wait_for(lambda: list((out / "_progress").glob("*.done.json")), timeout=300)
-        assert done, "no shard finished"
-        os.killpg(job.pid, signal.SIGKILL)  # the driver and the embedded Ray it started
-        job.wait(timeout=30)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-    # A task already running may finish its shard before its worker notices the lost raylet and exits.
-    assert wait_for(lambda: not ray_task_pids(), timeout=60), "orphaned shard tasks kept running"
-    finished_before = len(list((out / "_progress").glob("*.done.json")))
-    assert finished_before < shards, "the run finished before the kill; nothing to resume"
-    result = run_job("jobs.preprocess", *args)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f"{finished_before} shards already done, {shards - finished_before} to run" in result.stdout
-    assert_every_good_video_exactly_once(out, manifest)
 
 
 # --- a real head and `ray job submit` --------------------------------------------------------------------
