@@ -2,6 +2,8 @@
 
 Re-running with the same manifest and parameters skips the shards already done and redoes nothing else;
 a run interrupted at any point (worker or driver killed) finishes on re-run with every video exactly once.
+A manifest with rows added grows the dataset: its new videos become a generation of new shards
+(`pipeline.generations`), and so do failed videos retried.
 """
 
 from __future__ import annotations

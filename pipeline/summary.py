@@ -126,11 +126,13 @@ def summary_lines(s: DatasetSummary) -> list[str]:
         for kind, ids in s.failures.items():
             more = f", ... {len(ids) - EXAMPLES} more" if len(ids) > EXAMPLES else ""
             lines.append(f"  {len(ids):>6}  {kind}: {', '.join(ids[:EXAMPLES])}{more}")
+        lines.append("  (once their files are fixed, jobs.preprocess --retry-failed processes them again)")
     lines.append("built with: " + _parameters_line(s.parameters))
     if s.report:
         r = s.report
         rates = f"{r.get('videos_per_s', 0):.2f} videos/s, {r.get('pairs_per_s', 0):.1f} flow pairs/s"
-        lines.append(f"took {r.get('seconds', 0):.0f} s: {rates} (report.json of the last run)")
+        part = f": {r['videos']} of {r['dataset_videos']} videos" if r.get("dataset_videos", r.get("videos")) != r.get("videos") else ""
+        lines.append(f"took {r.get('seconds', 0):.0f} s: {rates} (report.json of the last run{part})")
     return lines
 
 

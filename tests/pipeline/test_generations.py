@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline.generations import ROWS_FILE, grow, latest_results, read_generations, rows_table, write_generations
 from pipeline.plan import plan_generations, plan_shards
+from pipeline.preprocess import RUN_FILE, PreprocessConfig, _generations, run_parameters
 from pipeline.shards import PROGRESS_DIR, ShardResult, VideoResult
 from schemas.manifest import VideoRecord
 from storage import Location
@@ -76,3 +80,17 @@ def test_a_retried_video_has_one_result_the_latest():
     finished[again.name] = _result(again, {})
     latest = latest_results(specs, finished)
     assert len(latest) == 6 and latest["a2"].status == "ok" and latest["a2"].shard == again.name
+
+
+def test_a_dataset_built_before_its_rows_were_kept_is_known_by_its_manifest_fingerprint(tmp_path):
+    first = records("a", 4)
+    cfg = PreprocessConfig(manifest="m.parquet", out=str(tmp_path))
+    params = run_parameters(cfg, first, 2)
+    (tmp_path / PROGRESS_DIR).mkdir()
+    (tmp_path / PROGRESS_DIR / RUN_FILE).write_text(json.dumps(params))  # no manifest_rows.parquet beside it
+    out = Location(str(tmp_path))
+    generations, grown, earlier = _generations(cfg, out, params, first, {}, 2)
+    assert generations == [first] and grown == [] and earlier == {}  # the very manifest: its rows are kept from now on
+    more = [*first, *records("b", 1)]
+    with pytest.raises(ValueError, match="before flowshard kept a dataset's rows.*run once with the manifest it was built from"):
+        _generations(cfg, out, run_parameters(cfg, more, 2), more, {}, 2)

@@ -149,6 +149,8 @@ def test_a_retried_video_that_now_decodes_becomes_ok_with_one_row_and_one_sample
     samples = shard_samples([str(p) for p in sorted((out / "shards").glob("*.tar"))])
     assert Counter(s["__key__"] for s in samples) == Counter(r["video_id"] for r in results)  # each video once
     whole_shards([p.name for p in (out / "shards").iterdir()])
+    inspected = run_inline("jobs.inspect", str(out))
+    assert "12 videos in the shards, 0 failed" in inspected.stdout and "(report.json of the last run: 1 of 12 videos)" in inspected.stdout
 
 
 def test_the_grown_dataset_equals_one_built_at_once_sample_for_sample(grown):
