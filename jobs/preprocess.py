@@ -1,6 +1,7 @@
 """Preprocess a manifest into WebDataset shards of RGB frames and TV-L1 / warped TV-L1 flow, on Ray.
 
 python -m jobs.preprocess --manifest m.parquet --out data/ [--modalities rgb,tvl1,warp_tvl1]
+python -m jobs.preprocess --manifest m.parquet --out data/ --dry-run plan/   # what it would do and cost, first
 ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m jobs.preprocess --manifest ...
 """
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 from jobs.common import ArgumentParser, check_locations, cli, parse_size, write_config
 from pipeline.decode import PIXEL_GRIDS, DecodeConfig
+from pipeline.dry_run import DryRunConfig, dry_run
 from pipeline.flow import PRESETS
 from pipeline.preprocess import PreprocessConfig, format_summary, run_preprocess
 from pipeline.ray_tasks import ClusterConfig
@@ -28,6 +30,7 @@ class PreprocessJobConfig:
 
     run: PreprocessConfig
     strict: bool = False
+    dry_run: DryRunConfig | None = None  # plan the run instead of running it
 
 
 def _modalities(text: str) -> tuple[str, ...]:
@@ -169,6 +172,35 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     run.add_argument(
         "--progress-seconds", type=float, default=run_defaults.progress_seconds, help="seconds between progress lines (default %(default)g)"
     )
+
+    before = parser.add_argument_group("before a run (see README: Before a big run)")
+    dry_defaults = DryRunConfig(plan_dir="")
+    before.add_argument(
+        "--dry-run",
+        metavar="DIR",
+        help="plan the run instead of running it: a census of its videos, a calibration of a few through the real stages, "
+        "and the forecast (failures, frames, bytes, wall time, cost) written to DIR/plan.json and DIR/census.parquet; "
+        "nothing is written under --out",
+    )
+    before.add_argument(
+        "--calibration-videos",
+        type=int,
+        default=dry_defaults.calibration_videos,
+        help="videos a dry run puts through the real stages, drawn at random (default %(default)s)",
+    )
+    before.add_argument(
+        "--calibration-frames",
+        type=int,
+        default=dry_defaults.calibration_frames,
+        help="frames of each calibration video (default %(default)s)",
+    )
+    before.add_argument("--price-cpu-hour", type=float, help="a dry run's price of one CPU core for an hour, to cost the run")
+    before.add_argument("--price-gpu-hour", type=float, help="a dry run's price of one GPU for an hour, to cost the run")
+    before.add_argument(
+        "--compare-plan",
+        metavar="DIR",
+        help="end the run with its figures beside those a --dry-run DIR planned with the same command (also in report.json)",
+    )
     return parser
 
 
@@ -208,12 +240,35 @@ def config_from_args(args: argparse.Namespace) -> PreprocessJobConfig:
         videos_per_shard=args.videos_per_shard,
         overwrite=args.overwrite,
         retry_failed=args.retry_failed,
+        compare_plan=args.compare_plan,
         progress_seconds=args.progress_seconds,
     )
-    return PreprocessJobConfig(run=run, strict=args.strict)
+    dry, defaults = None, DryRunConfig(plan_dir="")
+    planning = {
+        "--calibration-videos": args.calibration_videos != defaults.calibration_videos,
+        "--calibration-frames": args.calibration_frames != defaults.calibration_frames,
+        "--price-cpu-hour": args.price_cpu_hour is not None,
+        "--price-gpu-hour": args.price_gpu_hour is not None,
+    }
+    if not args.dry_run and any(planning.values()):
+        flag = next(f for f, given in planning.items() if given)
+        raise ValueError(f"{flag} applies to a plan: add --dry-run DIR, or leave it out")
+    if args.dry_run:
+        dry = DryRunConfig(
+            plan_dir=args.dry_run,
+            calibration_videos=args.calibration_videos,
+            calibration_frames=args.calibration_frames,
+            price_cpu_hour=args.price_cpu_hour,
+            price_gpu_hour=args.price_gpu_hour,
+        )
+    return PreprocessJobConfig(run=run, strict=args.strict, dry_run=dry)
 
 
 def main(cfg: PreprocessJobConfig) -> int:
+    if cfg.dry_run is not None:
+        check_locations(cfg.run.manifest, outputs=(cfg.run.out, cfg.dry_run.plan_dir))
+        dry_run(cfg.run, cfg.dry_run, print_fn=lambda line: print(line, flush=True))
+        return 0
     check_locations(cfg.run.manifest, outputs=(cfg.run.out,))
     summary = run_preprocess(cfg.run, print_fn=lambda line: print(line, flush=True))
     write_config(cfg, join(cfg.run.out, "preprocess.config.json"))

@@ -135,22 +135,42 @@ def output_size(width: int, height: int, sample_aspect: Fraction, cfg: DecodeCon
     return max(2, round(display_width * scale)), max(2, round(height * scale))
 
 
-def open_container(path: str, files: contextlib.ExitStack) -> av.container.InputContainer:
-    """Open the video at `path` (a local path or URI) with PyAV. A local file is read by FFmpeg itself; an
-    object on a store through a seekable pyarrow file (ranged reads, nothing copied to local disk).
+def video_file(path: str) -> tuple[Location, int]:
+    """The video at `path` (a local path or URI) and its size in bytes.
 
     Raises:
-        VideoError: missing, not a file, empty, unreadable, or its store cannot be reached.
+        VideoError: missing, not a file, empty, or its store cannot be reached.
     """
     try:
         source = Location(path)
         info = source.info()
-        if info.type == pafs.FileType.NotFound:
-            raise VideoError("file not found")
-        if info.type != pafs.FileType.File:
-            raise VideoError(f"not a regular file ({info.type.name.lower()})")
-        if info.size == 0:
-            raise VideoError("empty file (0 bytes)")
+    except StorageError as exc:
+        raise VideoError(str(exc)) from None
+    if info.type == pafs.FileType.NotFound:
+        raise VideoError("file not found")
+    if info.type != pafs.FileType.File:
+        raise VideoError(f"not a regular file ({info.type.name.lower()})")
+    if info.size == 0:
+        raise VideoError("empty file (0 bytes)")
+    return source, info.size
+
+
+def turned_size(size: tuple[int, int], orientation: Orientation, cfg: DecodeConfig) -> tuple[int, int]:
+    """The output (width, height) of frames shown turned, from `output_size` of the stored frame: a shorter-side
+    resize turns with the frame, an exact `cfg.size` is the displayed frame's as given."""
+    return size[::-1] if orientation.turns % 2 and cfg.size is None else size
+
+
+def open_container(path: str, files: contextlib.ExitStack, source: Location | None = None) -> av.container.InputContainer:
+    """Open the video at `path` (a local path or URI) with PyAV. A local file is read by FFmpeg itself; an
+    object on a store through a seekable pyarrow file (ranged reads, nothing copied to local disk). `source`:
+    the file as `video_file` found it, when it was checked already.
+
+    Raises:
+        VideoError: missing, not a file, empty, unreadable, or its store cannot be reached.
+    """
+    source = source or video_file(path)[0]
+    try:
         if source.is_local:
             return files.enter_context(av.open(source.path()))
         remote = files.enter_context(source.open_input_file())
@@ -159,6 +179,31 @@ def open_container(path: str, files: contextlib.ExitStack) -> av.container.Input
         raise VideoError(str(exc)) from None
     except av.error.FFmpegError as exc:
         raise VideoError(f"not a readable video file ({_reason(exc)})") from None
+
+
+def video_stream(container: av.container.InputContainer) -> av.VideoStream:
+    """The container's first video stream; VideoError naming what it holds instead (an audio-only file)."""
+    if not container.streams.video:
+        kinds = ", ".join(sorted({s.type for s in container.streams})) or "no streams"
+        raise VideoError(f"no video stream (contains: {kinds})")
+    return container.streams.video[0]
+
+
+def cut_off(frames: int, declared: int, decoded: bool = True) -> VideoError:
+    """The failure of a file that holds fewer than `TRUNCATION_TOLERANCE` of the frames it declares."""
+    if decoded:
+        return VideoError(f"cut off: decoded {frames} of the {declared} frames the file declares")
+    return VideoError(f"cut off: the file holds {frames} of the {declared} frames it declares")
+
+
+def too_short(frames: int) -> VideoError:
+    """The failure of a video that gives fewer than the 2 frames one flow needs."""
+    return VideoError(f"too short: {frames} frame(s), at least 2 are needed for optical flow")
+
+
+def corrupt(decoded: int, exc: Exception) -> VideoError:
+    """The failure of a video whose decoder stopped with an error after `decoded` frames."""
+    return VideoError(f"corrupt or cut off after {decoded} decoded frames ({_reason(exc)})")
 
 
 def nearest_in_time(timed_frames: Iterable[tuple[object, float]], fps: float, start: float | None = None) -> Iterator[object]:
@@ -222,13 +267,10 @@ class VideoStream:
         self._files = contextlib.ExitStack()
         try:
             self._container = open_container(path, self._files)
-            if not self._container.streams.video:
-                kinds = ", ".join(sorted({s.type for s in self._container.streams})) or "no streams"
-                raise VideoError(f"no video stream (contains: {kinds})")
+            self._stream = stream = video_stream(self._container)
         except BaseException:
             self._files.close()
             raise
-        self._stream = stream = self._container.streams.video[0]
         stream.thread_type = "AUTO"
         self.sample_aspect = stream.sample_aspect_ratio or Fraction(1)
         self.source_size = (stream.codec_context.width, stream.codec_context.height)
@@ -260,9 +302,9 @@ class VideoStream:
         declared = self._stream.frames
         trimming = self.start_sec is not None or self.end_sec is not None
         if not trimming and not full and declared > 2 and self.decoded_frames < TRUNCATION_TOLERANCE * declared:
-            raise VideoError(f"cut off: decoded {self.decoded_frames} of the {declared} frames the file declares")
+            raise cut_off(self.decoded_frames, declared)
         if emitted < 2:
-            raise VideoError(f"too short: {emitted} frame(s), at least 2 are needed for optical flow")
+            raise too_short(emitted)
 
     def chunks(self, size: int) -> Iterator[np.ndarray]:
         """The frames in (<= size, H, W, 3) arrays."""
@@ -279,11 +321,8 @@ class VideoStream:
         """Take the stream's orientation; returns the (width, height) to resize stored frames to, so that once
         turned they are `size`: the displayed frame's size (`short_side` and `size` are the displayed frame's)."""
         self.orientation = orientation
-        if orientation.turns % 2:
-            if self.cfg.size is None:  # the shorter side: the same once turned
-                self.size = self.size[::-1]
-            return orientation.stored_size(self.size)
-        return self.size
+        self.size = turned_size(self.size, orientation, self.cfg)
+        return orientation.stored_size(self.size)
 
     def _decoded(self) -> Iterator[tuple[np.ndarray, float]]:
         """(frame at the output size, timestamp) of every frame inside the window."""
@@ -308,7 +347,7 @@ class VideoStream:
                 image = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray()
                 yield self.orientation.apply(image), t
         except av.error.FFmpegError as exc:
-            raise VideoError(f"corrupt or cut off after {self.decoded_frames} decoded frames ({_reason(exc)})") from None
+            raise corrupt(self.decoded_frames, exc) from None
 
 
 def decode_video(

@@ -21,9 +21,11 @@ import pyarrow.parquet as pq
 
 from schemas.dataset import DATASET_FILE, INDEX_FILE, INDEX_SCHEMA, RESULTS_FILE, RESULTS_SCHEMA, SHARDS_DIR, DatasetInfo
 from schemas.manifest import VideoRecord, read_manifest
+from schemas.plan import PLAN_FILE
 from storage import Location, join
 
 from . import __version__
+from .forecast import actual_figures, against_plan, format_against, planned_figures
 from .generations import grow, latest_results, read_generations, write_generations
 from .plan import ShardSpec, plan_generations
 from .progress import Progress, format_duration
@@ -48,6 +50,7 @@ class PreprocessConfig:
     videos_per_shard: int | None = None  # set explicitly instead of estimating
     overwrite: bool = False
     retry_failed: bool = False  # process again, into new shards, the videos whose latest result is a failure
+    compare_plan: str | None = None  # the folder of a dry run's plan.json: the run's figures are given beside it
     progress_seconds: float = 10.0
 
 
@@ -115,21 +118,31 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return flat
 
 
-def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = print) -> RunSummary:
-    """Run, resume or grow preprocessing and write index.parquet, results.parquet and dataset.json.
+@dataclass
+class Work:
+    """What a run of a configuration would do, found without writing anything (`work_of`)."""
 
-    A manifest that keeps every row `cfg.out` was built from and adds rows grows the dataset: only the new videos
-    (and with `cfg.retry_failed` the failed ones) are processed, into new shards. Nothing is written before the
-    checks pass: parameters, manifest rows, the store, and on several nodes that every node sees a local output
-    folder and local videos.
+    records: list[VideoRecord]  # the manifest's
+    classes: list[str]
+    out: Location
+    videos_per_shard: int
+    params: dict  # the run's output parameters (run.json)
+    generations: list[list[VideoRecord]]  # the dataset's, after this run
+    grown: list[VideoRecord]  # the generation this run adds to an existing dataset; empty when none
+    earlier: dict[str, VideoResult]  # each video's latest result before this run
+    specs: list[ShardSpec]  # every planned shard
+    done: dict[str, ShardResult]  # the planned shards finished before, by name
+    todo: list[ShardSpec]  # the shards this run runs, with the manifest's records
+
+
+def work_of(cfg: PreprocessConfig) -> Work:
+    """Read the manifest and what `cfg.out` holds, and plan the run: nothing is written.
 
     Raises:
         ValueError: an unreadable manifest, an output folder built with other parameters or from rows this
-            manifest removes or changes (without overwrite), or a local path some node cannot see; the message
-            says how to fix it.
+            manifest removes or changes (without overwrite); the message says how to fix it.
         StorageError: the output's store cannot be reached, refuses the credentials or lacks the bucket.
     """
-    start = time.monotonic()
     records, classes = read_manifest(cfg.manifest)
     if not records:
         raise ValueError(f"manifest {cfg.manifest} lists no videos")
@@ -143,9 +156,29 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
     done = {s.name: finished[s.name] for s in specs if s.name in finished}
     current = {r.video_id: r for r in records}  # kept rows hold only what the plan needs: run the manifest's
     todo = [replace(s, records=tuple(current[r.video_id] for r in s.records)) for s in specs if s.name not in done]
+    return Work(records, classes, out, videos_per_shard, params, generations, grown, earlier, specs, done, todo)
+
+
+def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = print) -> RunSummary:
+    """Run, resume or grow preprocessing and write index.parquet, results.parquet and dataset.json.
+
+    A manifest that keeps every row `cfg.out` was built from and adds rows grows the dataset: only the new videos
+    (and with `cfg.retry_failed` the failed ones) are processed, into new shards. Nothing is written before the
+    checks pass: parameters, manifest rows, the store, and on several nodes that every node sees a local output
+    folder and local videos.
+
+    Raises:
+        ValueError: as `work_of`, or a local path some node cannot see; the message says how to fix it.
+        StorageError: the output's store cannot be reached, refuses the credentials or lacks the bucket.
+    """
+    start = time.monotonic()
+    work = work_of(cfg)
+    plan = _read_plan(cfg.compare_plan, work.params) if cfg.compare_plan else None
+    records, out, params, specs, done, todo = work.records, work.out, work.params, work.specs, work.done, work.todo
+    generations, grown, earlier = work.generations, work.grown, work.earlier
     _say_growth(grown, earlier, len(generations) - 1, cfg.retry_failed, print_fn)
     print_fn(
-        f"{len(records)} videos in {len(specs)} shards of up to {videos_per_shard} videos; "
+        f"{len(records)} videos in {len(specs)} shards of up to {work.videos_per_shard} videos; "
         f"{len(done)} shards already done, {len(todo)} to run; modalities {','.join(cfg.process.modalities)}"
     )
     running = {r.video_id for s in todo for r in s.records}
@@ -166,7 +199,11 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
     latest = latest_results(specs, {r.name: r for r in results})  # one per video: a retry's replaces the failure
     videos = [v for r in results for v in r.videos if latest.get(v.video_id) is v]
     progress.update(len(videos), sum(v.frames for r in new for v in r.videos), sum(v.status != "ok" for v in videos), force=True)
-    _write_outputs(out, cfg, classes, params, results, videos)
+    _write_outputs(out, cfg, work.classes, params, results, videos)
+    if report and plan:
+        actual = actual_figures(new, time.monotonic() - start, bool(cfg.process.flow_modalities))
+        report["against_plan"] = against_plan(planned_figures(plan), actual)
+        report["against_plan"]["plan"] = join(cfg.compare_plan, PLAN_FILE)
     if report:
         report["written"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         report["dataset_videos"] = len(records)
@@ -179,6 +216,8 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
         when = report.get("written", "an earlier run")
         print_fn(f"nothing to run; {REPORT_FILE} is the report of the run that built the shards ({when}):")
     for line in format_report(report) if report else []:
+        print_fn(line)
+    for line in format_against(report["against_plan"]) if report and plan else []:
         print_fn(line)
     return _summary(results, videos, new, time.monotonic() - start)
 
@@ -220,6 +259,21 @@ def _say_growth(grown: list[VideoRecord], earlier: dict[str, VideoResult], gener
     failed = sum(r.status != "ok" for r in earlier.values())
     if failed and not retry_failed:
         print_fn(f"{failed} {'video' if failed == 1 else 'videos'} failed in earlier runs; --retry-failed tries them again")
+
+
+def _read_plan(folder: str, params: dict) -> dict:
+    """The plan a dry run wrote to `folder`, for a run with these parameters; ValueError where there is none, or
+    it was made for other parameters (another manifest, settings, or dataset state)."""
+    where = Location(folder)
+    if not where.is_file(PLAN_FILE):
+        raise ValueError(f"--compare-plan {folder} holds no {PLAN_FILE}; write one with the same command and --dry-run {folder}")
+    plan = json.loads(where.read_bytes(PLAN_FILE))
+    if plan.get("parameters") != params:
+        raise ValueError(
+            f"the plan in {folder} was made for other parameters than this run's; make it again with this command and "
+            f"--dry-run {folder}, or leave --compare-plan out"
+        )
+    return plan
 
 
 def _check_output(cfg: PreprocessConfig, out: Location) -> None:

@@ -29,19 +29,17 @@ class Progress:
         self.start = clock()
         self._last = None
 
-    def line(self, videos: int, frames: int, failed: int) -> str:
-        """`frames` counts this run's frames only."""
+    def line(self, videos: int, frames: int | None, failed: int) -> str:
+        """`frames` counts this run's frames only; None: work without frames (a census), its rate in videos/s."""
         elapsed = max(self.clock() - self.start, 1e-9)
         rate = (videos - self.already_done) / elapsed
         eta = 0.0 if videos >= self.total else (self.total - videos) / rate if rate > 0 else float("nan")
         pct = 100.0 * videos / self.total if self.total else 100.0
         eta_text = format_duration(eta) if eta == eta else "?"
-        return (
-            f"[{format_duration(elapsed)}] {videos}/{self.total} videos ({pct:.0f}%), "
-            f"{frames / elapsed:.1f} frames/s, ETA {eta_text}, {failed} failed"
-        )
+        speed = f"{rate:.1f} videos/s" if frames is None else f"{frames / elapsed:.1f} frames/s"
+        return f"[{format_duration(elapsed)}] {videos}/{self.total} videos ({pct:.0f}%), {speed}, ETA {eta_text}, {failed} failed"
 
-    def update(self, videos: int, frames: int, failed: int, force: bool = False) -> bool:
+    def update(self, videos: int, frames: int | None, failed: int, force: bool = False) -> bool:
         """Print a line if `interval` has passed since the last one (or `force`); returns whether it did."""
         now = self.clock()
         if not force and self._last is not None and now - self._last < self.interval:

@@ -16,18 +16,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import ray
 from ray.exceptions import RayError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from schemas.manifest import VideoRecord
 from storage import Location, is_uri
 
+from .calibration import Calibration, calibrate, merged
+from .census import VideoCensus, census_video
+from .decode import DecodeConfig
 from .flow_requests import default_batch
+from .forecast import Cluster
 from .plan import ShardSpec
 from .shards import ProcessConfig, ShardResult, VideoResult, process_shard
 
@@ -232,10 +239,11 @@ class _EmbeddedTokenNotice(logging.Filter):
 
 @contextlib.contextmanager
 def ray_session(address: str | None):
-    """Connected to Ray (see `connect`) for the duration; an embedded Ray started here is shut down after."""
+    """Connected to Ray (see `connect`) for the duration; an embedded Ray started here is shut down after. Gives
+    whether it started one."""
     started = connect(address)
     try:
-        yield
+        yield started
     finally:
         if started:
             ray.shutdown()
@@ -383,3 +391,68 @@ def _snapshot(tracker, exclude: set[str]) -> dict[str, tuple[int, int, int]]:
 def _last_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[-1][:300] if lines else type(exc).__name__
+
+
+# --- before a run: the census and the calibration (`pipeline.dry_run`) -------------------------------------
+
+CENSUS_THREADS = 8  # files one census task opens at once: opening is mostly waiting for storage
+CENSUS_PER_TASK = 500  # at most this many videos per census task
+
+
+def _census_batch(records: list[VideoRecord], decode: DecodeConfig) -> list[VideoCensus]:
+    with ThreadPoolExecutor(CENSUS_THREADS) as pool:
+        return list(pool.map(lambda r: census_video(r, decode), records))
+
+
+census_task = ray.remote(_census_batch)
+
+
+def run_census(
+    records: list[VideoRecord], decode: DecodeConfig, cluster: ClusterConfig, on_progress: Callable[[int, int], None] | None = None
+) -> list[VideoCensus]:
+    """`census_video` for every record, in manifest order, as Ray tasks of many videos each (enough tasks for
+    four per CPU, at most `CENSUS_PER_TASK` videos each). `on_progress(videos, failed)` after each task and at
+    least every `poll_seconds`."""
+    slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    per_task = max(1, min(CENSUS_PER_TASK, -(-len(records) // (4 * slots))))
+    options = {"num_cpus": 1, "max_retries": cluster.max_retries}
+    decode_ref = ray.put(decode)
+    batches = [records[i : i + per_task] for i in range(0, len(records), per_task)]
+    pending = {census_task.options(**options).remote(batch, decode_ref): i for i, batch in enumerate(batches)}
+    rows: list[list[VideoCensus] | None] = [None] * len(batches)
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=cluster.poll_seconds)
+        for ref in done:
+            rows[pending.pop(ref)] = ray.get(ref)
+        if on_progress is not None:
+            finished = [r for part in rows if part for r in part]
+            on_progress(len(finished), sum(r.status != "ok" for r in finished))
+    return [r for part in rows for r in part]
+
+
+calibrate_task = ray.remote(calibrate)
+
+
+def run_calibration(
+    records: list[VideoRecord], cfg: ProcessConfig, census: dict[str, VideoCensus], cluster: ClusterConfig, frames: int
+) -> tuple[Calibration, float]:
+    """`calibration.calibrate` on the devices a run would use: one task per GPU (each holding one) where the
+    cluster has GPUs and flow is asked for, else one per CPU slot, the records dealt out among them. Returns
+    (the parts merged, the seconds the slowest task spent outside its measurements: starting a worker process
+    and importing, as a run's shard tasks and flow workers do)."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    on_gpu = bool(cfg.flow_modalities) and gpus > 0 and cfg.device != "cpu"
+    slots = gpus if on_gpu else max(1, int(ray.cluster_resources().get("CPU", 1) // cluster.cpus_per_task))
+    parts = [records[i :: min(slots, len(records))] for i in range(min(slots, len(records)))]
+    options = {"num_cpus": cluster.cpus_per_task, "num_gpus": 1 if on_gpu else 0, "max_retries": cluster.max_retries}
+    start = time.monotonic()
+    refs = [calibrate_task.options(**options).remote(part, cfg, {r.video_id: census[r.video_id] for r in part}, frames) for part in parts]
+    measured = ray.get(refs)
+    overhead = time.monotonic() - start - max((m.seconds for m in measured), default=0.0)
+    return merged(measured), max(overhead, 0.0)
+
+
+def cluster_shape(cpus_per_task: float) -> Cluster:
+    """The attached cluster's alive nodes, CPUs and GPUs, as Ray reports them."""
+    resources = ray.cluster_resources()
+    return Cluster(len(_worker_nodes()), resources.get("CPU", 0.0), int(resources.get("GPU", 0)), cpus_per_task)

@@ -51,6 +51,7 @@ from .video_flow import VideoFlow
 
 PROGRESS_DIR = "_progress"  # one completion record per finished shard
 DONE_SUFFIX = ".done.json"
+LISTED_MISSING = "file not found (listed as missing in the manifest)"  # a manifest row whose file was not there
 FRAME_CHUNK = 64  # frames decoded at a time when no flow is computed
 
 
@@ -230,7 +231,7 @@ def process_video(
         VideoError: the video cannot be used, or was stopped (the reason is one line).
     """
     if not record.exists:
-        raise VideoError("file not found (listed as missing in the manifest)")
+        raise VideoError(LISTED_MISSING)
     timings = timings or Timings()
     if cfg.flow_modalities and flow is None:
         flow = LocalFlow(cfg.flow_worker())
