@@ -1,8 +1,9 @@
 """Calibration: a few videos through the real stages at a run's settings, to measure what a plan needs.
 
 Each chosen video is processed by `shards.process_video`, cut to its first `frames` frames, with the flow
-computed in the same process by a flow worker on the device the run would use (one-threaded on the CPU, as the
-run's CPU flow workers are). What it measures is kept as sums with the pixels they cover, so that parts
+solved by the run's own flow service on the devices the run would use (or, without Ray, by a one-threaded flow
+worker in the same process): what the flow path costs in a run (requests, transfers, workers sharing the cores
+with the shard tasks) is in the measurement. What it measures is kept as sums with the pixels they cover, so that parts
 measured in parallel merge (`merged`) and a plan scales them to every video's size (`per_pixel`): the bytes of
 an RGB JPEG and of a flow pair's images, the seconds to decode (per stored pixel) and to encode (per output
 pixel), and the flow solver's seconds per pair (per output pixel, padding included: a run's launches are full).
@@ -103,19 +104,20 @@ def choose(census: list[VideoCensus], count: int = CALIBRATION_VIDEOS, seed: int
 
 
 def calibrate(
-    records: list[VideoRecord], cfg: ProcessConfig, census: dict[str, VideoCensus], frames: int = CALIBRATION_FRAMES
+    records: list[VideoRecord], cfg: ProcessConfig, census: dict[str, VideoCensus], frames: int = CALIBRATION_FRAMES, flow=None
 ) -> Calibration:
     """Process the first `frames` frames of each record at `cfg`'s settings and measure it (see the module).
-    `census` gives each video's stored size (decoding costs by the stored pixel)."""
+    `census` gives each video's stored size (decoding costs by the stored pixel). `flow`: the run's flow service
+    (its client), whose workers' stats the caller adds (`with_solver`); None: a one-threaded worker here."""
     cut = replace(cfg, decode=replace(cfg.decode, max_frames=min(frames, cfg.decode.max_frames or frames)), video_timeout=None)
     worker = None
-    if cfg.flow_modalities:
+    if cfg.flow_modalities and flow is None:
         from .flow_service import FlowWorker
 
         worker = FlowWorker(cfg.flow_spec(), cfg.flow_batch, cfg.device, threads=1)
-    flow = LocalFlow(worker) if worker else None
+        flow = LocalFlow(worker)
     timings, start = Timings(), time.monotonic()
-    result = Calibration(device=worker.device.type if worker else "", flow_bytes={m: 0 for m in cfg.flow_modalities})
+    result = Calibration(flow_bytes={m: 0 for m in cfg.flow_modalities})
     for record in records:
         try:
             sample = process_video(record, cut, flow, timings=timings)
@@ -126,21 +128,26 @@ def calibrate(
         pixels = meta.width * meta.height
         result.videos.append(record.video_id)
         result.frames += meta.num_frames
-        result.pairs += meta.num_flows if worker else 0
+        result.pairs += meta.num_flows if flow else 0
         result.decoded_pixels += row.width * row.height * meta.num_frames  # kept frames, each decoded once
         result.frame_pixels += pixels * meta.num_frames
-        result.pair_pixels += pixels * meta.num_flows if worker else 0
+        result.pair_pixels += pixels * meta.num_flows if flow else 0
         result.rgb_bytes += sum(len(b) for b in sample.rgb)
         for m in cfg.flow_modalities:
             result.flow_bytes[m] += sum(len(b) for members in sample.flow[m] for b in members)
     stages = timings.seconds
     result.decode_seconds, result.encode_seconds = stages.get("decode", 0.0), stages.get("encode", 0.0)
     result.homography_seconds = stages.get("homography", 0.0)
-    if worker:
-        stats = worker.stats()
-        result.device_name = stats["device"]
-        result.solved_pairs = stats["pairs"] + stats["padded_pairs"]
-        result.solve_seconds = stats["flow_seconds"] - stats["compile_seconds"]
-        result.compile_seconds = stats["compile_seconds"]
     result.seconds = time.monotonic() - start
-    return result
+    return with_solver(result, [worker.stats()]) if worker else result
+
+
+def with_solver(calibration: Calibration, stats: list[dict]) -> Calibration:
+    """`calibration` with the solver's figures from the flow workers' stats (`FlowWorker.stats`)."""
+    if stats:
+        calibration.device = "cuda" if any(s["device"].startswith("cuda") for s in stats) else "cpu"
+        calibration.device_name = stats[0]["device"]
+    calibration.solved_pairs = sum(s["pairs"] + s["padded_pairs"] for s in stats)
+    calibration.solve_seconds = sum(s["flow_seconds"] - s["compile_seconds"] for s in stats)
+    calibration.compile_seconds = max((s["compile_seconds"] for s in stats), default=0.0)
+    return calibration

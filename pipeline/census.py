@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from fractions import Fraction
 
 import av
@@ -145,8 +145,3 @@ def estimated_frames(frames: int, rate: float, cfg: DecodeConfig, start_sec: flo
     if cfg.fps is not None and frames:
         frames = max(1, math.floor(length * cfg.fps + 1e-6))
     return min(frames, cfg.max_frames) if cfg.max_frames is not None else frames
-
-
-def census_rows(rows: list[VideoCensus]) -> list[dict]:
-    """The rows as census.parquet holds them."""
-    return [asdict(r) for r in rows]

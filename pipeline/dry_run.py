@@ -4,7 +4,7 @@ near its output.
 It plans the run as the run would (`preprocess.work_of`: on an existing dataset, only what is left or added),
 takes a census of the videos to run (`census`, in Ray tasks of many videos each), puts a few of them through
 the real stages on the devices the run would use (`calibration`), and forecasts the run (`forecast`). Outputs,
-in a folder the user names: plan.json, census.parquet (a row per video) and the printed table.
+in a folder the user names: plan.json, census.parquet (a row per video), plan.png and the printed table.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from dataclasses import asdict, dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.plan import CENSUS_FILE, CENSUS_SCHEMA, PLAN_FILE, PLAN_VERSION
-from storage import Location, join
+from schemas.plan import CENSUS_FILE, CENSUS_SCHEMA, PLAN_FILE, PLAN_PICTURE, PLAN_VERSION
+from storage import Location, join, redact
 
 from .calibration import CALIBRATION_FRAMES, CALIBRATION_VIDEOS, Calibration, choose
 from .forecast import forecast
+from .plan_figure import plan_png
 from .preprocess import PreprocessConfig, work_of
 from .progress import Progress, format_duration
 from .ray_tasks import cluster_shape, ray_session, run_calibration, run_census
@@ -65,11 +66,12 @@ def dry_run(cfg: PreprocessConfig, dry: DryRunConfig, print_fn: Callable[[str], 
     with ray_session(cfg.cluster.address) as started:
         init = time.monotonic() - init if started else 0.0  # a cluster already running costs a run nothing to start
         cluster = cluster_shape(cfg.cluster.cpus_per_task)
-        progress = Progress(len(records), 10.0, print_fn)
+        progress = Progress(len(records), cfg.progress_seconds, print_fn)
         census = run_census(records, cfg.process.decode, cfg.cluster, lambda n, failed: progress.update(n, None, failed))
         progress.update(len(census), None, sum(r.status != "ok" for r in census), force=True)
         by_id = {r.video_id: r for r in census}
-        chosen = [r for r in records if r.video_id in set(choose(census, dry.calibration_videos, dry.seed))]
+        drawn = set(choose(census, dry.calibration_videos, dry.seed))
+        chosen = [r for r in records if r.video_id in drawn]
         calibration, overhead = run_calibration(chosen, cfg.process, by_id, cfg.cluster, dry.calibration_frames) if chosen else (None, 0.0)
     rates = (calibration or Calibration(flow_bytes={m: 0 for m in cfg.process.flow_modalities})).per_pixel()
     device = calibration.device if calibration else ""
@@ -79,8 +81,8 @@ def dry_run(cfg: PreprocessConfig, dry: DryRunConfig, print_fn: Callable[[str], 
     plan = {
         "plan_version": PLAN_VERSION,
         "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "manifest": cfg.manifest,
-        "out": cfg.out,
+        "manifest": redact(cfg.manifest),
+        "out": redact(cfg.out),
         "parameters": work.params,  # what a run must match to be compared with this plan
         "cluster": asdict(cluster),
         "calibration": calibration.to_dict() if calibration else None,
@@ -91,9 +93,13 @@ def dry_run(cfg: PreprocessConfig, dry: DryRunConfig, print_fn: Callable[[str], 
     with where.atomic_write(CENSUS_FILE) as stream:
         pq.write_table(pa.Table.from_pylist([asdict(r) for r in census], schema=CENSUS_SCHEMA), stream)
     where.write_bytes(json.dumps(plan, indent=2).encode(), PLAN_FILE)
+    where.write_bytes(plan_png(census, f"the census of {len(census)} videos to run: {redact(cfg.manifest)}"), PLAN_PICTURE)
     for line in format_plan(plan):
         print_fn(line)
-    print_fn(f"plan in {join(dry.plan_dir, PLAN_FILE)}, a row per video in {join(dry.plan_dir, CENSUS_FILE)}")
+    print_fn(
+        f"plan in {join(dry.plan_dir, PLAN_FILE)}, a row per video in {join(dry.plan_dir, CENSUS_FILE)}, "
+        f"the census at a glance in {join(dry.plan_dir, PLAN_PICTURE)}"
+    )
     return plan
 
 

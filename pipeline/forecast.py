@@ -41,6 +41,7 @@ def video_figures(row: VideoCensus, modalities: tuple[str, ...], flow_encoding: 
     frames = row.estimated_frames
     pairs = max(frames - 1, 0)
     flows = [m for m in modalities if m != "rgb"]
+    solves = 1 + ("warp_tvl1" in flows)  # warped flow solves the plain flow first (its points find the camera motion)
     pixels = row.out_width * row.out_height
     decoded = frames * row.fps / fps if fps and row.fps else frames  # resampled: every source frame up to the last kept
     members = 3 + (frames if "rgb" in modalities else 0) + pairs * len(flows) * len(flow_members("flow", 0, flow_encoding))
@@ -53,7 +54,7 @@ def video_figures(row: VideoCensus, modalities: tuple[str, ...], flow_encoding: 
     seconds = {
         "decode": _times(rates["decode_ns_per_pixel"], 1e-9 * row.width * row.height * decoded),
         "encode": _times(rates["encode_ns_per_pixel"], 1e-9 * pixels * frames),
-        "flow": _times(rates["flow_ns_per_pixel"], 1e-9 * pixels * pairs * len(flows)) if flows else 0.0,
+        "flow": _times(rates["flow_ns_per_pixel"], 1e-9 * pixels * pairs * solves) if flows else 0.0,
         "homography": _times(rates["homography_ms_per_pair"], 1e-3 * pairs) if "warp_tvl1" in flows else 0.0,
     }
     overhead = SAMPLE_FIXED_BYTES + members * (MEMBER_OVERHEAD + TABLE_BYTES_PER_MEMBER)
@@ -99,12 +100,14 @@ def forecast(
         for m in flows:
             split[m] += f["pairs"]
     unmeasured: list[str] = []
+    expected = {r.video_id for r in ok}
+    written = sum(any(v in expected for v in shard) for shard in shards)  # a shard of failures leaves no tar
     sizes = [f["bytes"] for f in figures]
     total_bytes = None
     if ok and None in sizes:
         unmeasured.append("shard bytes: no calibration video could be processed")
     elif ok or not census:
-        total_bytes = sum(sizes) + len(shards) * SHARD_END_BYTES
+        total_bytes = sum(sizes) + written * SHARD_END_BYTES
     stage_seconds = {stage: _sum(f["seconds"][stage] for f in figures) for stage in ("decode", "encode", "flow", "homography")}
     # a shard task decodes and encodes its videos one after another: the longest is a bound of its own
     own = {r.video_id: _sum(f["seconds"][s] for s in ("decode", "encode", "homography")) for r, f in zip(ok, figures)}
@@ -123,6 +126,7 @@ def forecast(
         "frames": sum(f["frames"] for f in figures),
         "pairs": sum(f["pairs"] for f in figures),
         "shards": len(shards),
+        "shards_written": written,
         "bytes": total_bytes,
         "mean_sample_bytes": total_bytes / len(ok) if total_bytes is not None and ok else None,
         "time": time,

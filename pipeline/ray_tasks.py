@@ -9,6 +9,8 @@ the retry rewrites its shard from scratch. A flow worker that dies is restarted 
 are sent again. At most `max_in_flight` tasks are submitted at once and results are handled in the order
 they finish. Progress comes from a small actor that tasks report to and that nothing depends on. Before a
 run on several nodes, `check_visible` proves that every node sees a local output folder and local videos.
+A dry run (`pipeline.dry_run`) uses the same cluster: `run_census` (tasks of many videos) and `run_calibration`
+(a few videos processed as shard tasks would, through the run's flow service).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from schemas.manifest import VideoRecord
 from storage import Location, is_uri
 
-from .calibration import Calibration, calibrate, merged
+from .calibration import Calibration, calibrate, merged, with_solver
 from .census import VideoCensus, census_video
 from .decode import DecodeConfig
 from .flow_requests import default_batch
@@ -430,26 +432,38 @@ def run_census(
     return [r for part in rows for r in part]
 
 
-calibrate_task = ray.remote(calibrate)
+def _calibrate(records, cfg: ProcessConfig, census: dict[str, VideoCensus], frames: int, flow_workers, batch_size) -> Calibration:
+    return calibrate(records, cfg, census, frames, ServiceFlow(flow_workers, batch_size) if flow_workers else None)
+
+
+calibrate_task = ray.remote(_calibrate)
 
 
 def run_calibration(
     records: list[VideoRecord], cfg: ProcessConfig, census: dict[str, VideoCensus], cluster: ClusterConfig, frames: int
 ) -> tuple[Calibration, float]:
-    """`calibration.calibrate` on the devices a run would use: one task per GPU (each holding one) where the
-    cluster has GPUs and flow is asked for, else one per CPU slot, the records dealt out among them. Returns
-    (the parts merged, the seconds the slowest task spent outside its measurements: starting a worker process
-    and importing, as a run's shard tasks and flow workers do)."""
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    on_gpu = bool(cfg.flow_modalities) and gpus > 0 and cfg.device != "cpu"
-    slots = gpus if on_gpu else max(1, int(ray.cluster_resources().get("CPU", 1) // cluster.cpus_per_task))
-    parts = [records[i :: min(slots, len(records))] for i in range(min(slots, len(records)))]
-    options = {"num_cpus": cluster.cpus_per_task, "num_gpus": 1 if on_gpu else 0, "max_retries": cluster.max_retries}
+    """`calibration.calibrate` as a run would process the videos: tasks as shard tasks (one per CPU slot, the
+    records dealt out among them) sending their frames to the run's flow service (started here as the run
+    starts it, and stopped). Returns (the parts merged with the flow workers' stats, the seconds before the
+    first task measured anything: starting the flow service and the tasks' worker processes, as a run does)."""
     start = time.monotonic()
-    refs = [calibrate_task.options(**options).remote(part, cfg, {r.video_id: census[r.video_id] for r in part}, frames) for part in parts]
-    measured = ray.get(refs)
+    service = start_flow_service(cfg, cluster)
+    try:
+        slots = max(1, int(ray.cluster_resources().get("CPU", 1) // cluster.cpus_per_task))
+        parts = [records[i :: min(slots, len(records))] for i in range(min(slots, len(records)))]
+        options = {"num_cpus": cluster.cpus_per_task, "max_retries": cluster.max_retries}
+        workers, batch = (service.workers, service.batch_size) if service else ([], None)
+        refs = [
+            calibrate_task.options(**options).remote(part, cfg, {r.video_id: census[r.video_id] for r in part}, frames, workers, batch)
+            for part in parts
+        ]
+        measured = ray.get(refs)
+        total = with_solver(merged(measured), service.stats()) if service else merged(measured)
+    finally:
+        if service:
+            service.stop()
     overhead = time.monotonic() - start - max((m.seconds for m in measured), default=0.0)
-    return merged(measured), max(overhead, 0.0)
+    return total, max(overhead, 0.0)
 
 
 def cluster_shape(cpus_per_task: float) -> Cluster:

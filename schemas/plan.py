@@ -5,6 +5,7 @@ DIR/plan.json       what the run would do and cost: videos expected ok and faile
                     pairs per split, shards and bytes, wall time and what bounds it, machine hours and price,
                     the calibration it was scaled from, and what could not be measured
 DIR/census.parquet  one row per video to run: what its container says, and what the run should make of it
+DIR/plan.png        the census at a glance: durations, sizes, frame rates, codecs, predicted failures
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pyarrow as pa
 
 PLAN_FILE = "plan.json"
 CENSUS_FILE = "census.parquet"
+PLAN_PICTURE = "plan.png"
 PLAN_VERSION = 1
 
 CENSUS_SCHEMA = pa.schema(

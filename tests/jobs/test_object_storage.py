@@ -253,3 +253,34 @@ def test_the_readme_ray_data_recipe_reads_every_sample_once_locally_and_from_s3(
     for data, rows in zip((str(local), out), found, strict=True):
         index = pq.read_table(Location(data).open_input_file("index.parquet")).to_pydict()
         assert Counter((r["key"], r["label"]) for r in rows) == Counter(zip(index["key"], index["label"], strict=True))
+
+
+def test_a_dry_run_on_s3_flags_what_the_run_failed_and_writes_nothing_to_the_bucket(s3_dataset, tmp_path):
+    """Issue 29 on object storage: the census reads every video from the bucket (ranged reads), predicts the
+    failures the module's run recorded, in its words; a dry run on a new prefix and on the built dataset writes
+    nothing to either."""
+    from pipeline.report import failure_reason
+
+    bucket, manifest, out, entries, _, _ = s3_dataset
+
+    def objects() -> dict[str, tuple]:
+        import boto3
+
+        pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket.removeprefix("s3://"))
+        return {o["Key"]: (o["Size"], o["ETag"], o["LastModified"]) for page in pages for o in page.get("Contents", [])}
+
+    before = objects()
+    fresh = join(bucket, "planned")
+    plan = ["--calibration-videos", "2", "--calibration-frames", "4"]
+    result = run_job("jobs.preprocess", "--manifest", manifest, "--out", fresh, *PREPROCESS, "--dry-run", str(tmp_path / "p"), *plan)
+    assert result.returncode == 0, result.stdout + result.stderr
+    census = {r["video_id"]: r for r in pq.read_table(tmp_path / "p" / "census.parquet").to_pylist()}
+    results = {r["video_id"]: r for r in pq.read_table(Location(out).open_input_file("results.parquet")).to_pylist()}
+    assert {v: r["status"] for v, r in census.items()} == {v: r["status"] for v, r in results.items()}
+    assert all(failure_reason(census[v]["reason"]) == failure_reason(r["reason"]) for v, r in results.items())
+    planned = json.loads((tmp_path / "p" / "plan.json").read_text())
+    assert planned["videos"]["expected_ok"] == len(entries) and planned["bytes"] > 0 and planned["time"]["seconds"] > 0
+    assert "[" in result.stdout and "videos/s" in result.stdout  # the census's progress
+    again = run_job("jobs.preprocess", "--manifest", manifest, "--out", out, *PREPROCESS, "--dry-run", str(tmp_path / "q"), *plan)
+    assert again.returncode == 0 and "dry run: 0 videos to run" in again.stdout, again.stdout + again.stderr
+    assert objects() == before, "a dry run wrote to the bucket"

@@ -72,7 +72,8 @@ def test_what_the_census_reads_from_real_containers(mixed):
     assert (turned.width, turned.height, turned.display_width, turned.display_height, turned.rotation) == (320, 240, 240, 320, 90)
     assert (turned.out_width, turned.out_height) == (128, 171)  # the displayed frame's short side
     demo = rows["demo"]  # 340x256, sample aspect 64/51
-    assert (demo.container, demo.codec, demo.display_width, demo.fps, demo.declared_frames) == ("mov,mp4,m4a,3gp,3g2,mj2", "h264", 427, 28, 280)
+    assert (demo.container, demo.codec) == ("mov,mp4,m4a,3gp,3g2,mj2", "h264")
+    assert (demo.display_width, demo.fps, demo.declared_frames) == (427, 28, 280)
     mkv = rows["flipping_a_pancake"]  # Matroska declares no frame count
     assert mkv.declared_frames == 0 and mkv.frames_from == "duration" and mkv.audio and not demo.audio
     assert rows["truncated"].reason.startswith("cut off: the file holds") and rows["truncated"].declared_frames == 30

@@ -13,6 +13,7 @@ import signal
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import pyarrow.parquet as pq
 import pytest
 
@@ -73,10 +74,16 @@ def grown(tmp_path_factory):
     every = second + [row[p] for p in (trains[3], *trains[5:], tests[1], tests[3])]  # 6 more
     out, stage = root / "out", {}
 
-    stage["build"] = preprocess(manifest(root, "first", first), out)
+    plan = ["--calibration-frames", "6"]
+    stage["plan_fresh"] = preprocess(manifest(root, "first", first), out, "--dry-run", str(root / "plan0"), *plan)
+    stage["out_after_fresh_plan"] = out.exists()
+    stage["build"] = preprocess(root / "first.parquet", out)
     stage["built_shards"] = files(out / "shards")
     stage["trained"] = train(out, root / "run", epochs=1)
-    stage["append"] = preprocess(manifest(root, "second", second), out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    stage["plan_append"] = preprocess(manifest(root, "second", second), out, "--dry-run", str(root / "plan1"), *plan)
+    stage["out_untouched_by_plan"] = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    stage["append"] = preprocess(root / "second.parquet", out, "--compare-plan", str(root / "plan1"))
     stage["appended_shards"] = files(out / "shards")
     stage["report"] = json.loads((out / "report.json").read_text())
     stage["after_append"] = read_dataset_info(str(out))
@@ -189,3 +196,26 @@ def test_a_manifest_that_removes_videos_is_refused_in_one_sentence_and_changes_n
     assert "6 videos removed (" in result.stderr and "--overwrite" in result.stderr and "Traceback" not in result.stderr
     assert {p.name: p.read_bytes() for p in [*out.iterdir(), *(out / "_progress").iterdir()] if p.is_file()} == before
     assert files(out / "shards") == shards
+
+
+def test_a_dry_run_plans_only_what_the_run_will_do_and_writes_nothing_under_out(grown):
+    """Issue 29 on a dataset that grows: a dry run on a fresh location and on the built dataset, each followed by
+    the run it planned."""
+    root, out, bad, stage = grown
+    assert not stage["out_after_fresh_plan"], "a dry run created --out"
+    assert stage["out_untouched_by_plan"], "a dry run changed a file under --out"
+    fresh = json.loads((root / "plan0" / "plan.json").read_text())
+    assert fresh["videos"] == {"to_run": 3, "expected_ok": 2, "expected_failed": 1, "failures": {"not a readable video file": 1}}
+    picture = cv2.imread(str(root / "plan0" / "plan.png"))
+    assert picture is not None and picture.shape[1] > picture.shape[0] > 500  # the census at a glance
+    census = pq.read_table(root / "plan0" / "census.parquet").to_pylist()
+    assert {r["video_id"]: r["status"] for r in census}[bad] == "failed" and len(census) == 3
+    appended = json.loads((root / "plan1" / "plan.json").read_text())
+    assert appended["videos"]["to_run"] == 3 and appended["videos"]["expected_ok"] == 3  # the new videos only
+    assert appended["per_split"] == {"train": {"videos": 1, "rgb": 8, "tvl1": 7}, "test": {"videos": 2, "rgb": 16, "tvl1": 14}}
+    assert "dry run: 3 videos to run of 6 in the manifest" in stage["plan_append"].stdout
+    # the append it planned, compared: the same videos, frames and pairs, bytes within a quarter
+    against = stage["report"]["against_plan"]
+    assert all(against[k]["actual"] == against[k]["planned"] for k in ("expected_ok", "expected_failed", "frames", "pairs"))
+    assert 0.75 <= against["bytes"]["ratio"] <= 1.25, against["bytes"]
+    assert "against the plan: ok 3 of 3 planned" in stage["append"].stdout
