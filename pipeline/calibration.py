@@ -6,7 +6,8 @@ worker in the same process): what the flow path costs in a run (requests, transf
 with the shard tasks) is in the measurement. What it measures is kept as sums with the pixels they cover, so that parts
 measured in parallel merge (`merged`) and a plan scales them to every video's size (`per_pixel`): the bytes of
 an RGB JPEG and of a flow pair's images, the seconds to decode (per stored pixel) and to encode (per output
-pixel), and the flow solver's seconds per pair (per output pixel, padding included: a run's launches are full).
+pixel), and the flow solver's seconds per pair solved (per output pixel, with its share of the launches' padding:
+short videos leave launches part empty, in a run as in its calibration).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ SUMS = (
     "decode_seconds",
     "encode_seconds",
     "homography_seconds",
-    "solved_pairs",
+    "solves",
+    "padded_solves",
     "solve_seconds",
 )  # the fields that add up over parts (compile_seconds: each part compiles, as each flow worker does: the longest)
 
@@ -57,15 +59,16 @@ class Calibration:
     decode_seconds: float = 0.0  # decoding and resizing
     encode_seconds: float = 0.0  # RGB JPEGs, gray frames, flow images
     homography_seconds: float = 0.0  # warped flow's camera motion (a shard task's work)
-    solved_pairs: int = 0  # pairs the solver launched, padding included
-    solve_seconds: float = 0.0  # the solver's, compiling left out
+    solves: int = 0  # pairs the solver solved (a pair of warped flow twice: plain, then warped)
+    padded_solves: int = 0  # the padding that filled its launches: a run pads as its calibration did
+    solve_seconds: float = 0.0  # the solver's, padding included, compiling left out
     compile_seconds: float = 0.0  # compiling the solver's kernels: once per flow worker in a run
     seconds: float = 0.0  # wall time of the calibration (the longest part, once merged)
 
     def per_pixel(self) -> dict:
         """The rates a plan scales by each video's pixels; a rate nothing measured is None."""
         per = lambda total, pixels, scale=1.0: scale * total / pixels if pixels else None  # noqa: E731
-        solve = self.solve_seconds / self.solved_pairs if self.solved_pairs else None
+        solve = self.solve_seconds / self.solves if self.solves else None  # per real solve: its share of padding too
         mean_pair_pixels = self.pair_pixels / self.pairs if self.pairs else None
         return {
             "rgb_bytes_per_pixel": per(self.rgb_bytes, self.frame_pixels) if self.rgb_bytes else None,
@@ -147,7 +150,8 @@ def with_solver(calibration: Calibration, stats: list[dict]) -> Calibration:
     if stats:
         calibration.device = "cuda" if any(s["device"].startswith("cuda") for s in stats) else "cpu"
         calibration.device_name = stats[0]["device"]
-    calibration.solved_pairs = sum(s["pairs"] + s["padded_pairs"] for s in stats)
+    calibration.solves = sum(s["pairs"] for s in stats)
+    calibration.padded_solves = sum(s["padded_pairs"] for s in stats)
     calibration.solve_seconds = sum(s["flow_seconds"] - s["compile_seconds"] for s in stats)
     calibration.compile_seconds = max((s["compile_seconds"] for s in stats), default=0.0)
     return calibration

@@ -93,8 +93,9 @@ def dry_run(cfg: PreprocessConfig, dry: DryRunConfig, print_fn: Callable[[str], 
     with where.atomic_write(CENSUS_FILE) as stream:
         pq.write_table(pa.Table.from_pylist([asdict(r) for r in census], schema=CENSUS_SCHEMA), stream)
     where.write_bytes(json.dumps(plan, indent=2).encode(), PLAN_FILE)
-    where.write_bytes(plan_png(census, f"the census of {len(census)} videos to run: {redact(cfg.manifest)}"), PLAN_PICTURE)
-    for line in format_plan(plan):
+    lines = format_plan(plan)
+    where.write_bytes(plan_png(census, f"the census of {len(census)} videos to run: {redact(cfg.manifest)}", lines), PLAN_PICTURE)
+    for line in lines:
         print_fn(line)
     print_fn(
         f"plan in {join(dry.plan_dir, PLAN_FILE)}, a row per video in {join(dry.plan_dir, CENSUS_FILE)}, "
@@ -114,7 +115,7 @@ def format_plan(plan: dict) -> list[str]:
     lines.append("  (rgb: frames; flow modalities: frame pairs)")
     size = "unmeasured"
     if plan["bytes"] is not None:
-        size = f"{plan['bytes'] / 2**30:.2f} GiB ({(plan['mean_sample_bytes'] or 0) / 2**20:.1f} MiB a sample)"
+        size = f"{_bytes(plan['bytes'])} ({_bytes(plan['mean_sample_bytes'] or 0)} a sample)"
     lines.append(f"shards: {plan['shards']}, {size}")
     cluster = plan["cluster"]
     if t["seconds"] is None:
@@ -127,8 +128,8 @@ def format_plan(plan: dict) -> list[str]:
             f"starting {t['startup']:.0f} s)"
         )
     if c["cpu_hours"] is not None:
-        total = "" if c["total"] is None else f", cost {c['total']:,.2f}"
-        lines.append(f"machine time: {c['cpu_hours']:.2f} CPU-hours, {c['gpu_hours']:.2f} GPU-hours{total}")
+        hours = f"{c['cpu_hours']:.3g} CPU-hours" + (f", {c['gpu_hours']:.3g} GPU-hours" if cluster["gpus"] else "")
+        lines.append(f"machine time: {hours}" + ("" if c["total"] is None else f", cost {c['total']:.3g}"))
     calibration = plan["calibration"]
     if calibration:
         rate = calibration["flow_pairs_per_s"]
@@ -137,6 +138,14 @@ def format_plan(plan: dict) -> list[str]:
         lines.append(f"calibrated on {videos} videos, {calibration['frames']} frames{flow}")
     lines += [f"unmeasured: {u}" for u in plan["unmeasured"]]
     return lines
+
+
+def _bytes(n: float) -> str:
+    """1.2 TiB, 3.4 GiB, 5.6 MiB or 7.8 KiB."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 2**10:.1f} KiB"
 
 
 def _modalities(plan: dict) -> list[str]:

@@ -4,6 +4,7 @@ the videos to run, and the failures it predicts by reason. Pure: census rows in,
 from __future__ import annotations
 
 import io
+import textwrap
 from collections import Counter
 
 import numpy as np
@@ -15,15 +16,16 @@ from .census import VideoCensus
 from .report import failure_reason
 
 
-def plan_png(census: list[VideoCensus], title: str) -> bytes:
-    """Five panels: duration, stored short side and frame rate histograms of the readable videos, their codecs,
-    and the predicted failures by reason."""
+def plan_png(census: list[VideoCensus], title: str, notes: list[str]) -> bytes:
+    """Six panels: duration, stored short side and frame rate histograms of the readable videos, their codecs,
+    the predicted failures by reason, and `notes` (the plan's figures, a line each)."""
     figure = Figure(figsize=(16, 9), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     grid = figure.subplots(2, 3)
     durations, sizes, rates = grid[0]
-    codecs, failures, spare = grid[1]
-    spare.remove()
+    codecs, failures, text = grid[1]
+    text.set_axis_off()
+    text.text(0, 1, "\n".join(_wrapped(notes)), va="top", ha="left", family="monospace", fontsize=8, transform=text.transAxes)
     read = [r for r in census if r.codec]
     histogram(durations, [r.duration for r in read], "duration (s)", "tab:blue")
     histogram(sizes, [min(r.width, r.height) for r in read], "stored short side (pixels)", "tab:green")
@@ -61,3 +63,8 @@ def bars(axes, counts: Counter, title: str, color: str, most: int = 12) -> None:
     axes.set(title=title, xlabel="videos")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3, axis="x")
+
+
+def _wrapped(lines: list[str], width: int = 60) -> list[str]:
+    """Lines broken at spaces to fit a panel."""
+    return [part for line in lines for part in (textwrap.wrap(line, width, subsequent_indent="  ") or [""])]
