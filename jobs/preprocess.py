@@ -179,7 +179,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--dry-run",
         metavar="DIR",
         help="plan the run instead of running it: a census of its videos, a calibration of a few through the real stages, "
-        "and the forecast (failures, frames, bytes, wall time, cost) written to DIR/plan.json and DIR/census.parquet; "
+        "and the forecast (failures, frames, bytes, wall time, cost) written to DIR/plan.json, DIR/census.parquet and DIR/plan.png; "
         "nothing is written under --out",
     )
     before.add_argument(

@@ -103,7 +103,7 @@ def test_this_checkout_writes_what_the_reference_commit_wrote(tmp_path):
     assert (old / "data" / "dataset.json").read_bytes() == (new / "data" / "dataset.json").read_bytes()
     # The same flags, the same configuration (compared as values: --shard-size-mb's default is now written as the
     # float the flag's type makes of a value given by hand, 1024.0 where the reference wrote 1024).
-    # --retry-failed came after the reference: a plain run writes it false.
+    # Flags that came after the reference, as a plain run writes them: unset.
     config = [json.loads((run / "data" / "preprocess.config.json").read_text()) for run in (old, new)]
-    assert config[1]["run"].pop("retry_failed") is False
+    assert (config[1]["run"].pop("retry_failed"), config[1]["run"].pop("compare_plan"), config[1].pop("dry_run")) == (False, None, None)
     assert config[0] == config[1]

@@ -75,7 +75,7 @@ def grown(tmp_path_factory):
     out, stage = root / "out", {}
 
     plan = ["--calibration-frames", "6"]
-    stage["plan_fresh"] = preprocess(manifest(root, "first", first), out, "--dry-run", str(root / "plan0"), *plan)
+    stage["plan_fresh"] = preprocess(manifest(root, "first", first), out, "--dry-run", str(root / "plan0"), "--calibration-videos", "0")
     stage["out_after_fresh_plan"] = out.exists()
     stage["build"] = preprocess(root / "first.parquet", out)
     stage["built_shards"] = files(out / "shards")
