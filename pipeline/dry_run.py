@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.plan import CENSUS_FILE, CENSUS_SCHEMA, PLAN_FILE, PLAN_PICTURE, PLAN_VERSION
-from storage import Location, join, redact
+from storage import Location, join, redact, relative_to
 
 from .calibration import CALIBRATION_FRAMES, CALIBRATION_VIDEOS, Calibration, choose
 from .forecast import forecast
@@ -53,7 +53,7 @@ def dry_run(cfg: PreprocessConfig, dry: DryRunConfig, print_fn: Callable[[str], 
     Raises:
         ValueError: as the run would refuse (`preprocess.work_of`), or a plan folder inside the run's output.
     """
-    if _inside(dry.plan_dir, cfg.out):
+    if relative_to(join(dry.plan_dir, PLAN_FILE), cfg.out) is not None:
         raise ValueError(f"--dry-run {dry.plan_dir} is inside --out {cfg.out}; a dry run writes nothing there: choose another folder")
     start = time.monotonic()
     work = work_of(cfg)
@@ -154,9 +154,3 @@ def _modalities(plan: dict) -> list[str]:
 
 def _prices(dry: DryRunConfig) -> dict:
     return {"cpu_hour": dry.price_cpu_hour, "gpu_hour": dry.price_gpu_hour}
-
-
-def _inside(path: str, folder: str) -> bool:
-    """Whether `path` is `folder` or lies under it (as written: URIs and local paths alike)."""
-    a, b = Location(path).uri.rstrip("/"), Location(folder).uri.rstrip("/")
-    return a == b or a.startswith(b + "/")

@@ -7,7 +7,20 @@ silently turn `s3://b/x` into `s3:/b/x`). Credentials may be in a URI (`s3://KEY
 query options such as `endpoint_override`, `scheme`, `region`); `redact` hides them wherever a location is shown.
 """
 
-from .location import READ_BUFFER, TMP_MARK, HashingWriter, Location, StorageError, basename, is_uri, join, parent, redact, redacted
+from .location import (
+    READ_BUFFER,
+    TMP_MARK,
+    HashingWriter,
+    Location,
+    StorageError,
+    basename,
+    is_uri,
+    join,
+    parent,
+    redact,
+    redacted,
+    relative_to,
+)
 
 __all__ = [
     "READ_BUFFER",
@@ -21,4 +34,5 @@ __all__ = [
     "parent",
     "redact",
     "redacted",
+    "relative_to",
 ]

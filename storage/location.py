@@ -103,6 +103,33 @@ def basename(path: str) -> str:
     return path.partition("?")[0].rstrip("/").rsplit("/", 1)[-1] if is_uri(path) else os.path.basename(path.rstrip(os.sep))
 
 
+def _uri_parts(uri: str) -> tuple[str, str]:
+    """(scheme, path) of a URI without its credentials and query options: s3://KEY:S@b/x?o=1 -> ('s3', 'b/x')."""
+    scheme, rest = uri.split("://", 1)
+    rest = rest.partition("?")[0]
+    head, slash, tail = rest.partition("/")
+    scheme = scheme.lower()
+    return "gs" if scheme == "gcs" else scheme, head.rpartition("@")[2] + slash + tail
+
+
+def relative_to(path: str, folder: str) -> str | None:
+    """`path` relative to `folder` ('/'-separated), or None when it is elsewhere (or the folder itself). A URI is
+    compared as written, without its credentials and options: a '..' in it is refused rather than resolved (it
+    could cross from one bucket into another)."""
+    if is_uri(path) != is_uri(folder):
+        return None
+    if is_uri(path):
+        (scheme, target), (root_scheme, root) = _uri_parts(path), _uri_parts(folder)
+        if scheme != root_scheme or ".." in unquote(target).split("/"):
+            return None
+        root = root.rstrip("/")
+    else:
+        target, root = os.path.abspath(path), os.path.abspath(folder).rstrip("/")
+    if not target.startswith(root + "/"):
+        return None
+    return target[len(root) + 1 :]
+
+
 def explain(exc: OSError, uri: str) -> str:
     """One sentence for a failed storage call: unreachable store, missing bucket, refused credentials, or the
     store's own first line."""

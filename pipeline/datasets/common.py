@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from schemas.manifest import VideoRecord, name_problem, safe_key
-from storage import Location, basename, is_uri
+from storage import Location, basename, is_uri, relative_to
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv")
 
@@ -112,7 +112,7 @@ def video_relpath(path: str, videos: str, where: str) -> str:
     """
     rel = path.replace("\\", "/")
     if is_uri(path) or os.path.isabs(rel):
-        inside = _inside(path, videos)
+        inside = relative_to(path, videos)
         if inside is None:
             raise AnnotationError(
                 f"{where}: {path!r} is not under --videos {videos}; list paths relative to --videos, or pass as --videos "
@@ -129,32 +129,6 @@ def video_relpath(path: str, videos: str, where: str) -> str:
     for part in rel.split("/"):
         checked_name(part, "path part", where)
     return rel
-
-
-def _uri_parts(uri: str) -> tuple[str, str]:
-    """(scheme, path) of a URI without its credentials and query options: s3://KEY:S@b/x?o=1 -> ('s3', 'b/x')."""
-    scheme, rest = uri.split("://", 1)
-    rest = rest.partition("?")[0]
-    head, slash, tail = rest.partition("/")
-    scheme = scheme.lower()
-    return "gs" if scheme == "gcs" else scheme, head.rpartition("@")[2] + slash + tail
-
-
-def _inside(path: str, videos: str) -> str | None:
-    """`path` relative to the folder `videos` ('/'-separated), or None when it is elsewhere. A URI is compared as
-    written: a '..' in it is refused rather than resolved (it could cross from one bucket into another)."""
-    if is_uri(path) != is_uri(videos):
-        return None
-    if is_uri(path):
-        (scheme, target), (root_scheme, root) = _uri_parts(path), _uri_parts(videos)
-        if scheme != root_scheme or ".." in unquote(target).split("/"):
-            return None
-        root = root.rstrip("/")
-    else:
-        target, root = os.path.abspath(path), os.path.abspath(videos).rstrip("/")
-    if not target.startswith(root + "/"):
-        return None
-    return target[len(root) + 1 :]
 
 
 def require_dir(path: str, what: str, flag: str) -> Location:
