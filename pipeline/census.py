@@ -12,14 +12,12 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from fractions import Fraction
 
 import av
 
 from schemas.manifest import VideoRecord
 
 from .decode import (
-    TRUNCATION_TOLERANCE,
     DecodeConfig,
     Orientation,
     VideoError,
@@ -28,6 +26,8 @@ from .decode import (
     frame_orientation,
     open_container,
     output_size,
+    stream_aspect,
+    stream_rate,
     too_short,
     turned_size,
     video_file,
@@ -89,9 +89,9 @@ def _read_container(container: av.container.InputContainer, row: VideoCensus, re
     stream = video_stream(container)
     codec = stream.codec_context
     row.codec, row.width, row.height = codec.name, codec.width, codec.height
-    aspect = stream.sample_aspect_ratio or Fraction(1)
+    aspect = stream_aspect(stream)
     row.sample_aspect = float(aspect)
-    row.fps = float(stream.average_rate or stream.guessed_rate or 25)
+    row.fps = stream_rate(stream)
     row.declared_frames = max(stream.frames, 0)
     if stream.duration is not None:
         row.duration = float(stream.duration * stream.time_base)
@@ -118,8 +118,9 @@ def _read_container(container: av.container.InputContainer, row: VideoCensus, re
         row.frames_in_file if held is None else min(held, row.frames_in_file), row.fps, cfg, record.start_sec, record.end_sec
     )
     full = cfg.max_frames is not None and row.estimated_frames >= cfg.max_frames
-    if held is not None and not trimming and not full and row.declared_frames > 2 and held < TRUNCATION_TOLERANCE * row.declared_frames:
-        raise cut_off(held, row.declared_frames, decoded=False)
+    error = None if held is None or trimming or full else cut_off(held, row.declared_frames, decoded=False)
+    if error:
+        raise error
     if row.estimated_frames < 2:
         raise too_short(row.estimated_frames)
 

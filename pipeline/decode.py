@@ -189,11 +189,24 @@ def video_stream(container: av.container.InputContainer) -> av.VideoStream:
     return container.streams.video[0]
 
 
-def cut_off(frames: int, declared: int, decoded: bool = True) -> VideoError:
-    """The failure of a file that holds fewer than `TRUNCATION_TOLERANCE` of the frames it declares."""
+def cut_off(frames: int, declared: int, decoded: bool = True) -> VideoError | None:
+    """The failure of a file whose `frames` (decoded, or found in the file) are fewer than `TRUNCATION_TOLERANCE`
+    of the `declared` ones; None when it is not cut off (or declares too few frames to tell)."""
+    if declared <= 2 or frames >= TRUNCATION_TOLERANCE * declared:
+        return None
     if decoded:
         return VideoError(f"cut off: decoded {frames} of the {declared} frames the file declares")
     return VideoError(f"cut off: the file holds {frames} of the {declared} frames it declares")
+
+
+def stream_rate(stream: av.VideoStream) -> float:
+    """The stream's frame rate: its average, else FFmpeg's guess, else 25."""
+    return float(stream.average_rate or stream.guessed_rate or 25)
+
+
+def stream_aspect(stream: av.VideoStream) -> Fraction:
+    """The stream's sample aspect ratio; 1 where unknown."""
+    return stream.sample_aspect_ratio or Fraction(1)
 
 
 def too_short(frames: int) -> VideoError:
@@ -272,11 +285,11 @@ class VideoStream:
             self._files.close()
             raise
         stream.thread_type = "AUTO"
-        self.sample_aspect = stream.sample_aspect_ratio or Fraction(1)
+        self.sample_aspect = stream_aspect(stream)
         self.source_size = (stream.codec_context.width, stream.codec_context.height)
         self.size = output_size(*self.source_size, self.sample_aspect, cfg)  # (width, height) of the frames as displayed
         self.orientation = Orientation()  # known at the first frame (its display matrix), which may turn `size`
-        self.native_rate = float(stream.average_rate or stream.guessed_rate or 25)
+        self.native_rate = stream_rate(stream)
         self.fps = cfg.fps or self.native_rate  # frame rate of the output
         self.decoded_frames = 0  # frames decoded inside the window so far (before resampling)
         self.emitted = 0  # frames given out so far
@@ -299,10 +312,10 @@ class VideoStream:
                 break
         emitted = self.emitted
         full = cfg.max_frames is not None and emitted >= cfg.max_frames
-        declared = self._stream.frames
         trimming = self.start_sec is not None or self.end_sec is not None
-        if not trimming and not full and declared > 2 and self.decoded_frames < TRUNCATION_TOLERANCE * declared:
-            raise cut_off(self.decoded_frames, declared)
+        error = None if trimming or full else cut_off(self.decoded_frames, self._stream.frames)
+        if error:
+            raise error
         if emitted < 2:
             raise too_short(emitted)
 
