@@ -48,5 +48,11 @@ def plan_generations(generations: Sequence[Sequence[VideoRecord]], videos_per_sh
     adding videos never moves one already in a shard."""
     specs: list[ShardSpec] = []
     for generation, records in enumerate(generations):
-        specs += plan_shards(records, videos_per_shard, Counter(s.split for s in specs), generation)
+        specs += plan_generation(specs, records, videos_per_shard, generation)
     return specs
+
+
+def plan_generation(plan: Sequence[ShardSpec], records: Sequence[VideoRecord], videos_per_shard: int, generation: int) -> list[ShardSpec]:
+    """The shards of generation `generation`'s `records`, numbered after those of `plan` (the earlier generations')
+    in each split."""
+    return plan_shards(records, videos_per_shard, Counter(s.split for s in plan), generation)

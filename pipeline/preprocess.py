@@ -27,7 +27,7 @@ from storage import Location, join
 from . import __version__
 from .forecast import actual_figures, against_plan, format_against, planned_figures
 from .generations import grow, latest_results, read_generations, write_generations
-from .plan import ShardSpec, plan_generations
+from .plan import ShardSpec, plan_generation, plan_generations
 from .progress import Progress, format_duration
 from .ray_tasks import ClusterConfig, check_visible, node_names, ray_session, run_shards
 from .report import REPORT_FILE, build_report, format_report
@@ -134,6 +134,11 @@ class Work:
     done: dict[str, ShardResult]  # the planned shards finished before, by name
     todo: list[ShardSpec]  # the shards this run runs, with the manifest's records
 
+    @property
+    def retried(self) -> int:
+        """How many of the videos this run adds are failed ones tried again (the rest are new rows)."""
+        return sum(r.video_id in self.earlier for r in self.grown)
+
 
 def work_of(cfg: PreprocessConfig) -> Work:
     """Read the manifest and what `cfg.out` holds, and plan the run: nothing is written.
@@ -151,8 +156,7 @@ def work_of(cfg: PreprocessConfig) -> Work:
     videos_per_shard = cfg.videos_per_shard or max(1, math.floor(cfg.shard_size_mb / cfg.process.estimated_video_mb()))
     params = run_parameters(cfg, records, videos_per_shard)
     finished = {} if cfg.overwrite else completed_shards(out)
-    generations, grown, earlier = _generations(cfg, out, params, records, finished, videos_per_shard)
-    specs = plan_generations(generations, videos_per_shard)
+    generations, specs, grown, earlier = _generations(cfg, out, params, records, finished, videos_per_shard)
     done = {s.name: finished[s.name] for s in specs if s.name in finished}
     current = {r.video_id: r for r in records}  # kept rows hold only what the plan needs: run the manifest's
     todo = [replace(s, records=tuple(current[r.video_id] for r in s.records)) for s in specs if s.name not in done]
@@ -175,15 +179,15 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
     work = work_of(cfg)
     plan = _read_plan(cfg.compare_plan, work.params) if cfg.compare_plan else None
     records, out, params, specs, done, todo = work.records, work.out, work.params, work.specs, work.done, work.todo
-    generations, grown, earlier = work.generations, work.grown, work.earlier
-    _say_growth(grown, earlier, len(generations) - 1, cfg.retry_failed, print_fn)
+    generations, grown = work.generations, work.grown
+    _say_growth(work, cfg.retry_failed, print_fn)
     print_fn(
         f"{len(records)} videos in {len(specs)} shards of up to {work.videos_per_shard} videos; "
         f"{len(done)} shards already done, {len(todo)} to run; modalities {','.join(cfg.process.modalities)}"
     )
     running = {r.video_id for s in todo for r in s.records}
     done_videos = len(records) - len(running)
-    done_failed = sum(r.status != "ok" for v, r in earlier.items() if v not in running)
+    done_failed = sum(r.status != "ok" for v, r in work.earlier.items() if v not in running)
     progress = Progress(len(records), cfg.progress_seconds, print_fn, already_done=done_videos)
 
     def on_progress(videos: int, frames: int, failed: int) -> None:
@@ -208,8 +212,7 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
         report["written"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         report["dataset_videos"] = len(records)
         if grown:
-            retried = sum(r.video_id in earlier for r in grown)
-            report["grown"] = {"generation": len(generations) - 1, "added": len(grown) - retried, "retried": retried}
+            report["grown"] = {"generation": len(generations) - 1, "added": len(grown) - work.retried, "retried": work.retried}
         out.write_bytes(json.dumps(report, indent=2).encode(), REPORT_FILE)
     elif not todo and out.is_file(REPORT_FILE):  # nothing ran: the report stays the one of the run that did the work
         report = json.loads(out.read_bytes(REPORT_FILE))
@@ -224,14 +227,14 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
 
 def _generations(
     cfg: PreprocessConfig, out: Location, params: dict, records: list[VideoRecord], finished: dict[str, ShardResult], videos_per_shard: int
-) -> tuple[list[list[VideoRecord]], list[VideoRecord], dict[str, VideoResult]]:
-    """The dataset's generations after this run; the records of the generation this run adds to an existing
-    dataset (new rows, and failed videos retried; empty when it adds none); and each video's latest result
-    before this run. Raises ValueError when `out` was built with other parameters or from rows the manifest
-    removes or changes."""
+) -> tuple[list[list[VideoRecord]], list[ShardSpec], list[VideoRecord], dict[str, VideoResult]]:
+    """The dataset's generations after this run and their plan; the records of the generation this run adds to
+    an existing dataset (new rows, and failed videos retried; empty when it adds none); and each video's latest
+    result before this run. Raises ValueError when `out` was built with other parameters or from rows the
+    manifest removes or changes."""
     previous = None if cfg.overwrite else _refuse_other_parameters(out, params, estimated_per_shard=cfg.videos_per_shard is None)
     if previous is None:
-        return [list(records)], [], {}
+        return [list(records)], plan_generations([records], videos_per_shard), [], {}
     kept = read_generations(out)
     if kept is None:  # built before flowshard kept its rows: only the very same manifest is known to be the same
         if previous["manifest"] != params["manifest"]:
@@ -241,22 +244,26 @@ def _generations(
                 "--overwrite to rebuild it, or choose another --out"
             )
         kept = [list(records)]
-    earlier = latest_results(plan_generations(kept, videos_per_shard), finished)
+    plan = plan_generations(kept, videos_per_shard)
+    earlier = latest_results(plan, finished)
     try:
         grown = grow(kept, records, {v for v, r in earlier.items() if r.status != "ok"}, cfg.retry_failed)
     except ValueError as exc:
         raise ValueError(f"{out.uri}: {exc}") from None
-    return kept + ([grown] if grown else []), grown, earlier
+    if not grown:
+        return kept, plan, [], earlier
+    return [*kept, grown], plan + plan_generation(plan, grown, videos_per_shard, len(kept)), grown, earlier
 
 
-def _say_growth(grown: list[VideoRecord], earlier: dict[str, VideoResult], generation: int, retry_failed: bool, print_fn) -> None:
+def _say_growth(work: Work, retry_failed: bool, print_fn) -> None:
     """A line on what this run adds to an existing dataset, or on the failed videos a retry would try again."""
+    grown, retried = work.grown, work.retried
     if grown:
-        retried = sum(r.video_id in earlier for r in grown)
         what = [f"{len(grown) - retried} new videos"] if len(grown) > retried else []
         what += [f"{retried} failed {'video' if retried == 1 else 'videos'} retried"] if retried else []
+        generation = len(work.generations) - 1
         print_fn(f"growing the dataset: {' and '.join(what)}, in new shards (generation {generation}); finished shards stay as they are")
-    failed = sum(r.status != "ok" for r in earlier.values())
+    failed = sum(r.status != "ok" for r in work.earlier.values())
     if failed and not retry_failed:
         print_fn(f"{failed} {'video' if failed == 1 else 'videos'} failed in earlier runs; --retry-failed tries them again")
 

@@ -89,8 +89,9 @@ def test_a_dataset_built_before_its_rows_were_kept_is_known_by_its_manifest_fing
     (tmp_path / PROGRESS_DIR).mkdir()
     (tmp_path / PROGRESS_DIR / RUN_FILE).write_text(json.dumps(params))  # no manifest_rows.parquet beside it
     out = Location(str(tmp_path))
-    generations, grown, earlier = _generations(cfg, out, params, first, {}, 2)
+    generations, plan, grown, earlier = _generations(cfg, out, params, first, {}, 2)
     assert generations == [first] and grown == [] and earlier == {}  # the very manifest: its rows are kept from now on
+    assert plan == plan_shards(first, 2)
     more = [*first, *records("b", 1)]
     with pytest.raises(ValueError, match="before flowshard kept a dataset's rows.*run once with the manifest it was built from"):
         _generations(cfg, out, run_parameters(cfg, more, 2), more, {}, 2)
