@@ -346,7 +346,7 @@ def run_shards(
 
 def _run_tasks(specs, cfg, out_uri, cluster: ClusterConfig, service: FlowService | None, on_progress) -> list[ShardResult]:
     options = {"num_cpus": cluster.cpus_per_task, "max_retries": cluster.max_retries}
-    slots = max(1, int(ray.cluster_resources().get("CPU", 1) // cluster.cpus_per_task))
+    slots = _task_slots(cluster)
     max_in_flight = cluster.max_in_flight or 2 * slots
     # Beside the driver (which lives on the head), restarted wherever its worker process dies.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
@@ -375,6 +375,11 @@ def _run_tasks(specs, cfg, out_uri, cluster: ClusterConfig, service: FlowService
             running.update(_snapshot(tracker, exclude={r.name for r in results}))
             on_progress(*(f + sum(c[i] for c in running.values()) for i, f in enumerate(finished)))
     return results
+
+
+def _task_slots(cluster: ClusterConfig) -> int:
+    """How many shard tasks the connected cluster runs at once."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1) // cluster.cpus_per_task))
 
 
 def _counts(result: ShardResult) -> tuple[int, int, int]:
@@ -422,13 +427,14 @@ def run_census(
     batches = [records[i : i + per_task] for i in range(0, len(records), per_task)]
     pending = {census_task.options(**options).remote(batch, decode_ref): i for i, batch in enumerate(batches)}
     rows: list[list[VideoCensus] | None] = [None] * len(batches)
+    videos = failed = 0  # so far, kept as totals: a progress line costs nothing at 650k rows
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1, timeout=cluster.poll_seconds)
         for ref in done:
-            rows[pending.pop(ref)] = ray.get(ref)
+            part = rows[pending.pop(ref)] = ray.get(ref)
+            videos, failed = videos + len(part), failed + sum(r.status != "ok" for r in part)
         if on_progress is not None:
-            finished = [r for part in rows if part for r in part]
-            on_progress(len(finished), sum(r.status != "ok" for r in finished))
+            on_progress(videos, failed)
     return [r for part in rows for r in part]
 
 
@@ -449,7 +455,7 @@ def run_calibration(
     start = time.monotonic()
     service = start_flow_service(cfg, cluster)
     try:
-        slots = max(1, int(ray.cluster_resources().get("CPU", 1) // cluster.cpus_per_task))
+        slots = _task_slots(cluster)
         parts = [records[i :: min(slots, len(records))] for i in range(min(slots, len(records)))]
         options = {"num_cpus": cluster.cpus_per_task, "max_retries": cluster.max_retries}
         workers, batch = (service.workers, service.batch_size) if service else ([], None)
