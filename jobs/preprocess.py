@@ -106,6 +106,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="stored: pixels as stored, like OpenCV-based tools; square: correct the sample aspect ratio (default %(default)s)",
     )
     frames.add_argument(
+        "--strict-decode",
+        action="store_true",
+        help="fail a video with damaged packets (default: kept without the frames they lose, as players show it; "
+        "results.parquet records the frames lost and when)",
+    )
+    frames.add_argument(
         "--jpeg-quality",
         type=int,
         default=process.jpeg_quality,
@@ -211,6 +217,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessJobConfig:
         fps=args.fps,
         max_frames=args.max_frames,
         pixel_grid=args.pixel_grid,
+        strict=args.strict_decode,
     )
     process = ProcessConfig(
         modalities=args.modalities,

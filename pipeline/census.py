@@ -3,8 +3,11 @@ frame (for the display matrix, and to prove its codec decodes), never decoded fu
 
 It predicts which videos preprocessing will fail, with the one-line reasons preprocessing gives them (missing,
 empty, unreadable, audio-only, cut off, too short), and how many frames each of the others will give at the
-run's settings (`estimated_frames`: the declared count, else the duration times the frame rate, else the
-packets counted; then the trim window, `--fps` and `--max-frames`).
+run's settings (`estimated_frames`: the frames the container presents, as decoding counts them: its index less
+what an edit list hides, else the declared count, else its packets counted (Matroska declares none; its duration
+times an average rate is wrong for a variable frame rate); then the trim window, `--fps` and `--max-frames`).
+Damage inside a file (packets that do not decode) is found only by decoding: the run keeps such videos, and
+`--strict-decode` fails them where the census cannot tell.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from .decode import (
     corrupt,
     cut_off,
     frame_orientation,
+    held_frames,
     open_container,
     output_size,
+    presented_frames,
     stream_aspect,
     stream_rate,
     too_short,
@@ -35,7 +40,7 @@ from .decode import (
 )
 from .shards import LISTED_MISSING
 
-FRAME_SOURCES = ("declared", "duration", "packets")  # where a video's frame count came from
+FRAME_SOURCES = ("index", "declared", "packets")  # where a video's frame count came from
 
 
 @dataclass
@@ -60,7 +65,7 @@ class VideoCensus:
     fps: float = 0.0  # the stream's frame rate
     duration: float = 0.0  # seconds
     declared_frames: int = 0  # 0: the container declares none
-    frames_in_file: int = 0  # declared, else estimated from the duration, else packets counted
+    frames_in_file: int = 0  # presented (the index less what an edit list hides), else declared, else packets counted
     frames_from: str = ""  # one of FRAME_SOURCES
     estimated_frames: int = 0  # what the run keeps: trim window, --fps and --max-frames applied
     out_width: int = 0  # the stored frames' size at the run's --short-side / --size
@@ -106,39 +111,45 @@ def _read_container(container: av.container.InputContainer, row: VideoCensus, re
     shown = turned_size((round(row.width * aspect), row.height), orientation, DecodeConfig(short_side=None))
     row.display_width, row.display_height = shown
     row.out_width, row.out_height = turned_size(output_size(row.width, row.height, aspect, cfg), orientation, cfg)
-    if row.declared_frames:
+    held = held_frames(stream, row.bytes)
+    if held is not None:
+        row.frames_in_file, row.frames_from = presented_frames(stream), "index"
+    elif row.declared_frames:
         row.frames_in_file, row.frames_from = row.declared_frames, "declared"
-    elif row.duration > 0:
-        row.frames_in_file, row.frames_from = round(row.duration * row.fps), "duration"
-    else:  # neither: count the packets (demuxed, not decoded)
-        row.frames_in_file, row.frames_from = (first is not None) + sum(p.size > 0 for p in container.demux(stream)), "packets"
+    else:  # neither: count the packets a player shows (demuxed, not decoded; the whole file is read)
+        shown = sum(p.size > 0 and not p.is_discard for p in container.demux(stream))
+        row.frames_in_file, row.frames_from = (first is not None) + shown, "packets"
     trimming = record.start_sec is not None or record.end_sec is not None
-    held = _frames_held(stream, row.bytes)
     row.estimated_frames = estimated_frames(
-        row.frames_in_file if held is None else min(held, row.frames_in_file), row.fps, cfg, record.start_sec, record.end_sec
+        row.frames_in_file if held is None else min(held, row.frames_in_file),
+        row.fps,
+        cfg,
+        record.start_sec,
+        record.end_sec,
+        row.duration if row.frames_from == "packets" else None,
     )
     full = cfg.max_frames is not None and row.estimated_frames >= cfg.max_frames
-    error = None if held is None or trimming or full else cut_off(held, row.declared_frames, decoded=False)
+    error = None if held is None or trimming or full else cut_off(held, row.frames_in_file)
     if error:
         raise error
     if row.estimated_frames < 2:
         raise too_short(row.estimated_frames)
 
 
-def _frames_held(stream: av.VideoStream, size: int) -> int | None:
-    """How many of the stream's frames lie wholly inside the file's `size` bytes, from the container's index of
-    every frame (mp4, avi); None where the index does not list every frame (Matroska's cues)."""
-    entries = stream.index_entries
-    if not stream.frames or len(entries) < stream.frames:
-        return None
-    return sum(e.pos + e.size <= size for e in entries)
-
-
-def estimated_frames(frames: int, rate: float, cfg: DecodeConfig, start_sec: float | None = None, end_sec: float | None = None) -> int:
+def estimated_frames(
+    frames: int,
+    rate: float,
+    cfg: DecodeConfig,
+    start_sec: float | None = None,
+    end_sec: float | None = None,
+    duration: float | None = None,
+) -> int:
     """The frames a run keeps of a video of `frames` at `rate` frames/s: those inside [start_sec, end_sec),
     resampled to `cfg.fps` (as `decode.nearest_in_time` does: one per 1/fps of the frames' span), at most
-    `cfg.max_frames`. Pure."""
-    length = frames / rate if rate > 0 else 0.0
+    `cfg.max_frames`. `duration`: the frames' span in seconds where it is not frames / rate (a variable frame
+    rate). Pure."""
+    length = duration if duration else frames / rate if rate > 0 else 0.0
+    rate = frames / length if length > 0 else rate
     if start_sec is not None or end_sec is not None:
         window = min(end_sec if end_sec is not None else length, length) - max(start_sec or 0.0, 0.0)
         length = max(window, 0.0)

@@ -6,7 +6,10 @@ output-size frames. The pixel grid is a choice (`DecodeConfig.pixel_grid`):
     (denseflow, mmaction2) do. A 340x256 Kinetics clip with sample aspect 64/51 stays 340x256.
   - "square": sample-aspect corrected, so pixels are square: that clip becomes 427x256 before resizing.
 Frames are shown as a player shows them: a stream's display matrix (phone videos carry a rotation) is applied as
-FFmpeg's autorotation applies it (`Orientation`), so `short_side` and `size` are those of the displayed frame.
+FFmpeg's autorotation applies it (`Orientation`), so `short_side` and `size` are those of the displayed frame; the
+frames an edit list hides (an off-keyframe `-c copy` trim keeps the packets from the keyframe before) are not
+counted or kept; a damaged packet is decoded past, as FFmpeg and players do, and the frames it loses are recorded
+(`Damage`; `DecodeConfig.strict` fails such a video instead).
 `encode_mp4` is the way back, for generated videos and previews.
 """
 
@@ -44,6 +47,7 @@ class DecodeConfig:
     fps: float | None = None  # resample to this frame rate (nearest frame in time); None = every frame
     max_frames: int | None = None  # keep at most this many frames (from the start of the clip)
     pixel_grid: str = "stored"  # "stored" or "square", see the module docstring
+    strict: bool = False  # fail a video with damaged packets instead of keeping the frames that decode
 
     def __post_init__(self):
         if self.short_side is not None and self.short_side < 2:
@@ -67,6 +71,41 @@ class DecodedVideo:
     source_size: tuple[int, int]  # stored (width, height)
     sample_aspect: Fraction  # of the source; 1 where unknown
     decoded_frames: int  # frames decoded inside the trim window (before fps resampling; decoding stops once max_frames are out)
+    damage: Damage  # the frames damaged packets lost
+
+
+@dataclass(frozen=True)
+class Damage:
+    """The frames of a video that damaged packets lost: a player skips or conceals them, and so does decoding."""
+
+    times: tuple[float, ...] = ()  # seconds: when each lost frame was to be shown
+
+    @property
+    def frames(self) -> int:
+        """How many frames were lost."""
+        return len(self.times)
+
+    def where(self) -> str:
+        """The lost frames' times as spans, for a results row: '1.44-1.72 s', '0.48 s, 2.00-2.12 s'; '' for none."""
+        spans: list[list[float]] = []
+        step = _median_step(self.times)
+        for t in self.times:
+            if spans and t - spans[-1][1] <= 1.5 * step:
+                spans[-1][1] = t
+            else:
+                spans.append([t, t])
+        return ", ".join(f"{a:.2f} s" if a == b else f"{a:.2f}-{b:.2f} s" for a, b in spans)
+
+    def error(self, shown: int) -> VideoError:
+        """The failure of this video where damage is not accepted (`DecodeConfig.strict`); `shown`: its frames."""
+        return VideoError(
+            f"damaged: {self.frames} of its {shown} frames could not be decoded (at {self.where()}); "
+            "without --strict-decode the video is kept without them"
+        )
+
+
+def _median_step(times: tuple[float, ...]) -> float:
+    return float(np.median(np.diff(times))) if len(times) > 1 else 0.0
 
 
 @dataclass(frozen=True)
@@ -189,14 +228,35 @@ def video_stream(container: av.container.InputContainer) -> av.VideoStream:
     return container.streams.video[0]
 
 
-def cut_off(frames: int, declared: int, decoded: bool = True) -> VideoError | None:
-    """The failure of a file whose `frames` (decoded, or found in the file) are fewer than `TRUNCATION_TOLERANCE`
-    of the `declared` ones; None when it is not cut off (or declares too few frames to tell)."""
-    if declared <= 2 or frames >= TRUNCATION_TOLERANCE * declared:
+def presented_frames(stream: av.VideoStream) -> int:
+    """The frames a player shows of `stream`: the container's index of every frame (mp4, avi) less the entries an
+    edit list hides, else the count the container declares; 0 where it declares none (Matroska).
+
+    An off-keyframe `-c copy` trim holds the packets from the keyframe before its start and hides them with an
+    edit list: it may declare 221 frames and show 122, as ffprobe's `-count_frames` and a player do."""
+    entries = stream.index_entries
+    if stream.frames > 0 and len(entries) >= stream.frames:
+        return sum(not e.is_discard for e in entries)
+    return max(stream.frames, 0)
+
+
+def held_frames(stream: av.VideoStream, size: int) -> int | None:
+    """How many of the frames a player shows lie wholly inside the file's `size` bytes, from the container's index
+    of every frame (mp4, avi); None where the index does not list every frame (Matroska's cues)."""
+    entries = stream.index_entries
+    if stream.frames <= 0 or len(entries) < stream.frames:
         return None
-    if decoded:
-        return VideoError(f"cut off: decoded {frames} of the {declared} frames the file declares")
-    return VideoError(f"cut off: the file holds {frames} of the {declared} frames it declares")
+    return sum(not e.is_discard and e.pos + e.size <= size for e in entries)
+
+
+def cut_off(held: int, shown: int) -> VideoError | None:
+    """The failure of a file that holds fewer than `TRUNCATION_TOLERANCE` of the `shown` frames its container
+    presents (`presented_frames`): its end is missing, as a download that stopped leaves it. `held`: the frames
+    found in the file (demuxed, or placed inside it by the index); None when it is not cut off (or presents too few
+    frames to tell)."""
+    if shown <= 2 or held >= TRUNCATION_TOLERANCE * shown:
+        return None
+    return VideoError(f"cut off: the file holds {held} of the {shown} frames it presents")
 
 
 def stream_rate(stream: av.VideoStream) -> float:
@@ -293,6 +353,10 @@ class VideoStream:
         self.fps = cfg.fps or self.native_rate  # frame rate of the output
         self.decoded_frames = 0  # frames decoded inside the window so far (before resampling)
         self.emitted = 0  # frames given out so far
+        self._shown: list[int] = []  # timestamps (stream time base) of the frames inside the window the file holds
+        self._decoded_at: set[int] = set()  # and of those decoded
+        self._untimed = 0  # frames decoded without a timestamp (not matched to theirs)
+        self._ended = False  # the file was read to its end (else decoding stopped at the window or max_frames)
 
     def __enter__(self) -> VideoStream:
         return self
@@ -300,8 +364,16 @@ class VideoStream:
     def __exit__(self, *exc) -> None:
         self._files.close()
 
+    @property
+    def damage(self) -> Damage:
+        """The frames inside the window that damaged packets lost, so far (at the end: all of them)."""
+        last = max(self._decoded_at, default=None) if not self._ended else None
+        lost = sorted(t for t in self._shown if t not in self._decoded_at and (last is None or t < last))[self._untimed :]
+        return Damage(tuple(float(t * self._stream.time_base) for t in lost))
+
     def frames(self) -> Iterator[np.ndarray]:
-        """(H, W, 3) uint8 RGB frames in order; raises VideoError (corrupt, cut off, too short, stopped)."""
+        """(H, W, 3) uint8 RGB frames in order; raises VideoError (corrupt, cut off, damaged where strict, too
+        short, stopped)."""
         cfg = self.cfg
         timed = self._decoded()
         picked = (frame for frame, _ in timed) if cfg.fps is None else nearest_in_time(timed, cfg.fps, self.start_sec)
@@ -313,9 +385,12 @@ class VideoStream:
         emitted = self.emitted
         full = cfg.max_frames is not None and emitted >= cfg.max_frames
         trimming = self.start_sec is not None or self.end_sec is not None
-        error = None if trimming or full else cut_off(self.decoded_frames, self._stream.frames)
+        error = None if trimming or full else cut_off(len(self._shown), presented_frames(self._stream))
         if error:
             raise error
+        damage = self.damage
+        if cfg.strict and damage.frames:
+            raise damage.error(len(self._shown))
         if emitted < 2:
             raise too_short(emitted)
 
@@ -338,27 +413,51 @@ class VideoStream:
         return orientation.stored_size(self.size)
 
     def _decoded(self) -> Iterator[tuple[np.ndarray, float]]:
-        """(frame at the output size, timestamp) of every frame inside the window."""
+        """(frame at the output size, timestamp) of every frame inside the window; a damaged packet is decoded
+        past (its frame is missing from `_decoded_at`), a container that cannot be read further is corrupt."""
         container, stream, (width, height) = self._container, self._stream, self.size
         if self.start_sec:
             try:
                 container.seek(int(self.start_sec / stream.time_base), stream=stream, backward=True)
             except av.error.FFmpegError:
                 container.seek(0)
-        try:
-            for index, frame in enumerate(container.decode(stream)):
+        index = 0
+        for packet in self._packets():
+            for frame in _decode_past_damage(stream, packet):
                 if self.stop is not None and self.stop.is_set():
                     raise VideoError("stopped")
                 t = frame.time if frame.time is not None else index / self.native_rate
+                index += 1
                 if self.start_sec is not None and t < self.start_sec - 1e-6:
                     continue
+                if frame.pts is None:
+                    self._untimed += 1
+                else:
+                    self._decoded_at.add(frame.pts)
                 if self.end_sec is not None and t >= self.end_sec - 1e-6:
-                    break
+                    return  # past the window (this frame bounds the ones lost before it)
                 if not self.decoded_frames:
                     width, height = self._orient(frame_orientation(frame))
                 self.decoded_frames += 1
                 image = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray()
                 yield self.orientation.apply(image), t
+        self._ended = True
+
+    def _packets(self) -> Iterator[av.Packet]:
+        """The stream's packets in file order (the last one empty, to flush the decoder), noting the timestamps of
+        the frames inside the window that a player shows (an edit list hides some); VideoError where the container
+        cannot be read further."""
+        stream, base = self._stream, self._stream.time_base
+        start = None if self.start_sec is None else self.start_sec - 1e-6
+        end = None if self.end_sec is None else self.end_sec - 1e-6
+        try:
+            for packet in self._container.demux(stream):
+                ts = packet.pts if packet.pts is not None else packet.dts
+                if packet.size and not packet.is_discard and ts is not None:
+                    t = float(ts * base)
+                    if (start is None or t >= start) and (end is None or t < end):
+                        self._shown.append(ts)
+                yield packet
         except av.error.FFmpegError as exc:
             raise corrupt(self.decoded_frames, exc) from None
 
@@ -380,7 +479,15 @@ def decode_video(
     """
     with VideoStream(path, cfg, start_sec, end_sec, stop) as video:
         frames = np.stack(list(video.frames()))
-        return DecodedVideo(frames, video.fps, video.source_size, video.sample_aspect, video.decoded_frames)
+        return DecodedVideo(frames, video.fps, video.source_size, video.sample_aspect, video.decoded_frames, video.damage)
+
+
+def _decode_past_damage(stream: av.VideoStream, packet: av.Packet) -> list[av.VideoFrame]:
+    """The frames decoding `packet` gives; none where the packet is damaged (FFmpeg logs the error and goes on)."""
+    try:
+        return stream.decode(packet)
+    except av.error.FFmpegError:
+        return []
 
 
 def _reason(exc: Exception) -> str:

@@ -60,6 +60,8 @@ def build_report(results: list[ShardResult], flow_stats: list[dict], seconds: fl
         "nodes": per_node,
         "flow_workers": workers,
         "failures": dict(Counter(failure_reason(v.reason) for v in videos if v.status != "ok").most_common()),
+        # videos kept without the frames damaged packets lost (results.parquet: frames_lost, lost_at)
+        "damaged": {"videos": sum(v.frames_lost > 0 for v in videos), "frames_lost": sum(v.frames_lost for v in videos)},
     }
 
 
@@ -131,6 +133,13 @@ def format_report(report: dict) -> list[str]:
             f"{w['batches']} batches of {w['batch_size']} ({w['padded_pairs']} padding), "
             f"{w['compiles']} compiles ({w['compile_seconds']:.0f}s), {w['host_reads_per_launch']:.0f} host reads per launch"
             + (f", {w['out_of_memory']} out-of-memory retries" if w["out_of_memory"] else "")
+        )
+    damaged = report.get("damaged", {}).get("videos", 0)
+    if damaged:
+        lost = report["damaged"]["frames_lost"]
+        lines.append(
+            f"  {damaged} {'video' if damaged == 1 else 'videos'} kept without {lost} frames that damaged packets lost "
+            "(results.parquet: frames_lost, lost_at; --strict-decode fails them instead)"
         )
     if report["flow_workers"] and t["flow_workers_idle"] > 2 * (t["flow"] + t["compile"]):
         lines.append("  hint: the flow workers mostly waited for frames; more CPUs for decoding (or fewer flow workers) would help")

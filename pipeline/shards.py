@@ -122,11 +122,14 @@ class ProcessConfig:
     def output_parameters(self) -> dict:
         """What the stored samples depend on, as JSON values: the resume fingerprint and dataset.json's record.
         Runtime settings (device, flow batch, compile, time limit) are left out."""
+        decode = asdict(self.decode)
+        if not decode["strict"]:  # came later: left out at its default, so datasets built before resume
+            del decode["strict"]
         return json.loads(
             json.dumps(
                 {
                     "modalities": self.modalities,
-                    "decode": asdict(self.decode),
+                    "decode": decode,
                     "flow": self.flow_description(),
                     "flow_bound": self.flow_bound,
                     "flow_encoding": self.flow_encoding,
@@ -162,6 +165,8 @@ class VideoResult:
     head: int = 0  # the sample's bytes up to and including its member table; 0: no table (written before one was)
     rotation: int = 0  # degrees counter-clockwise its frames were turned for display (its display matrix)
     mirrored: bool = False  # and mirrored after the turn
+    frames_lost: int = 0  # frames damaged packets lost (decoded past: the video was kept without them)
+    lost_at: str = ""  # when they were to be shown: '1.44-1.72 s'
 
     def __post_init__(self):
         self.reason = redact(self.reason)  # it may name a video's URI, credentials and all; results are stored and printed
@@ -280,6 +285,8 @@ def _sample_meta(record: VideoRecord, cfg: ProcessConfig, video: VideoStream, ho
         end_sec=record.end_sec,
         rotation=video.orientation.rotation,
         mirrored=video.orientation.mirrored,
+        frames_lost=video.damage.frames,
+        lost_at=video.damage.where(),
     )
 
 
@@ -361,6 +368,8 @@ def _add_video(record: VideoRecord, spec: ShardSpec, cfg: ProcessConfig, flow, t
         head_bytes(index[-1], offset),
         meta.rotation,
         meta.mirrored,
+        meta.frames_lost,
+        meta.lost_at,
     )
 
 

@@ -42,6 +42,7 @@ class DatasetSummary:
     failures: dict[str, list[str]] = field(default_factory=dict)  # reason kind -> video ids
     report: dict = field(default_factory=dict)  # report.json, {} where absent
     turned: dict[str, int] = field(default_factory=dict)  # "rotated 90", "rotated 90, mirrored", ... -> videos stored turned
+    damaged: dict[str, int] = field(default_factory=dict)  # video id -> frames damaged packets lost (it was kept without them)
 
     def thinnest(self, split: str) -> list[tuple[str, int]]:
         """The THINNEST classes of `split` with the fewest videos (ties by class order)."""
@@ -77,6 +78,7 @@ def summarize(root: str) -> DatasetSummary:
         for status, r, m in zip(results["status"], results.get("rotation", []), results.get("mirrored", []))
         if status == "ok" and (r or m)
     )
+    damaged = {v: n for v, status, n in zip(results["video_id"], results["status"], results.get("frames_lost", [])) if status == "ok" and n}
     failed, failures = Counter(), defaultdict(list)
     for video, split, status, reason in zip(results["video_id"], results["split"], results["status"], results["reason"]):
         if status != "ok":
@@ -96,6 +98,7 @@ def summarize(root: str) -> DatasetSummary:
         failures=dict(sorted(failures.items(), key=lambda kv: -len(kv[1]))),
         report=report,
         turned=dict(sorted(turned.items())),
+        damaged=damaged,
     )
 
 
@@ -121,6 +124,13 @@ def summary_lines(s: DatasetSummary) -> list[str]:
     if s.turned:
         turns = ", ".join(f"{n} {how}" for how, n in s.turned.items())
         lines.append(f"{sum(s.turned.values())} videos stored turned as their display matrix asks (as players show them): {turns}")
+    if s.damaged:
+        named = ", ".join(f"{v} ({n})" for v, n in list(s.damaged.items())[:EXAMPLES])
+        more = f", ... {len(s.damaged) - EXAMPLES} more" if len(s.damaged) > EXAMPLES else ""
+        lines.append(
+            f"{len(s.damaged)} {'video' if len(s.damaged) == 1 else 'videos'} kept without frames that damaged packets lost (frames lost): {named}{more}; "
+            "results.parquet says when (lost_at)"
+        )
     if s.failures:
         lines.append("failures by reason:")
         for kind, ids in s.failures.items():

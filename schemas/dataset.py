@@ -54,6 +54,9 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("label", pa.int32(), nullable=False),
         pa.field("rotation", pa.int32(), nullable=False),  # degrees counter-clockwise the frames were turned for display
         pa.field("mirrored", pa.bool_(), nullable=False),  # and mirrored after the turn
+        # frames that damaged packets lost (the video was kept without them), and when they were to be shown
+        pa.field("frames_lost", pa.int32(), nullable=False),
+        pa.field("lost_at", pa.string(), nullable=False),  # '1.44-1.72 s'; "" where none were lost
     ]
 )
 

@@ -203,6 +203,10 @@ class SampleMeta:
     # mirror image. Written to `json` only when the video had one (see `meta_json`).
     rotation: int = 0
     mirrored: bool = False
+    # Frames of the video that damaged packets lost (decoded past, as players do), and when they were to be shown
+    # ('1.44-1.72 s'): the stored frames skip them. Written only when some were lost.
+    frames_lost: int = 0
+    lost_at: str = ""
 
     @property
     def num_flows(self) -> int:
@@ -234,7 +238,7 @@ class Sample:
 
 # Fields added to format version 1 after it was first written, with the value that means "not there": left out of
 # `json` at that value, so the samples of videos without them keep the bytes they had (and older readers read them).
-LATER_FIELDS = {"rotation": 0, "mirrored": False}
+LATER_FIELDS = {"rotation": 0, "mirrored": False, "frames_lost": 0, "lost_at": ""}
 
 
 def meta_json(meta: SampleMeta) -> bytes:

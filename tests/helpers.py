@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import tarfile
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -65,7 +67,7 @@ def noise_frames(n: int, h: int = 48, w: int = 64) -> np.ndarray:
 BAD_REASONS = {
     "missing": "file not found",
     "zero_bytes": "empty file (0 bytes)",
-    "truncated": "cut off: decoded",
+    "truncated": "cut off: the file holds",
     "not_a_video": "not a readable video file",
     "audio_only": "no video stream",
     "one_frame": "too short: 1 frame(s)",
@@ -84,6 +86,100 @@ def write_bad_inputs(root: Path) -> dict[str, Path]:
     paths["truncated"].write_bytes(data[: len(data) // 2])
     write_audio_only(paths["audio_only"])
     return paths
+
+
+def write_h264(path, frames: np.ndarray, fps: int = 25, keyframe_interval: int = 250, **options) -> None:
+    """Gray frames (T, H, W) as H.264 without B-frames and with a keyframe every `keyframe_interval` frames (x264's
+    default interval: a Kinetics clip's whole length), in the container `path`'s suffix names."""
+    with av.open(str(path), "w", options=options) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"g": str(keyframe_interval), "keyint_min": str(keyframe_interval), "sc_threshold": "0", "bf": "0"}
+        for f in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.repeat(f[..., None], 3, -1), format="rgb24")))
+        container.mux(stream.encode())
+
+
+def copy_trim(source, path, start: float, seconds: float) -> None:
+    """What `ffmpeg -ss START -i SOURCE -t SECONDS -c copy PATH` writes: the packets from the keyframe at or before
+    `start` (a decoder needs it) to `start + seconds`, timed from `start`, so the mp4 muxer hides the ones before it
+    with an edit list. The file declares every packet it holds; a player shows the frames from `start` on."""
+    with av.open(str(source)) as src, av.open(str(path), "w") as dst:
+        stream = src.streams.video[0]
+        out = dst.add_stream_from_template(stream)
+        first, last = round(start / stream.time_base), round((start + seconds) / stream.time_base)
+        packets = [p for p in src.demux(stream) if p.pts is not None]
+        keyframe = max(p.pts for p in packets if p.is_keyframe and p.pts <= first)
+        for packet in packets:
+            if keyframe <= packet.pts < last:
+                packet.pts, packet.dts, packet.stream = packet.pts - first, packet.dts - first, out
+                dst.mux(packet)
+
+
+def damage_packets(source, path, first: int, last: int) -> None:
+    """A copy of an mp4 whose packets first..last-1 (in file order) are overwritten with noise, their sizes kept: what
+    a bad sector or a broken transfer leaves in the middle of a file."""
+    with av.open(str(source)) as container:
+        entries = list(container.streams.video[0].index_entries)
+    data = bytearray(Path(source).read_bytes())
+    start, end = entries[first].pos, entries[last].pos
+    data[start:end] = np.random.default_rng(0).integers(0, 256, end - start, dtype=np.uint8).tobytes()
+    Path(path).write_bytes(bytes(data))
+
+
+def write_vfr_mkv(path, times: list[float]) -> None:
+    """Matroska (no frame count in its header) with a frame shown at each of `times` seconds: a variable frame rate,
+    so its duration times its average rate is not its frame count."""
+    frames = moving_video(len(times), 48, 64, seed=3)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        stream.options = {"bf": "0"}
+        for f, t in zip(frames, times):
+            frame = av.VideoFrame.from_ndarray(np.repeat(f[..., None], 3, -1), format="rgb24")
+            frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+@dataclass(frozen=True)
+class ZooVideo:
+    """A file of the zoo and what preprocessing must make of it, known from how it was made."""
+
+    path: Path
+    frames: int  # kept, as a player shows them (0 where it fails)
+    reason: str = ""  # the start of its failure reason; "" where it is kept
+    lost: int = 0  # frames damaged packets lose
+    lost_at: str = ""
+
+
+VFR_TIMES = [0.0, 0.04, 0.08, 0.12, 0.5, 0.9, 1.3, 1.34, 1.38, 1.42, 1.8, 1.9]  # 12 frames over 1.94 s: 48 at 25 fps
+
+
+def write_zoo(root: Path) -> dict[str, ZooVideo]:
+    """Files from real use that a tool must not lose, at full length: `-c copy` trims that start between keyframes
+    (an edit list hides the packets before the start), a damaged middle, a variable frame rate; and one it must fail,
+    a file whose last 40% is missing. All 64x48 H.264 at 25 fps, made in a second."""
+    root.mkdir(parents=True, exist_ok=True)
+    write_h264(root / "source_gop25.mp4", moving_video(75, 48, 64, seed=1), keyframe_interval=25)
+    write_h264(root / "source_gop250.mp4", moving_video(300, 48, 64, seed=2))
+    zoo = {}
+    # ffmpeg -ss 1.3 -t 0.8 -c copy: packets from the keyframe at 1.0 s, shown from 1.32 s (frame 33) to 2.08 s (52)
+    copy_trim(root / "source_gop25.mp4", root / "off_keyframe_trim.mp4", 1.3, 0.8)
+    zoo["off_keyframe_trim"] = ZooVideo(root / "off_keyframe_trim.mp4", 20)
+    # from a source with x264's 250-frame interval: 221 packets from the keyframe at 0, frames 99..220 shown
+    copy_trim(root / "source_gop250.mp4", root / "long_gop_trim.mp4", 3.96, 4.88)
+    zoo["long_gop_trim"] = ZooVideo(root / "long_gop_trim.mp4", 122)
+    damage_packets(root / "source_gop250.mp4", root / "damaged_middle.mp4", 36, 44)  # frames at 1.44..1.72 s
+    zoo["damaged_middle"] = ZooVideo(root / "damaged_middle.mp4", 300 - 8, lost=8, lost_at="1.44-1.72 s")
+    write_h264(root / "whole.mp4", moving_video(75, 48, 64, seed=4), movflags="faststart")  # the index first
+    data = (root / "whole.mp4").read_bytes()
+    (root / "cut_40_percent.mp4").write_bytes(data[: len(data) * 6 // 10])
+    zoo["cut_40_percent"] = ZooVideo(root / "cut_40_percent.mp4", 0, reason="cut off:")
+    write_vfr_mkv(root / "variable_rate.mkv", VFR_TIMES)
+    zoo["variable_rate"] = ZooVideo(root / "variable_rate.mkv", len(VFR_TIMES))
+    return zoo  # the sources (source_gop25.mp4, source_gop250.mp4, whole.mp4) stay beside it, for comparing
 
 
 def moving_video(frames: int, h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:

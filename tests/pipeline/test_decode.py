@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.decode import DecodeConfig, VideoError, VideoStream, decode_video, nearest_in_time, output_size
 from tests.conftest import shared_path
-from tests.helpers import noise_frames, write_audio_only, write_mp4
+from tests.helpers import noise_frames, write_audio_only, write_mp4, write_zoo
 
 # name: (decoded frames, stored size, output size at short side 256 stored grid, sample aspect)
 REAL_CLIPS = {
@@ -115,7 +115,7 @@ def bad_files(tmp_path_factory):
         ("empty.mp4", "empty file (0 bytes)"),
         ("notes.mp4", "not a readable video file"),
         ("cut.mp4", "not a readable video file"),
-        ("cut_faststart.mp4", "cut off: decoded"),
+        ("cut_faststart.mp4", "cut off: the file holds"),
         ("audio.m4a", "no video stream (contains: audio)"),
         ("one.mp4", "too short: 1 frame(s)"),
     ],
@@ -166,3 +166,54 @@ def test_stream_chunks_are_the_decoded_frames_and_errors_come_at_the_end(bad_fil
     ):
         for _ in video.chunks(4):
             pass
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo")
+    return root, write_zoo(root)
+
+
+def test_files_from_real_use_decode_as_a_player_shows_them(zoo):
+    """Each zoo file gives the frames its making says a player shows (ffprobe -count_frames counts the same), or
+    fails with its reason; flowshard at da21438 failed the trims and the damaged file (issue 36)."""
+    root, files = zoo
+    for name, video in files.items():
+        if video.reason:
+            with pytest.raises(VideoError, match=video.reason):
+                decode_video(str(video.path))
+            continue
+        decoded = decode_video(str(video.path))
+        assert (len(decoded.frames), decoded.damage.frames, decoded.damage.where()) == (video.frames, video.lost, video.lost_at), name
+
+
+def test_a_copy_trim_keeps_exactly_the_frames_of_its_window(zoo):
+    """The edit list's hidden packets are decoded (the frames after them need them) but not kept: the trim's frames
+    are the source's frames 33..52 (1.32 s to 2.08 s), pixel for pixel."""
+    root, files = zoo
+    source = decode_video(str(root / "source_gop25.mp4"), DecodeConfig(short_side=None)).frames
+    trim = decode_video(str(files["off_keyframe_trim"].path), DecodeConfig(short_side=None)).frames
+    np.testing.assert_array_equal(trim, source[33:53])
+
+
+def test_a_damaged_middle_is_decoded_past_or_failed_where_strict(zoo):
+    root, files = zoo
+    path = str(files["damaged_middle"].path)
+    kept = decode_video(path)
+    source = decode_video(str(root / "source_gop250.mp4")).frames
+    np.testing.assert_array_equal(kept.frames[:36], source[:36])  # before the damage: the source's frames
+    assert len(kept.frames) == 292 and kept.damage.times[0] == pytest.approx(1.44) and kept.damage.times[-1] == pytest.approx(1.72)
+    with pytest.raises(VideoError, match=r"^damaged: 8 of its 300 frames could not be decoded \(at 1.44-1.72 s\)"):
+        decode_video(path, DecodeConfig(strict=True))
+    capped = decode_video(path, DecodeConfig(max_frames=30))  # stopped before the damage: nothing lost
+    assert len(capped.frames) == 30 and capped.damage.frames == 0
+    window = decode_video(path, DecodeConfig(), start_sec=1.0, end_sec=2.0)  # the damage inside a trim window
+    assert len(window.frames) == 25 - 8 and window.damage.where() == "1.44-1.72 s"
+
+
+def test_damage_spans_read_as_a_user_reads_them():
+    from pipeline.decode import Damage
+
+    assert Damage().where() == "" and Damage().frames == 0
+    assert Damage((0.48,)).where() == "0.48 s"
+    assert Damage((0.48, 2.0, 2.04, 2.08, 2.12)).where() == "0.48 s, 2.00-2.12 s"

@@ -133,6 +133,8 @@ def test_inspect_counts_the_videos_stored_turned(tmp_path):
             "label": 0,
             "rotation": r,
             "mirrored": m,
+            "frames_lost": 8 if i == 1 else 0,  # and one kept without frames damaged packets lost
+            "lost_at": "1.44-1.72 s" if i == 1 else "",
         }
         for i, (r, m) in enumerate([(0, False), (90, False), (90, False), (270, True), (0, False)])
     ]
@@ -149,3 +151,5 @@ def test_inspect_counts_the_videos_stored_turned(tmp_path):
     summary = summarize(str(tmp_path))
     assert summary.turned == {"rotated 270, mirrored": 1, "rotated 90": 2}
     assert any(line.startswith("3 videos stored turned") and "2 rotated 90" in line for line in summary_lines(summary))
+    assert summary.damaged == {"v1": 8}
+    assert any(line.startswith("1 video kept without frames that damaged packets lost (frames lost): v1 (8)") for line in summary_lines(summary))

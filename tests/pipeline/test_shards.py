@@ -20,11 +20,13 @@ from pipeline.shards import (
     process_shard,
     process_video,
 )
+from pipeline.report import build_report, format_report
 from pipeline.synthetic import SyntheticConfig, class_direction, generate_dataset
 from schemas.dataset import SHARDS_DIR
 from schemas.manifest import VideoRecord
 from schemas.sample import decode_sample
 from storage import Location
+from tests.helpers import write_zoo
 from trainers.tar_stream import read_members
 
 SMALL = SyntheticConfig(classes=4, videos_per_class=2, width=64, height=48, frames=6, seed=1)
@@ -173,3 +175,32 @@ def test_process_config_rejects_bad_values():
         ProcessConfig(modalities=("rgb", "farneback"))
     with pytest.raises(ValueError, match="unknown flow parameter"):
         ProcessConfig(flow_params=(("lamda", 0.1),))
+
+
+def test_files_from_real_use_keep_their_frames_and_the_damage_is_on_record(tmp_path):
+    """The zoo through a shard: the trims and the variable frame rate are kept whole, the damaged middle is kept
+    without its 8 lost frames and says so (results row, sample json, run report), the file cut at 60% fails; with
+    --strict-decode the damaged file fails too, and nothing else changes."""
+    zoo = write_zoo(tmp_path / "zoo")
+    records = [VideoRecord(name, str(v.path), 0, "c", "train", "test") for name, v in zoo.items()]
+    spec = plan_shards(records, len(records))[0]
+    for strict in (False, True):
+        cfg = ProcessConfig(modalities=("rgb",), decode=DecodeConfig(short_side=32, strict=strict))
+        result = process_shard(spec, cfg, Location(str(tmp_path / f"strict_{strict}")))
+        rows = {v.video_id: v for v in result.videos}
+        for name, video in zoo.items():
+            row = rows[name]
+            failed = bool(video.reason) or (strict and video.lost > 0)
+            assert row.status == ("failed" if failed else "ok"), (name, row.reason)
+            if failed:
+                assert row.reason.startswith(video.reason or "damaged: 8 of its 300 frames could not be decoded (at 1.44-1.72 s)")
+                continue
+            assert (row.frames, row.frames_lost, row.lost_at) == (video.frames, video.lost, video.lost_at), name
+        report = build_report([result], [], 1.0)
+        assert report["damaged"] == ({"videos": 0, "frames_lost": 0} if strict else {"videos": 1, "frames_lost": 8})
+        assert report["failures"] == ({"cut off": 1, "damaged": 1} if strict else {"cut off": 1})
+        if not strict:
+            samples = {m["__key__"]: decode_sample(m) for m in wds.WebDataset(str(tmp_path / "strict_False" / SHARDS_DIR / result.tar))}
+            assert (samples["damaged_middle"].meta.frames_lost, samples["damaged_middle"].meta.lost_at) == (8, "1.44-1.72 s")
+            assert samples["long_gop_trim"].meta.frames_lost == 0
+            assert any("kept without 8 frames" in line for line in format_report(report))
