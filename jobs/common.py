@@ -10,9 +10,10 @@ import os
 import sys
 import traceback
 
-from storage import Location, StorageError, is_uri, redact, redacted
+from storage import Location, OutputFault, StorageError, is_uri, redact, redacted
 
-EXIT_USAGE = 2  # bad flags or input files, as argparse uses
+EXIT_USAGE = 2  # bad flags or input files, as argparse uses; the output held by another run
+EXIT_OUTPUT = 3  # the output failed mid-run (no space, quota, permission, bucket gone): the same command goes on later
 USER_ERRORS = (ValueError, StorageError)  # what a job reports as one sentence (no traceback)
 
 
@@ -24,12 +25,12 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
 
 
-def fail(message: str) -> int:
+def fail(message: str, status: int = EXIT_USAGE) -> int:
     """Print a one-sentence error for the user on one line (no traceback; characters that would break the line, as a
-    file name from a download may hold, are escaped; `cli`'s streams redact credentials) and return the usage exit
-    code."""
+    file name from a download may hold, are escaped; `cli`'s streams redact credentials) and return `status` (the
+    usage exit code)."""
     print(f"error: {one_line(message)}", file=sys.stderr)
-    return EXIT_USAGE
+    return status
 
 
 def one_line(text: str) -> str:
@@ -101,13 +102,16 @@ def cli(get_args_parser, config_from_args, main, argv: list[str] | None = None) 
     """Run a job from the command line (or `argv`): parse flags, build the config, run `main`.
 
     A ValueError while building the config (a flag value the config rejects), or a user error (ValueError,
-    StorageError) that `main` lets through, becomes a one-sentence error; any other exception is a bug, printed
-    with its traceback (exit status 1). Nothing it prints shows credentials, tracebacks included.
+    StorageError) that `main` lets through, becomes a one-sentence error (exit status 2; 3 for a fault of the
+    output met mid-run); any other exception is a bug, printed with its traceback (exit status 1). Nothing it
+    prints shows credentials, tracebacks included.
     """
     with redacted_output():
         args = get_args_parser().parse_args(argv)
         try:
             return main(config_from_args(args))
+        except OutputFault as exc:
+            return fail(str(exc), EXIT_OUTPUT)
         except USER_ERRORS as exc:
             return fail(str(exc))
         except Exception:  # printed here, through the redacting streams, not by Python after they are gone

@@ -176,6 +176,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--max-retries", type=int, default=cluster.max_retries, help="retries of a shard task whose worker died (default %(default)s)"
     )
     run.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=run_defaults.lease_seconds,
+        help="a run holds --out so that a second run on it is refused; on object storage that hold is renewed while the run "
+        "lives and outlives a killed run by this many seconds, after which its rerun takes over (on a local or shared "
+        "disk it ends with the run's process) (default %(default)g)",
+    )
+    run.add_argument(
         "--progress-seconds", type=float, default=run_defaults.progress_seconds, help="seconds between progress lines (default %(default)g)"
     )
 
@@ -238,6 +246,8 @@ def config_from_args(args: argparse.Namespace) -> PreprocessJobConfig:
         raise ValueError(f"--videos-per-shard must be at least 1, got {args.videos_per_shard}")
     if args.shard_size_mb <= 0:
         raise ValueError(f"--shard-size-mb must be positive, got {args.shard_size_mb}")
+    if not args.lease_seconds >= 5:
+        raise ValueError(f"--lease-seconds must be at least 5 (it is renewed every fifth of it), got {args.lease_seconds:g}")
     run = PreprocessConfig(
         manifest=args.manifest,
         out=args.out,
@@ -249,6 +259,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessJobConfig:
         retry_failed=args.retry_failed,
         compare_plan=args.compare_plan,
         progress_seconds=args.progress_seconds,
+        lease_seconds=args.lease_seconds,
     )
     dry, defaults = None, DryRunConfig(plan_dir="")
     planning = {

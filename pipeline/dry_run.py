@@ -24,7 +24,7 @@ from .calibration import CALIBRATION_FRAMES, CALIBRATION_VIDEOS, Calibration, ch
 from .forecast import forecast
 from .plan_figure import plan_png
 from .preprocess import PreprocessConfig, work_of
-from .progress import Progress, format_duration
+from .progress import Progress, format_bytes, format_duration
 from .ray_tasks import cluster_shape, ray_session, run_calibration, run_census
 
 
@@ -115,7 +115,7 @@ def format_plan(plan: dict) -> list[str]:
     lines.append("  (rgb: frames; flow modalities: frame pairs)")
     size = "unmeasured"
     if plan["bytes"] is not None:
-        size = f"{_bytes(plan['bytes'])} ({_bytes(plan['mean_sample_bytes'] or 0)} a sample)"
+        size = f"{format_bytes(plan['bytes'])} ({format_bytes(plan['mean_sample_bytes'] or 0)} a sample)"
     lines.append(f"shards: {plan['shards']}, {size}")
     cluster = plan["cluster"]
     if t["seconds"] is None:
@@ -138,14 +138,6 @@ def format_plan(plan: dict) -> list[str]:
         lines.append(f"calibrated on {videos} videos, {calibration['frames']} frames{flow}")
     lines += [f"unmeasured: {u}" for u in plan["unmeasured"]]
     return lines
-
-
-def _bytes(n: float) -> str:
-    """1.2 TiB, 3.4 GiB, 5.6 MiB or 7.8 KiB."""
-    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n / 2**10:.1f} KiB"
 
 
 def _modalities(plan: dict) -> list[str]:

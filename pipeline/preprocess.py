@@ -3,14 +3,19 @@
 Re-running with the same manifest and parameters skips the shards already done and redoes nothing else;
 a run interrupted at any point (worker or driver killed) finishes on re-run with every video exactly once.
 A manifest with rows added grows the dataset: its new videos become a generation of new shards
-(`pipeline.generations`), and so do failed videos retried.
+(`pipeline.generations`), and so do failed videos retried. A run holds its output (`storage.lease`): a second run
+on the same output is refused before it writes anything. A fault of the output (no space, quota, permission, a
+bucket gone) stops the run with one sentence; no video is failed for it, and the same command later goes on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,13 +27,14 @@ import pyarrow.parquet as pq
 from schemas.dataset import DATASET_FILE, INDEX_FILE, INDEX_SCHEMA, RESULTS_FILE, RESULTS_SCHEMA, SHARDS_DIR, DatasetInfo
 from schemas.manifest import VideoRecord, read_manifest
 from schemas.plan import PLAN_FILE
-from storage import Location, join
+from storage import Location, OutputFault, StorageError, join
+from storage.lease import DEFAULT_TTL, holding
 
 from . import __version__
 from .forecast import actual_figures, against_plan, format_against, planned_figures
 from .generations import grow, latest_results, read_generations, write_generations
 from .plan import ShardSpec, plan_generation, plan_generations
-from .progress import Progress, format_duration
+from .progress import Progress, format_bytes, format_duration
 from .ray_tasks import ClusterConfig, check_visible, node_names, ray_session, run_shards
 from .report import REPORT_FILE, build_report, format_report
 from .shards import PROGRESS_DIR, ProcessConfig, ShardResult, VideoResult, completed_shards, index_finished_shards, locate_samples
@@ -52,6 +58,7 @@ class PreprocessConfig:
     retry_failed: bool = False  # process again, into new shards, the videos whose latest result is a failure
     compare_plan: str | None = None  # the folder of a dry run's plan.json: the run's figures are given beside it
     progress_seconds: float = 10.0
+    lease_seconds: float = DEFAULT_TTL  # on S3: how long the run's hold on the output outlives it if it is killed
 
 
 @dataclass
@@ -174,9 +181,25 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
     Raises:
         ValueError: as `work_of`, or a local path some node cannot see; the message says how to fix it.
         StorageError: the output's store cannot be reached, refuses the credentials or lacks the bucket.
+        storage.lease.OutputBusy: another run holds the output (it is named).
+        OutputFault: the output could not take a write (no space, quota, permission, bucket gone); finished
+            shards are kept, and the sentence says what the rest still needs.
     """
     start = time.monotonic()
-    work = work_of(cfg)
+    work_of(cfg)  # every check, before the output is touched
+    with holding(Location(cfg.out), cfg.lease_seconds) as lease:
+        work = work_of(cfg)  # again, as the output is now: a run that held it before may have finished shards
+        try:
+            return _run(cfg, work, lease, start, print_fn)
+        except OutputFault as fault:
+            with contextlib.suppress(StorageError):  # the stopped tasks' temporary files: room, and a clean folder
+                for folder in (SHARDS_DIR, PROGRESS_DIR):
+                    work.out.remove_temporaries(folder)
+            raise OutputFault(f"{fault}; {_what_is_left(work, cfg)}") from None
+
+
+def _run(cfg: PreprocessConfig, work: Work, lease, start: float, print_fn: Callable[[str], None]) -> RunSummary:
+    """The run of `work`, while this process holds its output (`lease`)."""
     plan = _read_plan(cfg.compare_plan, work.params) if cfg.compare_plan else None
     records, out, params, specs, done, todo = work.records, work.out, work.params, work.specs, work.done, work.todo
     generations, grown = work.generations, work.grown
@@ -191,6 +214,7 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
     progress = Progress(len(records), cfg.progress_seconds, print_fn, already_done=done_videos)
 
     def on_progress(videos: int, frames: int, failed: int) -> None:
+        lease.check()  # a run that lost its hold on the output stops here
         progress.update(done_videos + videos, frames, done_failed + failed)
 
     new, report = _run_todo(cfg, out, generations, todo, params, on_progress)
@@ -223,6 +247,28 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
     for line in format_against(report["against_plan"]) if report and plan else []:
         print_fn(line)
     return _summary(results, videos, new, time.monotonic() - start)
+
+
+def _what_is_left(work: Work, cfg: PreprocessConfig) -> str:
+    """After a fault of the output: what is finished and kept, what the rest still needs (as the finished shards
+    measured it, else as estimated) and what the output has free, and what to do."""
+    done = completed_shards(work.out)
+    finished = [done[s.name] for s in work.specs if s.name in done]
+    left = [r for s in work.specs if s.name not in done for r in s.records]
+    measured = [v for r in finished for v in r.videos if v.status == "ok"]
+    per_video = sum(v.bytes for v in measured) / len(measured) if measured else cfg.process.estimated_video_mb() * 2**20
+    free = ""
+    if work.out.is_local:
+        path = work.out.path()
+        while not os.path.isdir(path):
+            path = os.path.dirname(path)
+        free = f", and {format_bytes(shutil.disk_usage(path).free)} is free there"
+    source = "as the finished ones measured" if measured else "estimated"
+    return (
+        f"the run stopped: {len(finished)} of {len(work.specs)} shards are finished and kept; the other {len(left)} videos need "
+        f"about {format_bytes(per_video * len(left))} more ({source}: {format_bytes(per_video)} a video){free}. No video was recorded as failed "
+        "for this: make room (or fix the output), then run the same command again, and it goes on from the finished shards"
+    )
 
 
 def _generations(

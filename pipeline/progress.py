@@ -6,6 +6,14 @@ import time
 from collections.abc import Callable
 
 
+def format_bytes(n: float) -> str:
+    """1.2 TiB, 3.4 GiB, 5.6 MiB or 7.8 KiB."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 2**10:.1f} KiB"
+
+
 def format_duration(seconds: float) -> str:
     """Seconds as 1h02m05s, 3m07s or 42s."""
     seconds = max(0, int(round(seconds)))

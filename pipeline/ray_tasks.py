@@ -30,7 +30,7 @@ from ray.exceptions import RayError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from schemas.manifest import VideoRecord
-from storage import Location, is_uri
+from storage import Location, OutputFault, is_uri
 
 from .calibration import Calibration, calibrate, merged, with_solver
 from .census import VideoCensus, census_video
@@ -330,10 +330,13 @@ def run_shards(
 
     A task whose worker or node is lost is re-run by Ray (up to `max_retries` times), on any node.
     `on_progress(videos, frames, failed)` is called after each finished shard and at least every
-    `poll_seconds`, with totals over running and finished shards.
+    `poll_seconds`, with totals over running and finished shards; an exception it raises stops the run.
 
     Returns:
         (shard results in completion order, the flow workers' stats).
+    Raises:
+        OutputFault: a shard task could not write to the output (no space, quota, permission, bucket gone): the
+            run stops at the first one, the tasks still running are cancelled, and no video is failed for it.
     """
     service = start_flow_service(cfg, cluster)
     try:
@@ -355,26 +358,40 @@ def _run_tasks(specs, cfg, out_uri, cluster: ClusterConfig, service: FlowService
     workers, batch = (service.workers, service.batch_size) if service else ([], None)
     queue, pending, results, running = list(specs), {}, [], {}
     finished = [0, 0, 0]  # videos, frames, failed of the finished shards
-    while queue or pending:
-        while queue and len(pending) < max_in_flight:
-            spec = queue.pop(0)
-            pending[process_shard_task.options(**options).remote(spec, cfg_ref, out_uri, tracker, workers, batch)] = spec
-        done, _ = ray.wait(list(pending), num_returns=1, timeout=cluster.poll_seconds)
-        for ref in done:
-            spec = pending.pop(ref)
-            try:
-                result = ray.get(ref)
-            except RayTaskError as exc:  # an exception inside the task (not a bad video: those are results)
-                result = failed_shard(spec, f"shard task failed: {_last_line(exc)}")
-            except RayError as exc:  # the worker died more than max_retries times
-                result = failed_shard(spec, f"worker died {cluster.max_retries + 1} times: {_last_line(exc)}")
-            results.append(result)
-            running.pop(spec.name, None)
-            finished = [a + b for a, b in zip(finished, _counts(result))]
-        if on_progress is not None:
-            running.update(_snapshot(tracker, exclude={r.name for r in results}))
-            on_progress(*(f + sum(c[i] for c in running.values()) for i, f in enumerate(finished)))
+    try:
+        while queue or pending:
+            while queue and len(pending) < max_in_flight:
+                spec = queue.pop(0)
+                pending[process_shard_task.options(**options).remote(spec, cfg_ref, out_uri, tracker, workers, batch)] = spec
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=cluster.poll_seconds)
+            for ref in done:
+                spec = pending.pop(ref)
+                result = _shard_result(ref, spec, cluster)
+                results.append(result)
+                running.pop(spec.name, None)
+                finished = [a + b for a, b in zip(finished, _counts(result))]
+            if on_progress is not None:
+                running.update(_snapshot(tracker, exclude={r.name for r in results}))
+                on_progress(*(f + sum(c[i] for c in running.values()) for i, f in enumerate(finished)))
+    except BaseException:  # a fault of the output, a lost lease, an interrupt: the rest would be lost work or worse
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        ray.wait(list(pending), num_returns=len(pending), timeout=30)  # ended, so that what they left can be removed
+        raise
     return results
+
+
+def _shard_result(ref, spec: ShardSpec, cluster: ClusterConfig) -> ShardResult:
+    """A finished task's result; a failed task's videos failed with its reason, except for a fault of the output
+    (raised: it is the run's, not the videos')."""
+    try:
+        return ray.get(ref)
+    except RayTaskError as exc:  # an exception inside the task (not a bad video: those are results)
+        if isinstance(exc.cause, OutputFault):
+            raise OutputFault(str(exc.cause)) from None
+        return failed_shard(spec, f"shard task failed: {_last_line(exc)}")
+    except RayError as exc:  # the worker died more than max_retries times
+        return failed_shard(spec, f"worker died {cluster.max_retries + 1} times: {_last_line(exc)}")
 
 
 def _task_slots(cluster: ClusterConfig) -> int:

@@ -12,6 +12,7 @@ from .location import (
     TMP_MARK,
     HashingWriter,
     Location,
+    OutputFault,
     StorageError,
     basename,
     is_uri,
@@ -20,6 +21,7 @@ from .location import (
     redact,
     redacted,
     relative_to,
+    write_fault,
 )
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "TMP_MARK",
     "HashingWriter",
     "Location",
+    "OutputFault",
     "StorageError",
     "basename",
     "is_uri",
@@ -35,4 +38,5 @@ __all__ = [
     "redact",
     "redacted",
     "relative_to",
+    "write_fault",
 ]

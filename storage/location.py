@@ -34,6 +34,11 @@ class StorageError(RuntimeError):
     """A location cannot be used; str(error) is one sentence naming it and the fix."""
 
 
+class OutputFault(StorageError):
+    """A write failed for a reason of the output itself (no space left, over quota, read-only, permission denied,
+    the bucket gone), not of what was being written: a run stops at the first one rather than blame its videos."""
+
+
 # Credentials in a URI: the user-info part (`s3://KEY:SECRET@bucket/...`, as pyarrow's FileSystem.from_uri takes
 # them) and query options that hold secrets; other options (endpoint_override, scheme, region) are not secret.
 _USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s?#'\"]*@", re.IGNORECASE)
@@ -153,6 +158,31 @@ def explain(exc: OSError, uri: str) -> str:
     return f"cannot access {uri} ({first[:300]})"
 
 
+# Why a write failed, by errno, in words a user can act on (errno.ENOSPC, EDQUOT, EROFS, EACCES, EPERM, EFBIG).
+_WRITE_FAULTS = {
+    28: "no space is left on the device of {uri}",
+    122: "the disk quota of {uri} is exceeded",
+    30: "{uri} is on a read-only file system",
+    13: "permission denied writing {uri}; check the folder's owner and mode",
+    1: "permission denied writing {uri}; check the folder's owner and mode",
+    27: "{uri} is larger than its file system allows",
+}
+# An object store that is full says so in its own words (MinIO, Ceph, a provider's quota).
+_STORE_FULL = re.compile(r"StorageFull|minimum free drive threshold|QuotaExceeded|InsufficientStorage|quota", re.IGNORECASE)
+
+
+def write_fault(exc: OSError, uri: str) -> OutputFault:
+    """The OutputFault of a failed write to `uri`: its cause in words (no space, quota, read-only, permission, a
+    full store, the bucket gone, the store unreachable, or the store's own first line)."""
+    uri = redact(uri)
+    errno = getattr(exc, "errno", None)
+    if errno in _WRITE_FAULTS:
+        return OutputFault(_WRITE_FAULTS[errno].format(uri=uri))
+    if _STORE_FULL.search(str(exc)):
+        return OutputFault(f"the object store of {uri} is full or over its quota ({redact(str(exc)).strip().splitlines()[0][:200]})")
+    return OutputFault(explain(exc, uri).replace("cannot access", "cannot write", 1))
+
+
 def _resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it); one filesystem per bucket, credentials, options and endpoint in a process, as
     creating an S3 one costs a request (it looks up the bucket's region)."""
@@ -241,10 +271,13 @@ class Location:
         """A Location for a path below this one."""
         return Location(self.uri_of(*parts))
 
-    def _call(self, fn: Callable[[], T], *parts: str) -> T:
+    def _call(self, fn: Callable[[], T], *parts: str, writing: bool = False) -> T:
+        """`fn()`, its OSError as one sentence: a StorageError, an OutputFault where it was `writing`."""
         try:
             return fn()
         except OSError as exc:
+            if writing:
+                raise write_fault(exc, self.uri_of(*parts)) from None
             raise StorageError(explain(exc, self.uri_of(*parts))) from None
 
     # --- reading ----------------------------------------------------------------------------------------
@@ -326,16 +359,25 @@ class Location:
 
     @contextlib.contextmanager
     def atomic_write(self, *parts: str):
-        """Yield a stream; on success its content appears under the name, on failure nothing does."""
+        """Yield a stream; on success its content appears under the name, on failure nothing does.
+
+        Raises:
+            OutputFault: a write to the stream, or creating, closing or moving it, failed (no space, ...).
+        """
         final = self.path(*parts)
         if self.is_local:  # object stores have no folders to create (pyarrow would write marker objects)
-            self._call(lambda: self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True), *parts)
+            self._call(lambda: self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True), *parts, writing=True)
         tmp = f"{final}{TMP_MARK}{uuid.uuid4().hex[:12]}"
-        stream = self._call(lambda: self.fs.open_output_stream(tmp), *parts)
+        stream = self._call(lambda: self.fs.open_output_stream(tmp), *parts, writing=True)
         try:
-            yield stream
-            self._call(stream.close, *parts)
-            self._call(lambda: self.fs.move(tmp, final), *parts)
+            try:
+                yield stream
+            except OSError as exc:  # the stream's own writes (pyarrow's streams raise OSError)
+                if isinstance(exc, StorageError):
+                    raise
+                raise write_fault(exc, self.uri_of(*parts)) from None
+            self._call(stream.close, *parts, writing=True)
+            self._call(lambda: self.fs.move(tmp, final), *parts, writing=True)
         except BaseException:
             with contextlib.suppress(OSError):
                 if not stream.closed:
@@ -355,12 +397,12 @@ class Location:
     def delete_file(self, *parts: str) -> None:
         """Delete the file if it exists."""
         if self.exists(*parts):
-            self._call(lambda: self.fs.delete_file(self.path(*parts)), *parts)
+            self._call(lambda: self.fs.delete_file(self.path(*parts)), *parts, writing=True)
 
     def delete_dir(self, *parts: str) -> None:
         """Delete the folder and everything below it, if it exists."""
         if self.exists(*parts):
-            self._call(lambda: self.fs.delete_dir(self.path(*parts)), *parts)
+            self._call(lambda: self.fs.delete_dir(self.path(*parts)), *parts, writing=True)
 
     def remove_temporaries(self, *parts: str) -> int:
         """Delete what interrupted writes left in a folder: temporary files and, on S3, incomplete multipart

@@ -6,6 +6,7 @@ import contextlib
 import importlib
 import io
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -56,6 +57,25 @@ def ray_task_pids(name: str = "ray::_run_shard") -> list[int]:
     """The PIDs of the processes whose command line names `name` (Ray sets a task's or actor's name there)."""
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     return [int(line.split()[0]) for line in out.splitlines()[1:] if name in line and "ps -eo" not in line]
+
+
+def run_together(module: str, *args: str, times: int = 2, timeout: float = 600) -> list[subprocess.CompletedProcess]:
+    """`python -m <module> args...` started `times` times at once (as a job submitted twice), each run to its end."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(times) as pool:
+        return list(pool.map(lambda _: run_job(module, *args, timeout=timeout), range(times)))
+
+
+def one_ran_one_refused(runs: list[subprocess.CompletedProcess]) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
+    """(the run that did the work, the one refused because the other held the output), checking the refusal: exit 2
+    and one line naming the run that holds it."""
+    refused = [r for r in runs if r.returncode == 2]
+    assert len(refused) == 1, [(r.returncode, r.stderr[-500:]) for r in runs]
+    winner = next(r for r in runs if r is not refused[0])
+    lines = refused[0].stderr.strip().splitlines()
+    assert len(lines) == 1 and re.match(r"error: .* is being written by another run \(host .+, pid \d+, since 20", lines[0]), lines
+    return winner, refused[0]
 
 
 def start_job(*args: str) -> subprocess.Popen:

@@ -107,4 +107,5 @@ def test_this_checkout_writes_what_the_reference_commit_wrote(tmp_path):
     config = [json.loads((run / "data" / "preprocess.config.json").read_text()) for run in (old, new)]
     assert (config[1]["run"].pop("retry_failed"), config[1]["run"].pop("compare_plan"), config[1].pop("dry_run")) == (False, None, None)
     assert config[1]["run"]["process"]["decode"].pop("strict") is False
+    assert config[1]["run"].pop("lease_seconds") == 60
     assert config[0] == config[1]

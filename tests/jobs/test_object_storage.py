@@ -23,7 +23,7 @@ from pipeline.synthetic import SyntheticConfig, generate_dataset
 from schemas.manifest import read_manifest
 from schemas.sample import decode_sample
 from storage import TMP_MARK, Location, join
-from tests.conftest import REPO, incomplete_uploads, run_inline, run_job
+from tests.conftest import REPO, incomplete_uploads, one_ran_one_refused, run_inline, run_job, run_together
 from tests.helpers import BAD_REASONS, QUICK_FLOW, shard_samples, whole_shards, write_bad_inputs
 from trainers.metrics import video_metrics
 
@@ -47,7 +47,8 @@ def shard_keys(out: str) -> list[str]:
 @pytest.fixture(scope="module")
 def s3_dataset(s3_server, tmp_path_factory):
     """Synthetic UCF101-layout videos, their annotation files and five kinds of bad file, all in a bucket;
-    the manifest built from there by `jobs.manifest`, and one preprocessing run to S3."""
+    the manifest built from there by `jobs.manifest`, and one preprocessing run to S3: its command started twice at
+    once (a job submitted twice), one run doing the work, the other refused in one line (`one_ran_one_refused`)."""
     import boto3
 
     local = tmp_path_factory.mktemp("s3data")
@@ -76,7 +77,8 @@ def s3_dataset(s3_server, tmp_path_factory):
     )
     assert made.returncode == 0, made.stderr
     out = join(bucket, "out")
-    run = run_job("jobs.preprocess", "--manifest", manifest, "--out", out, *PREPROCESS)
+    run, _ = one_ran_one_refused(run_together("jobs.preprocess", "--manifest", manifest, "--out", out, *PREPROCESS))
+    assert not Location(out).exists("_lease.json")  # let go of at the end
     return bucket, manifest, out, entries, made, run
 
 

@@ -24,7 +24,18 @@ from pipeline.synthetic import SyntheticConfig, class_direction, class_names, ge
 from schemas.dataset import read_dataset_info
 from schemas.manifest import read_manifest
 from schemas.sample import decode_sample
-from tests.conftest import REPO, SHARED_DATA, free_port, ray_task_pids, run_inline, run_job, start_job, wait_for
+from tests.conftest import (
+    REPO,
+    SHARED_DATA,
+    free_port,
+    one_ran_one_refused,
+    ray_task_pids,
+    run_inline,
+    run_job,
+    run_together,
+    start_job,
+    wait_for,
+)
 from tests.helpers import BAD_REASONS, QUICK_FLOW, flags, whole_shards, write_bad_inputs
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -76,9 +87,12 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def embedded_run(dataset):
+    """The module's run, its command started twice at once (a job submitted twice): one run does the work, the
+    other is refused in one line (checked by `one_ran_one_refused`) and touches nothing."""
     root, manifest, _ = dataset
     out = root / "out"
-    return out, run_job("jobs.preprocess", *flags(manifest=manifest, out=out, **EMBEDDED), *FAST)
+    run, _ = one_ran_one_refused(run_together("jobs.preprocess", *flags(manifest=manifest, out=out, **EMBEDDED), *FAST))
+    return out, run
 
 
 def test_embedded_run_writes_readable_shards(dataset, embedded_run):
@@ -421,3 +435,48 @@ def test_real_clips_come_out_right(tmp_path):
         assert sample.meta.num_frames == frames and (sample.meta.height, sample.meta.width) == (h, w)
         assert sample.rgb_frame(frames - 1).shape == (h, w, 3)
     assert json.loads((out / "dataset.json").read_text())["counts"]["ok"] == 6
+
+
+FILL_AND_GROW = """
+set -u
+mount -t tmpfs -o size=$SMALL_KB"k" tmpfs "$MOUNT"
+"$PYTHON" -m jobs.preprocess "$@" > "$KEEP/first.out" 2> "$KEEP/first.err"; echo $? > "$KEEP/first.rc"
+cp -r "$MOUNT/out" "$KEEP/after_first"
+mount -o remount,size=64m "$MOUNT"
+"$PYTHON" -m jobs.preprocess "$@" > "$KEEP/second.out" 2> "$KEEP/second.err"; echo $? > "$KEEP/second.rc"
+cp -r "$MOUNT/out" "$KEEP/after_second"
+umount "$MOUNT"
+"""
+
+
+def test_a_full_output_stops_the_run_and_the_same_command_completes_it_later(dataset, embedded_run, tmp_path):
+    """--out on a tmpfs half the size of the dataset (the module's run measured it), in a mount namespace of its own:
+    the run stops at the first write that does not fit, in one sentence naming the path and what the rest needs,
+    exit 3, no video failed for it and no unreadable tar; remounted larger, the same command completes the dataset
+    with every good video once (at da21438 it recorded good videos as failed and exited 0)."""
+    root, manifest, entries = dataset
+    done, _ = embedded_run
+    size = sum(p.stat().st_size for p in done.rglob("*") if p.is_file())
+    mount, keep = tmp_path / "mnt", tmp_path / "keep"
+    mount.mkdir(), keep.mkdir()
+    env = {**os.environ, "SMALL_KB": str(size // 2 // 1024), "MOUNT": str(mount), "KEEP": str(keep), "PYTHON": sys.executable}
+    args = [*flags(manifest=manifest, out=mount / "out", **EMBEDDED), *FAST]
+    script = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", FILL_AND_GROW, "fill", *args], cwd=REPO, env=env, capture_output=True
+    )
+    if not (keep / "first.rc").exists():
+        pytest.skip(f"cannot mount a tmpfs in a mount namespace here (unshare --mount needs root): {script.stderr.decode()[-300:]}")
+    stderr = (keep / "first.err").read_text()
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert (keep / "first.rc").read_text().strip() == "3" and "Traceback" not in stderr, stderr[-2000:]
+    assert len(errors) == 1 and errors[0].startswith(f"error: no space is left on the device of {mount / 'out'}"), errors
+    assert re.search(r"the other \d+ videos need about [\d.]+ .iB more .*, and [\d.]+ .iB is free there", errors[0]), errors[0]
+    first = keep / "after_first"
+    assert not (first / "results.parquet").exists()  # nothing recorded: no video failed for a full disk
+    tars = whole_shards([p.name for p in (first / "shards").iterdir()]) if (first / "shards").exists() else []
+    for tar in tars:  # every tar there is whole and readable
+        assert read_shards_of(first / "shards" / tar)
+    assert (keep / "second.rc").read_text().strip() == "0", (keep / "second.err").read_text()[-2000:]
+    assert f"{len(entries)} ok, {len(BAD_REASONS)} failed" in (keep / "second.out").read_text()
+    assert_every_good_video_exactly_once(keep / "after_second", manifest)
+    assert len(tars) < len(list((keep / "after_second" / "shards").glob("*.tar")))  # the first run stopped part way

@@ -153,3 +153,35 @@ def test_a_location_never_resolves_a_part_outside_itself(tmp_path):
     with pytest.raises(StorageError, match="cannot hold '..' or NUL"):
         join("s3://bucket/x", "shards", "../../other/key")
     assert Location("s3://bucket/x?endpoint_override=127.0.0.1:1").uri_of("a", "b.tar").startswith("s3://bucket/x/a/b.tar?")
+
+
+def test_a_failed_write_names_the_outputs_fault_in_words():
+    from storage import OutputFault, write_fault
+
+    cases = {
+        OSError(28, "Error writing bytes to file. Detail: [errno 28] No space left on device"): "no space is left on the device of /d/x",
+        OSError(122, "Disk quota exceeded"): "the disk quota of /d/x is exceeded",
+        OSError(30, "Read-only file system"): "/d/x is on a read-only file system",
+        PermissionError(13, "Permission denied"): "permission denied writing /d/x",
+        OSError("When uploading part: AWS Error NO_SUCH_BUCKET during UploadPart"): "the bucket of /d/x does not exist",
+        OSError("XMinioStorageFull: Storage backend has reached its minimum free drive threshold"): "the object store of /d/x is full",
+        OSError("something else entirely"): "cannot write /d/x (something else entirely)",
+    }
+    for exc, words in cases.items():
+        fault = write_fault(exc, "/d/x")
+        assert isinstance(fault, OutputFault) and str(fault).startswith(words), (exc, str(fault))
+
+
+def test_writes_that_fail_are_output_faults_and_leave_nothing(tmp_path):
+    from storage import OutputFault
+
+    out = Location(str(tmp_path))
+    with pytest.raises(OutputFault, match="no space is left on the device of .*/big.bin"):
+        with out.atomic_write("big.bin") as stream:
+            stream.write(b"x")
+            raise OSError(28, "No space left on device")  # as the stream raises it when the disk fills
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "ro").mkdir(mode=0o500)
+    if os.geteuid() != 0:  # root writes anywhere
+        with pytest.raises(OutputFault, match="permission denied writing"):
+            Location(str(tmp_path / "ro")).write_bytes(b"x", "f")
