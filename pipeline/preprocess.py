@@ -266,8 +266,9 @@ def _what_is_left(work: Work, cfg: PreprocessConfig) -> str:
     source = "as the finished ones measured" if measured else "estimated"
     return (
         f"the run stopped: {len(finished)} of {len(work.specs)} shards are finished and kept; the other {len(left)} videos need "
-        f"about {format_bytes(per_video * len(left))} more ({source}: {format_bytes(per_video)} a video){free}. No video was recorded as failed "
-        "for this: make room (or fix the output), then run the same command again, and it goes on from the finished shards"
+        f"about {format_bytes(per_video * len(left))} more ({source}: {format_bytes(per_video)} a video){free}. "
+        "No video was recorded as failed for this: make room (or fix the output), then run the same command again, and it "
+        "goes on from the finished shards"
     )
 
 

@@ -127,10 +127,8 @@ def summary_lines(s: DatasetSummary) -> list[str]:
     if s.damaged:
         named = ", ".join(f"{v} ({n})" for v, n in list(s.damaged.items())[:EXAMPLES])
         more = f", ... {len(s.damaged) - EXAMPLES} more" if len(s.damaged) > EXAMPLES else ""
-        lines.append(
-            f"{len(s.damaged)} {'video' if len(s.damaged) == 1 else 'videos'} kept without frames that damaged packets lost (frames lost): {named}{more}; "
-            "results.parquet says when (lost_at)"
-        )
+        videos = f"{len(s.damaged)} {'video' if len(s.damaged) == 1 else 'videos'}"
+        lines.append(f"{videos} kept without frames that damaged packets lost (frames lost): {named}{more}; results.parquet says when")
     if s.failures:
         lines.append("failures by reason:")
         for kind, ids in s.failures.items():

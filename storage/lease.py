@@ -186,7 +186,8 @@ def _put(client, bucket: str, key: str, holder: Holder, **condition) -> str:
     import botocore.exceptions
 
     try:
-        return client.put_object(Bucket=bucket, Key=key, Body=holder.to_json().encode(), ContentType="application/json", **condition)["ETag"]
+        body = holder.to_json().encode()
+        return client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", **condition)["ETag"]
     except botocore.exceptions.ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404"):
             raise _Refused() from None

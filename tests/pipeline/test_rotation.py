@@ -152,4 +152,6 @@ def test_inspect_counts_the_videos_stored_turned(tmp_path):
     assert summary.turned == {"rotated 270, mirrored": 1, "rotated 90": 2}
     assert any(line.startswith("3 videos stored turned") and "2 rotated 90" in line for line in summary_lines(summary))
     assert summary.damaged == {"v1": 8}
-    assert any(line.startswith("1 video kept without frames that damaged packets lost (frames lost): v1 (8)") for line in summary_lines(summary))
+    assert any(
+        line.startswith("1 video kept without frames that damaged packets lost (frames lost): v1 (8)") for line in summary_lines(summary)
+    )

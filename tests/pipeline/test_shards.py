@@ -12,6 +12,7 @@ import webdataset as wds
 
 from pipeline.decode import DecodeConfig
 from pipeline.plan import plan_shards
+from pipeline.report import build_report, format_report
 from pipeline.shards import (
     DONE_SUFFIX,
     PROGRESS_DIR,
@@ -20,7 +21,6 @@ from pipeline.shards import (
     process_shard,
     process_video,
 )
-from pipeline.report import build_report, format_report
 from pipeline.synthetic import SyntheticConfig, class_direction, generate_dataset
 from schemas.dataset import SHARDS_DIR
 from schemas.manifest import VideoRecord
