@@ -77,7 +77,8 @@ def dry_run(cfg: PreprocessConfig, dry: DryRunConfig, print_fn: Callable[[str], 
     device = calibration.device if calibration else ""
     startup = init + overhead + (calibration.compile_seconds if calibration else 0.0)
     shards = [[r.video_id for r in s.records] for s in work.todo]
-    figures = forecast(census, shards, cfg.process, rates, cluster, device, startup, _prices(dry))
+    bounds = calibration.rate_bounds() if calibration else None
+    figures = forecast(census, shards, cfg.process, rates, cluster, device, startup, _prices(dry), bounds)
     plan = {
         "plan_version": PLAN_VERSION,
         "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -116,6 +117,8 @@ def format_plan(plan: dict) -> list[str]:
     size = "unmeasured"
     if plan["bytes"] is not None:
         size = f"{format_bytes(plan['bytes'])} ({format_bytes(plan['mean_sample_bytes'] or 0)} a sample)"
+        if plan.get("bytes_range"):
+            size += f", {_span(plan['bytes_range'], format_bytes)} from the cheapest to the dearest calibration video"
     lines.append(f"shards: {plan['shards']}, {size}")
     cluster = plan["cluster"]
     if t["seconds"] is None:
@@ -124,8 +127,8 @@ def format_plan(plan: dict) -> list[str]:
         stages = ", ".join(f"{k} {format_duration(v)}" for k, v in t["stages"].items() if v)
         lines.append(
             f"wall time on this cluster ({cluster['nodes']} nodes, {cluster['cpus']:g} CPUs, {cluster['gpus']} GPUs): "
-            f"{format_duration(t['seconds'])}, bound by {t['bound_by']} (work summed over processes: {stages}; "
-            f"starting {t['startup']:.0f} s)"
+            f"{format_duration(t['seconds'])}{_in_range(t.get('seconds_range'))}, bound by {t['bound_by']} "
+            f"(work summed over processes: {stages}; starting {t['startup']:.0f} s)"
         )
     if c["cpu_hours"] is not None:
         hours = f"{c['cpu_hours']:.3g} CPU-hours" + (f", {c['gpu_hours']:.3g} GPU-hours" if cluster["gpus"] else "")
@@ -138,6 +141,14 @@ def format_plan(plan: dict) -> list[str]:
         lines.append(f"calibrated on {videos} videos, {calibration['frames']} frames{flow}")
     lines += [f"unmeasured: {u}" for u in plan["unmeasured"]]
     return lines
+
+
+def _span(span: list[float], show) -> str:
+    return f"{show(span[0])} to {show(span[1])}"
+
+
+def _in_range(span: list[float] | None) -> str:
+    return f" ({_span(span, format_duration)})" if span else ""
 
 
 def _modalities(plan: dict) -> list[str]:

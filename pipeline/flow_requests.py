@@ -64,6 +64,9 @@ class FlowChunk:
 
     flows: dict[str, np.ndarray]  # {store_as: (n, H, W, 2) as schemas.sample.quantize_flow stores it}, or {}
     points: list[np.ndarray] = field(default_factory=list)  # per pair, (M, 2) float32 flow (dx, dy) at the asked points
+    # the solver's seconds for these pairs: their share of each launch they were in (its padding shared out over its
+    # real pairs), compiling left out; what this request cost the worker, whoever else waited with it
+    seconds: float = 0.0
 
 
 def default_batch(device_type: str) -> int:

@@ -48,6 +48,7 @@ class _Pending:
         self.size = request.frames.shape[1:]
         self.taken = 0  # pairs handed to a launch
         self.filled = 0  # pairs computed
+        self.seconds = 0.0  # the solver's time for its pairs (FlowChunk.seconds)
         self.flows: dict[str, np.ndarray] = {}
         self.points: list[np.ndarray | None] = [None] * self.pairs if request.points is not None else []
         self.error: BaseException | None = None
@@ -131,7 +132,11 @@ class FlowWorker:
                     self._launch()
         if pending.error is not None:
             raise pending.error
-        return FlowChunk(pending.flows, pending.points)
+        return FlowChunk(pending.flows, pending.points, pending.seconds)
+
+    def _compile_seconds(self) -> float:
+        """Seconds this process has spent compiling the solver's kernels so far."""
+        return sum(k.compile_seconds for k in (kernels_for(self.device.type, c, self.tvl1.opencv_cpu_ops) for c in (False, True)))
 
     def stats(self) -> dict:
         """Counts and seconds so far, for the run report."""
@@ -159,9 +164,13 @@ class FlowWorker:
             pieces = self._take_batch()
             if not pieces:
                 return
-            start_time = time.perf_counter()
+            start_time, compiled = time.perf_counter(), self._compile_seconds()
             prev, nxt = self._batch_frames(pieces)
             flow = self._solve(prev, nxt)
+            real = sum(stop - start for _, start, stop in pieces)
+            solved = time.perf_counter() - start_time - (self._compile_seconds() - compiled)
+            for pending, start, stop in pieces:  # each request's share, before it is handed back
+                pending.seconds += solved * (stop - start) / real
             self._hand_back(pieces, flow)
         except Exception as exc:  # noqa: BLE001 - the callers of this launch get the error, the worker goes on
             self._stats["failed_batches"] += 1
@@ -169,7 +178,6 @@ class FlowWorker:
             if self.device.type == "cuda" and not isinstance(exc, torch.OutOfMemoryError) and not _device_answers(self.device):
                 self._device_lost(exc)
             return
-        real = sum(stop - start for _, start, stop in pieces)
         self._stats["flow_seconds"] += time.perf_counter() - start_time
         self._stats["pairs"] += real
         self._stats["padded_pairs"] += len(prev) - real

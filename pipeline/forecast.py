@@ -4,7 +4,8 @@ shard bytes, wall time on the cluster at hand and which stage bounds it, and the
 Every figure scales a calibrated rate by what the census found for each video (its frames, its stored and output
 pixels); the tar format's own overheads (a 512-byte header per member, data padded to 512 bytes) are added by
 count. A figure whose rate nothing measured (no GPU in the cluster, no video decoded) is named in `unmeasured`
-and left out, never guessed.
+and left out, never guessed. Bytes and wall time also come as a range: the same sums with every video as cheap as
+the cheapest calibration video and as dear as the dearest (`Calibration.rate_bounds`).
 """
 
 from __future__ import annotations
@@ -46,11 +47,12 @@ def video_figures(row: VideoCensus, modalities: tuple[str, ...], flow_encoding: 
     decoded = frames * row.fps / fps if fps and row.fps else frames  # resampled: every source frame up to the last kept
     members = 3 + (frames if "rgb" in modalities else 0) + pairs * len(flows) * len(flow_members("flow", 0, flow_encoding))
     data: float | None = 0.0
+    rgb_fixed, pair_fixed = rates.get("rgb_bytes_per_frame", 0.0), rates.get("flow_bytes_per_pair", 0.0)  # whatever the size
     if "rgb" in modalities:
-        data = None if rates["rgb_bytes_per_pixel"] is None else data + rates["rgb_bytes_per_pixel"] * pixels * frames
+        data = None if rates["rgb_bytes_per_pixel"] is None else data + (rates["rgb_bytes_per_pixel"] * pixels + rgb_fixed) * frames
     for m in flows:
         per = rates["flow_bytes_per_pixel"].get(m)
-        data = None if data is None or per is None else data + per * pixels * pairs
+        data = None if data is None or per is None else data + (per * pixels + pair_fixed) * pairs
     seconds = {
         "decode": _times(rates["decode_ns_per_pixel"], 1e-9 * row.width * row.height * decoded),
         "encode": _times(rates["encode_ns_per_pixel"], 1e-9 * pixels * frames),
@@ -75,6 +77,7 @@ def forecast(
     flow_device: str,
     startup_seconds: float,
     prices: dict[str, float | None] | None = None,
+    bounds: tuple[dict, dict] | None = None,
 ) -> dict:
     """The plan's figures (see the module) for the videos of `census`, to go into new `shards` (each its videos'
     ids) made at `process`'s settings.
@@ -84,6 +87,7 @@ def forecast(
         startup_seconds: what a run spends before and after its videos (starting Ray's workers and the flow
             service), measured by the dry run.
         prices: {"cpu_hour": ..., "gpu_hour": ...}, either None where not given.
+        bounds: (lowest, highest) rates (`Calibration.rate_bounds`), for the bytes' and the wall time's ranges.
     """
     prices = prices or {}
     ok = [r for r in census if r.status == "ok"]
@@ -102,19 +106,17 @@ def forecast(
     unmeasured: list[str] = []
     expected = {r.video_id for r in ok}
     written = sum(any(v in expected for v in shard) for shard in shards)  # a shard of failures leaves no tar
-    sizes = [f["bytes"] for f in figures]
-    total_bytes = None
-    if ok and None in sizes:
-        unmeasured.append("shard bytes: no calibration video could be processed")
-    elif ok or not census:
-        total_bytes = sum(sizes) + written * SHARD_END_BYTES
-    stage_seconds = {stage: _sum(f["seconds"][stage] for f in figures) for stage in ("decode", "encode", "flow", "homography")}
-    # a shard task decodes and encodes its videos one after another: the longest is a bound of its own
-    own = {r.video_id: _sum(f["seconds"][s] for s in ("decode", "encode", "homography")) for r, f in zip(ok, figures)}
-    per_shard = [_sum(own.get(v, 0.0) for v in shard) for shard in shards]
-    longest = None if None in per_shard else max(per_shard, default=0.0)
-    time = _wall(stage_seconds, longest, cluster, flow_device, flows, startup_seconds, unmeasured)
+    total_bytes = _total_bytes(figures, written, bool(census), unmeasured)
+    time = _wall_of(ok, figures, shards, cluster, flow_device, flows, startup_seconds, unmeasured)
     cost = _cost(time, cluster, prices, unmeasured)
+    bytes_range, time["seconds_range"] = None, None
+    if bounds is not None:  # the same sums at the lowest and at the highest rates
+        ends = [[video_figures(r, modalities, process.flow_encoding, process.decode.fps, rates) for r in ok] for rates in bounds]
+        sizes = [_total_bytes(f, written, bool(census), []) for f in ends]
+        walls = [_wall_of(ok, f, shards, cluster, flow_device, flows, startup_seconds, [])["seconds"] for f in ends]
+        bytes_range = None if None in sizes or total_bytes is None else [min(*sizes, total_bytes), max(*sizes, total_bytes)]
+        if None not in walls and time["seconds"] is not None:
+            time["seconds_range"] = [min(*walls, time["seconds"]), max(*walls, time["seconds"])]
     return {
         "videos": {
             "to_run": len(census),
@@ -128,11 +130,31 @@ def forecast(
         "shards": len(shards),
         "shards_written": written,
         "bytes": total_bytes,
+        "bytes_range": bytes_range,  # [lowest, highest]: every video as the cheapest / the dearest calibration video
         "mean_sample_bytes": total_bytes / len(ok) if total_bytes is not None and ok else None,
         "time": time,
         "cost": cost,
         "unmeasured": unmeasured,
     }
+
+
+def _total_bytes(figures: list[dict], written: int, any_videos: bool, unmeasured: list[str]) -> float | None:
+    """The shards' bytes: every sample's, and each written tar's end."""
+    sizes = [f["bytes"] for f in figures]
+    if figures and None in sizes:
+        unmeasured.append("shard bytes: no calibration video could be processed")
+        return None
+    return sum(sizes) + written * SHARD_END_BYTES if figures or not any_videos else None
+
+
+def _wall_of(ok, figures, shards, cluster: Cluster, flow_device: str, flows: list[str], startup: float, unmeasured: list[str]) -> dict:
+    """`_wall` of these videos' figures, planned into `shards`."""
+    stage_seconds = {stage: _sum(f["seconds"][stage] for f in figures) for stage in ("decode", "encode", "flow", "homography")}
+    # a shard task decodes and encodes its videos one after another: the longest is a bound of its own
+    own = {r.video_id: _sum(f["seconds"][s] for s in ("decode", "encode", "homography")) for r, f in zip(ok, figures)}
+    per_shard = [_sum(own.get(v, 0.0) for v in shard) for shard in shards]
+    longest = None if None in per_shard else max(per_shard, default=0.0)
+    return _wall(stage_seconds, longest, cluster, flow_device, flows, startup, unmeasured)
 
 
 def _wall(
@@ -217,6 +239,7 @@ def planned_figures(plan: dict) -> dict:
         "bytes": plan["bytes"],
         "seconds": plan["time"]["seconds"],
         "failures": v["failures"],
+        "ranges": {"bytes": plan.get("bytes_range"), "seconds": plan["time"].get("seconds_range")},
     }
 
 
@@ -226,6 +249,9 @@ def against_plan(planned: dict, actual: dict) -> dict:
     for name in COMPARED:
         p, a = planned.get(name), actual.get(name)
         rows[name] = {"planned": p, "actual": a, "ratio": a / p if p else None}
+        span = planned.get("ranges", {}).get(name)
+        if span:
+            rows[name] |= {"range": span, "inside": span[0] <= a <= span[1]}
     rows["failures"] = {"planned": planned.get("failures", {}), "actual": actual.get("failures", {})}
     return rows
 
@@ -240,6 +266,9 @@ def format_against(rows: dict) -> list[str]:
         planned = "unmeasured" if row["planned"] is None else show(row["planned"])
         measured = row["ratio"] is not None and name in ("frames", "pairs", "bytes", "seconds")
         ratio = f" ({100 * (row['ratio'] - 1):+.0f}%)" if measured else ""
+        if "range" in row:
+            low, high = (show(v) for v in row["range"])
+            ratio += f", {'inside' if row['inside'] else 'OUTSIDE'} its range {low}-{high}"
         parts.append(f"{name.replace('expected_', '').replace('_', ' ')} {show(row['actual'])} of {planned} planned{ratio}")
     lines = ["against the plan: " + "; ".join(parts)]
     if rows["failures"]["planned"] != rows["failures"]["actual"]:

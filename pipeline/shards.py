@@ -207,6 +207,11 @@ class Timings:
 
     def __init__(self):
         self.seconds = dict.fromkeys(self.STAGES, 0.0)
+        self.seconds["solve"] = 0.0  # the solver's own seconds for the task's pairs (in the flow workers or here)
+
+    def add(self, name: str, seconds: float) -> None:
+        """Count `seconds` spent elsewhere (the solver's, reported back with each flow chunk) in `name`."""
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
     @contextlib.contextmanager
     def stage(self, name: str):

@@ -34,7 +34,8 @@ class VideoFlow:
         modalities: the flow modalities stored ("tvl1", "warp_tvl1" or both).
         homography: how warped flow finds the camera motion.
         encode: a quantized (H, W, 2) flow -> its stored members' bytes.
-        timings: where the seconds go (`stage(name)` context manager: "encode", "flow_wait", "homography").
+        timings: where the seconds go (`stage(name)` context manager: "encode", "flow_wait", "homography"; and
+            `add("solve", s)`: the solver's own seconds for this video's pairs, wherever it ran).
     """
 
     def __init__(self, client, modalities: tuple[str, ...], homography: HomographyConfig, encode: Callable, timings):
@@ -87,12 +88,15 @@ class VideoFlow:
         with self.timings.stage("flow_wait"):
             for attempt in range(RETRIES + 1):
                 try:
-                    return wait()
+                    chunk = wait()
                 except Exception as exc:  # noqa: BLE001 - any failure of the launch, reported as this video's reason
                     if attempt == RETRIES:
                         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
                         raise VideoError(f"flow failed: {(lines[-1] if lines else type(exc).__name__)[:300]}") from None
                     wait = self.client.submit(request)
+                    continue
+                self.timings.add("solve", chunk.seconds)
+                return chunk
         raise AssertionError("unreachable")
 
     def _plain_solved(self, chunk: FlowChunk, frames: np.ndarray, features: list, corners: list) -> None:

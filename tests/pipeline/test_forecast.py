@@ -80,3 +80,62 @@ def test_calibrations_measured_in_parallel_merge_as_sums():
     assert both.videos == ["a", "b"] and both.frames == 40 and both.seconds == 5.0  # the parts ran side by side
     rates = both.per_pixel()
     assert rates["rgb_bytes_per_pixel"] == 300 / 400 and rates["encode_ns_per_pixel"] == 1e9 * 3.0 / 400
+
+
+def calibrated(*videos: tuple) -> Calibration:
+    """A CPU calibration of videos of 10 frames, each given as (id, RGB bytes per pixel, encode ns per pixel, seconds
+    its solver seconds[, pixels a frame: 100]), its sums and each video's own as `calibrate` keeps them; the solver 1 ms
+    a pair."""
+    parts = []
+    for name, rgb, encode, solve, *size in videos:
+        pixels = size[0] if size else 100
+        sums = {"frames": 10, "pairs": 9, "decoded_pixels": 10.0 * pixels, "frame_pixels": 10.0 * pixels, "pair_pixels": 9.0 * pixels}
+        sums |= {"rgb_bytes": round(rgb * 10 * pixels), "decode_seconds": 1e-5, "homography_seconds": 0.0}
+        sums["encode_seconds"] = encode * 1e-9 * 10 * pixels
+        part = Calibration("cpu", "cpu", [name], flow_bytes={"tvl1": 90}, **sums)
+        part.per_video = [{"video_id": name, **sums, "flow_bytes": {"tvl1": 90}, "solve_seconds": solve}]
+        parts.append(part)
+    total = merged(parts)
+    total.solves, total.solve_seconds = 18, 0.018
+    return total
+
+
+def test_the_range_spans_the_rates_of_the_calibration_videos_drawn_again():
+    """Two calibration videos a and b: drawn again with replacement, a quarter of the draws are (a, a), a quarter
+    (b, b): the middle 95% of the draws' rates span exactly a's to b's."""
+    calibration = calibrated(("a", 0.2, 10.0, 0.01), ("b", 0.6, 30.0, 0.03))
+    low, high = calibration.rate_bounds()
+    mean = calibration.per_pixel()
+    assert (low["rgb_bytes_per_pixel"], mean["rgb_bytes_per_pixel"], high["rgb_bytes_per_pixel"]) == pytest.approx((0.2, 0.4, 0.6))
+    assert (low["encode_ns_per_pixel"], high["encode_ns_per_pixel"]) == pytest.approx((10.0, 30.0))
+    # the solver's one rate, scaled by each draw's solver seconds per pixel against all videos': 0.5x and 1.5x
+    assert low["flow_ns_per_pixel"] == pytest.approx(mean["flow_ns_per_pixel"] / 2)
+    assert high["flow_ns_per_pixel"] == pytest.approx(mean["flow_ns_per_pixel"] * 1.5)
+    census = [video(f"v{i}") for i in range(10)]
+    shards = [[r.video_id] for r in census]
+    planned = forecast(census, shards, FLOW, mean, CPU, "cpu", 5.0, bounds=(low, high))
+    assert calibration.rate_bounds() == (low, high)  # seeded: the same plan every time
+    at_low, at_high = (forecast(census, shards, FLOW, rates, CPU, "cpu", 5.0) for rates in (low, high))
+    assert planned["bytes_range"] == [at_low["bytes"], at_high["bytes"]] and at_low["bytes"] < planned["bytes"] < at_high["bytes"]
+    assert planned["time"]["seconds_range"] == [at_low["time"]["seconds"], at_high["time"]["seconds"]]
+    assert planned["time"]["seconds_range"][0] < planned["time"]["seconds"] < planned["time"]["seconds_range"][1]
+    alike = calibrated(("a", 0.4, 20.0, 0.02), ("b", 0.4, 20.0, 0.02))  # videos alike: the range is the plan
+    same = forecast(census, shards, FLOW, alike.per_pixel(), CPU, "cpu", 5.0, bounds=alike.rate_bounds())
+    assert same["bytes_range"] == pytest.approx([same["bytes"]] * 2)
+    assert same["time"]["seconds_range"] == pytest.approx([same["time"]["seconds"]] * 2)
+    # 7 videos alike and a tiny one of 10 pixels a frame whose JPEGs take 3 bytes a pixel: a draw weighs each video
+    # by its pixels, so the tiny one barely moves the range (every video as dear as the dearest would say 3.0)
+    small = calibrated(*[(f"v{i}", 0.4, 20.0, 0.02) for i in range(7)], ("tiny", 3.0, 90.0, 0.2, 1))
+    assert 0.4 < small.rate_bounds()[1]["rgb_bytes_per_pixel"] < 0.42
+
+
+def test_a_run_is_held_to_the_plans_range():
+    from pipeline.forecast import against_plan, format_against
+
+    planned = {"expected_ok": 3, "expected_failed": 1, "frames": 90, "pairs": 87, "bytes": 1000, "seconds": 10.0}
+    planned["ranges"] = {"bytes": [800, 1300], "seconds": [8.0, 12.0]}
+    actual = {"expected_ok": 3, "expected_failed": 1, "frames": 90, "pairs": 87, "bytes": 1200, "seconds": 14.0}
+    rows = against_plan(planned, actual)
+    assert rows["bytes"]["inside"] and not rows["seconds"]["inside"] and "inside" not in rows["frames"]
+    line = format_against(rows)[0]
+    assert "inside its range" in line and "seconds 14 s of 10 s planned (+40%), OUTSIDE its range 8 s-12 s" in line

@@ -24,11 +24,15 @@ class Stages:
 
     def __init__(self):
         self.entered = Counter()
+        self.added = Counter()
 
     @contextlib.contextmanager
     def stage(self, name):
         self.entered[name] += 1
         yield
+
+    def add(self, name, seconds):
+        self.added[name] += seconds
 
 
 def run(frames: np.ndarray, modalities, chunk: int, worker: FlowWorker | None = None, stages=None):
@@ -69,6 +73,16 @@ def test_each_frames_features_are_computed_once(monkeypatch):
     assert len(calls) == len(frames)  # the code before computed each frame's twice (as next, then as prev)
     assert set(flows) == {"warp_tvl1"} and len(flows["warp_tvl1"]) == len(homographies) == len(frames) - 1
     assert stages.entered["homography"] > 0
+
+
+def test_each_chunk_says_what_its_pairs_cost_the_solver():
+    """The solver's seconds come back with each chunk (its share of each launch, padding shared out over the real
+    pairs): a video's add up to the worker's own flow seconds, whatever the chunks and launches."""
+    worker = FlowWorker(FlowSpec(encoding="png16", params=(("compile", False),)), batch_size=4, device="cpu")
+    stages = Stages()
+    run(moving_video(10), ("tvl1", "warp_tvl1"), chunk=3, worker=worker, stages=stages)
+    assert stages.added["solve"] > 0
+    assert stages.added["solve"] == pytest.approx(worker.stats()["flow_seconds"], rel=0.05)
 
 
 def test_plain_flow_sends_one_request_per_chunk_and_no_points():
