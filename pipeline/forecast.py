@@ -4,8 +4,9 @@ shard bytes, wall time on the cluster at hand and which stage bounds it, and the
 Every figure scales a calibrated rate by what the census found for each video (its frames, its stored and output
 pixels); the tar format's own overheads (a 512-byte header per member, data padded to 512 bytes) are added by
 count. A figure whose rate nothing measured (no GPU in the cluster, no video decoded) is named in `unmeasured`
-and left out, never guessed. Bytes and wall time also come as a range: the same sums with every video as cheap as
-the cheapest calibration video and as dear as the dearest (`Calibration.rate_bounds`).
+and left out, never guessed. Bytes and wall time also come as a range: the same sums at the low and the high
+rates of `Calibration.rate_bounds` (the calibration videos drawn again), the bytes also with each member's padding
+at its least (none) and its most (511 bytes): for samples of small members that is most of the uncertainty.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .report import failure_reason
 from .shards import ProcessConfig, ShardResult
 
 TAR_BLOCK = 512
-MEMBER_OVERHEAD = TAR_BLOCK + TAR_BLOCK // 2  # a header, and half a block of padding on average
+PADDING = TAR_BLOCK // 2  # a member's data is padded to whole blocks: half a block on average, 0 to 511 bytes
 SAMPLE_FIXED_BYTES = 3 * (TAR_BLOCK + TAR_BLOCK // 2) + 1024  # cls, json (about 1 KB) and the member table's header
 TABLE_BYTES_PER_MEMBER = 16  # the member table: two int64 per later member
 SHARD_END_BYTES = 2 * TAR_BLOCK + 10240 // 2  # tar's end blocks, and the last record half filled on average
@@ -36,9 +37,12 @@ class Cluster:
     cpus_per_task: float = 1.0
 
 
-def video_figures(row: VideoCensus, modalities: tuple[str, ...], flow_encoding: str, fps: float | None, rates: dict) -> dict:
+def video_figures(
+    row: VideoCensus, modalities: tuple[str, ...], flow_encoding: str, fps: float | None, rates: dict, padding: float = PADDING
+) -> dict:
     """One expected-ok video's frames, pairs, bytes and seconds per stage, from the calibrated `rates`
-    (`Calibration.per_pixel`) at a run's `--fps` (None: every frame); a quantity whose rate is unmeasured is None."""
+    (`Calibration.per_pixel`) at a run's `--fps` (None: every frame), each member's data padded by `padding`
+    bytes; a quantity whose rate is unmeasured is None."""
     frames = row.estimated_frames
     pairs = max(frames - 1, 0)
     flows = [m for m in modalities if m != "rgb"]
@@ -59,7 +63,7 @@ def video_figures(row: VideoCensus, modalities: tuple[str, ...], flow_encoding: 
         "flow": _times(rates["flow_ns_per_pixel"], 1e-9 * pixels * pairs * solves) if flows else 0.0,
         "homography": _times(rates["homography_ms_per_pair"], 1e-3 * pairs) if "warp_tvl1" in flows else 0.0,
     }
-    overhead = SAMPLE_FIXED_BYTES + members * (MEMBER_OVERHEAD + TABLE_BYTES_PER_MEMBER)
+    overhead = SAMPLE_FIXED_BYTES + members * (TAR_BLOCK + padding + TABLE_BYTES_PER_MEMBER)
     return {
         "frames": frames,
         "pairs": pairs if flows else 0,
@@ -111,7 +115,10 @@ def forecast(
     cost = _cost(time, cluster, prices, unmeasured)
     bytes_range, time["seconds_range"] = None, None
     if bounds is not None:  # the same sums at the lowest and at the highest rates
-        ends = [[video_figures(r, modalities, process.flow_encoding, process.decode.fps, rates) for r in ok] for rates in bounds]
+        ends = [
+            [video_figures(r, modalities, process.flow_encoding, process.decode.fps, rates, padding) for r in ok]
+            for rates, padding in zip(bounds, (0, TAR_BLOCK - 1))
+        ]
         sizes = [_total_bytes(f, written, bool(census), []) for f in ends]
         walls = [_wall_of(ok, f, shards, cluster, flow_device, flows, startup_seconds, [])["seconds"] for f in ends]
         bytes_range = None if None in sizes or total_bytes is None else [min(*sizes, total_bytes), max(*sizes, total_bytes)]
