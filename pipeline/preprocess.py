@@ -186,19 +186,16 @@ def run_preprocess(cfg: PreprocessConfig, print_fn: Callable[[str], None] = prin
             shards are kept, and the sentence says what the rest still needs.
     """
     start = time.monotonic()
-    work = work_of(cfg)  # every check that reads, before the output is touched
-    with ray_session(cfg.cluster.address) if work.todo else contextlib.nullcontext():
-        if work.todo:  # and every check that needs the cluster (a shard task later joins this session)
-            check_visible(work.out, [r.path for s in work.todo for r in s.records if r.exists])
-        with holding(Location(cfg.out), cfg.lease_seconds) as lease:
-            work = work_of(cfg)  # again, as the output is now: a run that held it before may have finished shards
-            try:
-                return _run(cfg, work, lease, start, print_fn)
-            except OutputFault as fault:
-                with contextlib.suppress(StorageError):  # the stopped tasks' temporary files: room, and a clean folder
-                    for folder in (SHARDS_DIR, PROGRESS_DIR):
-                        work.out.remove_temporaries(folder)
-                raise OutputFault(f"{fault}; {_what_is_left(work, cfg)}") from None
+    work_of(cfg)  # every check that reads, before the output is touched (and before Ray starts)
+    with holding(Location(cfg.out), cfg.lease_seconds) as lease:  # a run refused later leaves no folder it made
+        work = work_of(cfg)  # again, as the output is now: a run that held it before may have finished shards
+        try:
+            return _run(cfg, work, lease, start, print_fn)
+        except OutputFault as fault:
+            with contextlib.suppress(StorageError):  # the stopped tasks' temporary files: room, and a clean folder
+                for folder in (SHARDS_DIR, PROGRESS_DIR):
+                    work.out.remove_temporaries(folder)
+            raise OutputFault(f"{fault}; {_what_is_left(work, cfg)}") from None
 
 
 def _run(cfg: PreprocessConfig, work: Work, lease, start: float, print_fn: Callable[[str], None]) -> RunSummary:
@@ -344,15 +341,13 @@ def _check_output(cfg: PreprocessConfig, out: Location) -> None:
 
 
 def _run_todo(cfg: PreprocessConfig, out: Location, generations: list[list[VideoRecord]], todo: list[ShardSpec], params: dict, on_progress):
-    """Prepare the output and run the shards still to do: (their results, the run report or None). Without shards to
-    run, Ray is not started; the output is still prepared (parameters recorded, leftovers removed). The cluster was
-    checked before (`run_preprocess`), unless only the plan made under the lease found shards to run."""
+    """Check the cluster, prepare the output, and run the shards still to do: (their results, the run report or None).
+    Without shards to run, Ray is not started; the output is still prepared (parameters recorded, leftovers removed)."""
     if not todo:
         _prepare(out, params, generations, cfg.overwrite)
         return [], None
-    with ray_session(cfg.cluster.address) as started:
-        if started:
-            check_visible(out, [r.path for s in todo for r in s.records if r.exists])
+    with ray_session(cfg.cluster.address):
+        check_visible(out, [r.path for s in todo for r in s.records if r.exists])
         _prepare(out, params, generations, cfg.overwrite)
         start = time.monotonic()
         new, flow_stats = run_shards(todo, cfg.process, cfg.out, cfg.cluster, on_progress)

@@ -5,7 +5,8 @@ second one stop before it writes anything, naming the first (host, pid, since wh
 
 - **A local disk** (a shared file system included): an exclusive `flock` on the file, which the kernel (on NFS,
   the server) lets go of when the process holding it ends, however it ends: a killed run's rerun is never
-  blocked. The file says who holds it, for the refusal's words.
+  blocked. The file says who holds it, for the refusal's words. A lease that made the output folder and leaves
+  nothing else in it (its run was refused after it, say by a node that cannot see the folder) removes both.
 - **S3**: an object created only where none is (`If-None-Match: *`) and renewed every fifth of its lifetime by
   replacing only the version this run wrote (`If-Match: ETag`). One not renewed for its lifetime (`ttl`,
   `DEFAULT_TTL` seconds; the server's clock, its Last-Modified against the Date of a HEAD, so machines' clocks
@@ -109,15 +110,19 @@ class Lease:
 
 
 class _LocalLease(Lease):
-    def __init__(self, where: str, fd: int):
+    def __init__(self, where: str, fd: int, path: str, made: list[str]):
         super().__init__(where)
-        self.fd = fd
+        self.fd, self.path, self.made = fd, path, made
 
     def release(self) -> None:
         if self.fd < 0:
             return
         with contextlib.suppress(OSError):
-            os.ftruncate(self.fd, 0)  # no holder named; the file stays (deleting it would let two runs lock two files)
+            os.ftruncate(self.fd, 0)  # no holder named
+            if self.made and os.listdir(os.path.dirname(self.path)) == [LEASE_FILE]:  # still holding it: see _take_local
+                os.unlink(self.path)
+                for folder in reversed(self.made):
+                    os.rmdir(folder)
         os.close(self.fd)  # lets go of the lock
         self.fd = -1
 
@@ -125,23 +130,35 @@ class _LocalLease(Lease):
 def _take_local(out: Location, holder: Holder) -> Lease:
     import fcntl
 
-    path = out.path(LEASE_FILE)
-    try:
-        os.makedirs(out.path(), exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        from .location import write_fault
+    from .location import write_fault
 
-        raise write_fault(exc, out.uri_of(LEASE_FILE)) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        current = Holder.from_json(os.pread(fd, 1 << 16, 0).decode(errors="replace"))
-        os.close(fd)
-        raise _busy(out, current, "it lets go when that run's process ends") from None
+    path, made = out.path(LEASE_FILE), []
+    folder = out.path()
+    while not os.path.isdir(folder):  # the folders this lease makes, outermost first
+        made.insert(0, folder)
+        folder = os.path.dirname(folder)
+    while True:
+        try:
+            os.makedirs(out.path(), exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise write_fault(exc, out.uri_of(LEASE_FILE)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            current = Holder.from_json(os.pread(fd, 1 << 16, 0).decode(errors="replace"))
+            os.close(fd)
+            raise _busy(out, current, "it lets go when that run's process ends") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # locked a file its last holder removed on letting go: lock the one at the path now
     os.ftruncate(fd, 0)
     os.pwrite(fd, holder.to_json().encode(), 0)
-    return _LocalLease(out.uri, fd)
+    return _LocalLease(out.uri, fd, path, made)
 
 
 class _S3Lease(Lease):

@@ -90,3 +90,16 @@ def test_an_s3_holder_that_cannot_renew_in_time_loses_its_lease(bucket):
         first.check()
     second.release()
     assert not out.exists(LEASE_FILE)
+
+
+def test_a_local_lease_leaves_no_folder_it_made_for_nothing(tmp_path):
+    """A run refused after taking its lease (a node that cannot see the folder) must leave nothing behind; a run
+    that wrote something keeps the folder, and the lease file, empty, beside it."""
+    out = Location(str(tmp_path / "new" / "out"))
+    take_lease(out).release()
+    assert list(tmp_path.iterdir()) == []
+    lease = take_lease(out)
+    (tmp_path / "new" / "out" / "dataset.json").write_text("{}")
+    lease.release()
+    assert sorted(p.name for p in (tmp_path / "new" / "out").iterdir()) == [LEASE_FILE, "dataset.json"]
+    assert (tmp_path / "new" / "out" / LEASE_FILE).read_text() == ""  # no holder named once let go
