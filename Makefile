@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= demo_out
 STAMP := $(VENV)/.flowshard-installed
 
-.PHONY: demo test fuzz lint install clean
+.PHONY: demo test test-quick test-shuffled fuzz lint install clean
 
 install: $(STAMP)
 
@@ -16,8 +16,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Every test, in file order (pytest-randomly off: CI runs one order; make test-shuffled checks that any order passes).
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -p no:randomly $(PYTEST_ARGS)
+
+# While working: the tests that need no Ray, server or training run (pure functions, schemas, parsers, decoding, flow
+# on tiny frames); under 3 minutes on 2 cores. Tests marked slow (by hand, or for using the S3 server) are left out.
+test-quick: $(STAMP)
+	$(PY) -m pytest -p no:randomly -m "not slow" $(PYTEST_ARGS)
+
+# Every test in a random order of modules and of the tests in each (pytest-randomly prints its seed; PYTEST_ARGS=
+# --randomly-seed=N repeats an order): shared fixtures must make no test depend on another's order.
+test-shuffled: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The annotation parsers and the manifest reader fuzzed with thousands of new random inputs each (make test runs a
 # fixed hundred per parser); a few minutes.

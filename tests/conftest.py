@@ -33,6 +33,18 @@ settings.register_profile("long", max_examples=3000, **_FUZZ)
 settings.load_profile("default")
 
 
+SERVER_FIXTURES = {"s3_server", "bucket"}  # a test that needs one starts a server: `slow`, outside `make test-quick`
+
+
+def pytest_collection_modifyitems(items):
+    """A test that uses the S3 server is marked `slow` (and `server`), as Ray's and training runs' are by hand, so
+    that `-m "not slow"` (`make test-quick`) is the loop of pure functions, schemas, parsers, decoding and flow."""
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.server)
+
+
 @pytest.fixture(autouse=True)
 def _threads_as_they_were():
     """Each test leaves torch's and OpenCV's thread counts as it found them: an in-process flow worker sets both to

@@ -38,6 +38,7 @@ def test_a_call_that_never_returns_is_abandoned_and_told_to_stop():
     assert time.monotonic() - start < 3 and seen["stop"].is_set()
 
 
+@pytest.mark.slow  # waits out a 5 s limit
 def test_a_slow_video_fails_as_timed_out_and_the_shard_goes_on(tmp_path):
     short = SyntheticConfig(classes=2, videos_per_class=2, width=64, height=48, frames=6, seed=4)
     long = SyntheticConfig(classes=2, videos_per_class=2, width=160, height=120, frames=300, seed=5)

@@ -353,6 +353,7 @@ def _rank_loop(rank: int, world: int, root: str, port: int, results) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow  # two DDP ranks in processes of their own
 def test_uneven_shards_across_ranks_do_not_hang(tmp_path):
     """3 shards of 1, 2 and 6 videos on 2 ranks: dealt by sample and padded, both ranks take the same steps."""
     write_dataset(

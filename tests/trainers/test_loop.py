@@ -88,6 +88,7 @@ def tiny_config(data, out, epochs) -> TrainConfig:
     )
 
 
+@pytest.mark.slow  # a training run
 def test_training_writes_checkpoints_metrics_and_resumes(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "run"
     run_training(tiny_config(tiny_dataset, out, epochs=1))
@@ -116,6 +117,7 @@ def test_training_writes_checkpoints_metrics_and_resumes(tiny_dataset, tmp_path,
     assert not any(r["val_top1"] for r in rows) and not (out / "best.pt").exists()  # no validation asked
 
 
+@pytest.mark.slow  # a training run
 def test_validation_keeps_the_best_checkpoint_and_draws_the_curves(tmp_path, capsys):
     write_dataset(
         tmp_path / "data",
@@ -160,6 +162,7 @@ RECIPE_CHANGES = [
 ]
 
 
+@pytest.mark.slow  # a training run
 def test_resume_refuses_a_changed_recipe_and_keeps_the_runs_record(tiny_dataset, tmp_path):
     out = tmp_path / "run"
     run_training(tiny_config(tiny_dataset, out, epochs=1))
@@ -171,6 +174,7 @@ def test_resume_refuses_a_changed_recipe_and_keeps_the_runs_record(tiny_dataset,
         assert {name: (out / name).read_bytes() for name in record} == record, f"a refused resume ({change}) changed the run folder"
 
 
+@pytest.mark.slow  # a training run
 def test_resume_takes_new_runtime_settings_and_more_epochs(tiny_dataset, tmp_path):
     out = tmp_path / "run"
     run_training(tiny_config(tiny_dataset, out, epochs=1))
