@@ -86,12 +86,12 @@ def ray_task_pids(name: str = "ray::_run_shard") -> list[int]:
     return [int(line.split()[0]) for line in out.splitlines()[1:] if name in line and "ps -eo" not in line]
 
 
-def run_together(module: str, *args: str, times: int = 2, timeout: float = 600) -> list[subprocess.CompletedProcess]:
+def run_together(module: str, *args: str, times: int = 2, env: dict | None = None) -> list[subprocess.CompletedProcess]:
     """`python -m <module> args...` started `times` times at once (as a job submitted twice), each run to its end."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(times) as pool:
-        return list(pool.map(lambda _: run_job(module, *args, timeout=timeout), range(times)))
+        return list(pool.map(lambda _: run_job(module, *args, env=env), range(times)))
 
 
 def one_ran_one_refused(runs: list[subprocess.CompletedProcess]) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
@@ -105,7 +105,7 @@ def one_ran_one_refused(runs: list[subprocess.CompletedProcess]) -> tuple[subpro
     return winner, refused[0]
 
 
-def start_job(*args: str) -> subprocess.Popen:
+def start_job(*args: str, env: dict | None = None) -> subprocess.Popen:
     """`python -m jobs.preprocess args...` started in a session of its own (killing its group kills its embedded Ray)."""
     return subprocess.Popen(
         [sys.executable, "-m", "jobs.preprocess", *args],
@@ -114,6 +114,7 @@ def start_job(*args: str) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -209,6 +210,64 @@ def s3_server():
             yield S3Server(env["AWS_ENDPOINT_URL"], env, server.pid)
     finally:
         stop_process(server)
+
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def start_session(command: list[str], env: dict) -> int:
+    """Run a command that starts daemons (`ray start ...`) as the leader of a new session; the session's id (its PID),
+    by which `kill_session` ends every process it left."""
+    process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output, _ = process.communicate(timeout=180)
+    assert process.returncode == 0, output
+    return process.pid
+
+
+def session_pids(sid: int) -> list[int]:
+    """Every process of a session (a Ray node: its raylet, workers, ...)."""
+    out = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if int(line.split()[1]) == sid]
+
+
+def kill_session(sid: int) -> None:
+    for pid in session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@dataclass
+class RayCluster:
+    """A Ray head on 127.0.0.1 shared by the session's tests that only run jobs on a cluster (each job joins it: no
+    Ray to start and stop, 3-4 s a job here). Tests that kill a node, need a mount namespace, run another checkout's
+    code, test the embedded Ray or `ray job submit` with token authentication start their own."""
+
+    address: str  # the GCS address, for --address or ray.init
+    env: dict  # what a job needs: RAY_ADDRESS, the S3 server
+    sid: int
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server):
+    """The session's shared Ray head (2 CPUs, a dashboard for Ray Train's controller), its workers able to reach the
+    test S3 server, ended by its session id. Authentication off (RAY_AUTH_MODE=disabled), as the two-node cluster
+    of test_cluster.py has it: a client in this process reads its mode when it imports ray, before any test runs."""
+    port = free_port()
+    env = {**os.environ, **s3_server.env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    command = [RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2"]
+    command += ["--dashboard-host", "127.0.0.1", "--dashboard-port", str(free_port()), "--disable-usage-stats"]
+    command += ["--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port())]
+    sid = start_session(command, env)
+    address = f"127.0.0.1:{port}"
+    cluster = RayCluster(address, {**env, "RAY_ADDRESS": address}, sid)
+    try:
+        yield cluster
+    finally:
+        kill_session(sid)
+        wait_for(lambda: not session_pids(sid), timeout=30)
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ def shard_keys(out: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def s3_dataset(s3_server, tmp_path_factory):
+def s3_dataset(s3_server, tmp_path_factory, ray_cluster):
     """Synthetic UCF101-layout videos, their annotation files and five kinds of bad file, all in a bucket;
     the manifest built from there by `jobs.manifest`, and one preprocessing run to S3: its command started twice at
     once (a job submitted twice), one run doing the work, the other refused in one line (`one_ran_one_refused`)."""
@@ -77,7 +77,7 @@ def s3_dataset(s3_server, tmp_path_factory):
     )
     assert made.returncode == 0, made.stderr
     out = join(bucket, "out")
-    run, _ = one_ran_one_refused(run_together("jobs.preprocess", "--manifest", manifest, "--out", out, *PREPROCESS))
+    run, _ = one_ran_one_refused(run_together("jobs.preprocess", "--manifest", manifest, "--out", out, *PREPROCESS, env=ray_cluster.env))
     assert not Location(out).exists("_lease.json")  # let go of at the end
     return bucket, manifest, out, entries, made, run
 
@@ -116,7 +116,7 @@ def kill_mid_upload(uri: str, *parts: str) -> None:
     assert subprocess.run([sys.executable, "-c", writer], cwd=REPO).returncode == -9
 
 
-def test_resume_on_s3_redoes_only_the_missing_shard_and_cleans_leftovers(s3_dataset):
+def test_resume_on_s3_redoes_only_the_missing_shard_and_cleans_leftovers(s3_dataset, ray_cluster):
     bucket, manifest, out, _, _, _ = s3_dataset
     target = Location(out)
     records = target.list("_progress", suffix=".done.json")
@@ -125,7 +125,8 @@ def test_resume_on_s3_redoes_only_the_missing_shard_and_cleans_leftovers(s3_data
     target.write_bytes(b"partial", "shards", f"{lost}.tar{TMP_MARK}killed")  # a temporary never moved into place
     kill_mid_upload(out, "shards", f"{lost}.tar")  # the killed attempt's upload, invisible but stored
     assert incomplete_uploads(bucket)
-    result = run_job("jobs.preprocess", "--manifest", manifest, "--out", out, *PREPROCESS, "--flow-batch", "4", "--video-timeout", "600")
+    more = ["--flow-batch", "4", "--video-timeout", "600"]
+    result = run_job("jobs.preprocess", "--manifest", manifest, "--out", out, *PREPROCESS, *more, env=ray_cluster.env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{len(records) - 1} shards already done, 1 to run" in result.stdout  # runtime settings may change
     assert incomplete_uploads(bucket) == [] and not [n for n in target.list("shards") if TMP_MARK in n]
@@ -246,7 +247,8 @@ def test_the_readme_ray_data_recipe_reads_every_sample_once_locally_and_from_s3(
     local = tmp_path / "data"
     write_dataset(local, {"train-000000.tar": [synthetic_sample(f"v{i}", i % 3) for i in range(3)]})
     recipe = readme_block("ray.data.read_webdataset")
-    script = "import json, sys\nimport ray\nray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
+    # a Ray of its own ("local": with a cluster on this machine, as the session's shared one, a plain init joins it)
+    script = "import json, sys\nimport ray\nray.init(address='local', num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
     for data in (str(local), out):
         script += recipe.replace('"s3://bucket/data/ucf101"', repr(data)) + "print('RESULT', json.dumps(videos.take_all()))\n"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
@@ -257,7 +259,7 @@ def test_the_readme_ray_data_recipe_reads_every_sample_once_locally_and_from_s3(
         assert Counter((r["key"], r["label"]) for r in rows) == Counter(zip(index["key"], index["label"], strict=True))
 
 
-def test_a_dry_run_on_s3_flags_what_the_run_failed_and_writes_nothing_to_the_bucket(s3_dataset, tmp_path):
+def test_a_dry_run_on_s3_flags_what_the_run_failed_and_writes_nothing_to_the_bucket(s3_dataset, tmp_path, ray_cluster):
     """Issue 29 on object storage: the census reads every video from the bucket (ranged reads), predicts the
     failures the module's run recorded, in its words; a dry run on a new prefix and on the built dataset writes
     nothing to either."""
@@ -274,7 +276,9 @@ def test_a_dry_run_on_s3_flags_what_the_run_failed_and_writes_nothing_to_the_buc
     before = objects()
     fresh = join(bucket, "planned")
     plan = ["--calibration-videos", "0"]  # the census alone (calibration and forecast: tests/pipeline/test_grow.py)
-    result = run_job("jobs.preprocess", "--manifest", manifest, "--out", fresh, *PREPROCESS, "--dry-run", str(tmp_path / "p"), *plan)
+    result = run_job(
+        "jobs.preprocess", "--manifest", manifest, "--out", fresh, *PREPROCESS, "--dry-run", str(tmp_path / "p"), *plan, env=ray_cluster.env
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     census = {r["video_id"]: r for r in pq.read_table(tmp_path / "p" / "census.parquet").to_pylist()}
     results = {r["video_id"]: r for r in pq.read_table(Location(out).open_input_file("results.parquet")).to_pylist()}
@@ -284,6 +288,8 @@ def test_a_dry_run_on_s3_flags_what_the_run_failed_and_writes_nothing_to_the_buc
     assert planned["videos"]["expected_ok"] == len(entries) and planned["calibration"] is None
     assert planned["bytes"] is None and any(u.startswith("shard bytes") for u in planned["unmeasured"])  # nothing measured it
     assert "[" in result.stdout and "videos/s" in result.stdout  # the census's progress
-    again = run_job("jobs.preprocess", "--manifest", manifest, "--out", out, *PREPROCESS, "--dry-run", str(tmp_path / "q"), *plan)
+    again = run_job(
+        "jobs.preprocess", "--manifest", manifest, "--out", out, *PREPROCESS, "--dry-run", str(tmp_path / "q"), *plan, env=ray_cluster.env
+    )
     assert again.returncode == 0 and "dry run: 0 videos to run" in again.stdout, again.stdout + again.stderr
     assert objects() == before, "a dry run wrote to the bucket"

@@ -26,12 +26,11 @@ import webdataset as wds
 
 from pipeline.synthetic import SyntheticConfig, class_names, generate_dataset
 from storage import Location, join
-from tests.conftest import REPO, free_port, incomplete_uploads, run_job, wait_for
+from tests.conftest import RAY, REPO, free_port, incomplete_uploads, kill_session, run_job, session_pids, start_session, wait_for
 from tests.helpers import QUICK_FLOW, shard_samples, whole_shards
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
-RAY = str(Path(sys.executable).parent / "ray")
 TINY = SyntheticConfig(classes=2, videos_per_class=3, width=64, height=48, frames=6, seed=11)
 LONGER = SyntheticConfig(classes=3, videos_per_class=4, width=96, height=72, frames=16, seed=12)
 FAST = ["--progress-seconds", "2", "--modalities", "rgb,tvl1", *QUICK_FLOW]
@@ -48,28 +47,6 @@ class TwoNodes:
     temp: str  # the nodes' Ray temp folders (short: Ray's socket paths must fit 107 bytes)
 
 
-def _start(command: list[str], env: dict) -> int:
-    """Run `ray start ...` as the leader of a new session and return that session's id (= its PID)."""
-    process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output, _ = process.communicate(timeout=180)
-    assert process.returncode == 0, output
-    return process.pid
-
-
-def session_pids(sid: int) -> list[int]:
-    """Every process of a session (a Ray node: its raylet, workers, ...)."""
-    out = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if int(line.split()[1]) == sid]
-
-
-def kill_session(sid: int) -> None:
-    for pid in session_pids(sid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def alive_nodes(address: str, env: dict) -> int:
     status = subprocess.run([RAY, "status", "--address", address], capture_output=True, text=True, env=env, timeout=60)
     active = status.stdout.split("Active:", 1)[-1].split("Pending:", 1)[0]
@@ -83,7 +60,7 @@ def start_two_nodes(root: Path, extra_env: dict | None = None) -> TwoNodes:
     private.mkdir(parents=True)
     shared.mkdir(parents=True)
     port, temp = free_port(), tempfile.mkdtemp(prefix="fsr-", dir="/tmp")
-    head = _start(
+    head = start_session(
         [
             RAY,
             "start",
@@ -127,7 +104,7 @@ def start_second_node(nodes: TwoNodes) -> int:
         f"mount -t tmpfs flowshard-private {nodes.private} && exec {RAY} start --address {nodes.address} --node-ip-address "
         f"127.0.0.1 --num-cpus 1 --temp-dir {temp} --disable-usage-stats --dashboard-agent-listen-port {free_port()}"
     )
-    return _start(["unshare", "--mount", "--propagation", "private", "sh", "-c", second], nodes.env)
+    return start_session(["unshare", "--mount", "--propagation", "private", "sh", "-c", second], nodes.env)
 
 
 def stop_two_nodes(nodes: TwoNodes) -> None:

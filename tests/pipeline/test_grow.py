@@ -40,8 +40,9 @@ def manifest(root: Path, name: str, rows: list[str]) -> Path:
     return path
 
 
-def preprocess(manifest: Path, out: Path, *extra: str, videos_per_shard: int = 1):
-    result = run_job("jobs.preprocess", *flags(manifest=manifest, out=out, videos_per_shard=videos_per_shard), *RUN, *extra)
+def preprocess(manifest: Path, out: Path, *extra: str, videos_per_shard: int = 1, env: dict):
+    """jobs.preprocess on the session's Ray cluster (`env`)."""
+    result = run_job("jobs.preprocess", *flags(manifest=manifest, out=out, videos_per_shard=videos_per_shard), *RUN, *extra, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
@@ -60,9 +61,11 @@ def files(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.fixture(scope="module")
-def grown(tmp_path_factory):
-    """Every stage's output and what the test needs to check it (the stages depend on each other, in this order)."""
+def grown(tmp_path_factory, ray_cluster):
+    """Every stage's output and what the test needs to check it (the stages depend on each other, in this order);
+    each run joins the session's Ray cluster."""
     root = tmp_path_factory.mktemp("grow")
+    ray = ray_cluster.env
     entries = generate_dataset(VIDEOS, root / "videos")
     row = {e.relpath: f"{root / 'videos' / e.relpath},{e.relpath.split('/')[0]},{e.split}" for e in entries}
     trains, tests = [e.relpath for e in entries if e.split == "train"], [e.relpath for e in entries if e.split == "test"]
@@ -75,23 +78,25 @@ def grown(tmp_path_factory):
     out, stage = root / "out", {}
 
     plan = ["--calibration-frames", "6"]
-    stage["plan_fresh"] = preprocess(manifest(root, "first", first), out, "--dry-run", str(root / "plan0"), "--calibration-videos", "0")
+    stage["plan_fresh"] = preprocess(
+        manifest(root, "first", first), out, "--dry-run", str(root / "plan0"), "--calibration-videos", "0", env=ray
+    )
     stage["out_after_fresh_plan"] = out.exists()
-    stage["build"] = preprocess(root / "first.parquet", out)
+    stage["build"] = preprocess(root / "first.parquet", out, env=ray)
     stage["built_shards"] = files(out / "shards")
     stage["trained"] = train(out, root / "run", epochs=1)
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    stage["plan_append"] = preprocess(manifest(root, "second", second), out, "--dry-run", str(root / "plan1"), *plan)
+    stage["plan_append"] = preprocess(manifest(root, "second", second), out, "--dry-run", str(root / "plan1"), *plan, env=ray)
     stage["out_untouched_by_plan"] = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
-    stage["append"] = preprocess(root / "second.parquet", out, "--compare-plan", str(root / "plan1"))
+    stage["append"] = preprocess(root / "second.parquet", out, "--compare-plan", str(root / "plan1"), env=ray)
     stage["appended_shards"] = files(out / "shards")
     stage["report"] = json.loads((out / "report.json").read_text())
     stage["after_append"] = read_dataset_info(str(out))
 
-    # the next append's driver is killed (with its embedded Ray) once its first new shard is done, then resumed
+    # the next append's driver is killed once its first new shard is done (Ray ends its job's tasks), then resumed
     args = [*flags(manifest=manifest(root, "every", every), out=out, videos_per_shard=1), *RUN]
     done_before = set((out / "_progress").glob("*.done.json"))
-    job = start_job(*args)
+    job = start_job(*args, env=ray)
     try:
         assert wait_for(lambda: set((out / "_progress").glob("*.done.json")) - done_before, timeout=300), "no new shard finished"
         os.killpg(job.pid, signal.SIGKILL)
@@ -99,16 +104,16 @@ def grown(tmp_path_factory):
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
-    # A task already running may finish its shard before its worker notices the lost raylet and exits.
+    # A task already running may finish its shard before Ray ends the job of the lost driver.
     assert wait_for(lambda: not ray_task_pids(), timeout=60), "orphaned shard tasks kept running"
     stage["finished_when_killed"] = len(set((out / "_progress").glob("*.done.json")) - done_before)
-    stage["resume"] = preprocess(root / "every.parquet", out)
+    stage["resume"] = preprocess(root / "every.parquet", out, env=ray)
     stage["resumed_results"] = pq.read_table(out / "results.parquet").to_pylist()
 
     bad.write_bytes(good_bytes)  # the good file downloaded again
-    stage["retry"] = preprocess(root / "every.parquet", out, "--retry-failed")
+    stage["retry"] = preprocess(root / "every.parquet", out, "--retry-failed", env=ray)
     stage["resumed_training"] = train(out, root / "run", epochs=2)
-    stage["whole"] = preprocess(root / "every.parquet", root / "whole", videos_per_shard=4)  # all at once, to compare
+    stage["whole"] = preprocess(root / "every.parquet", root / "whole", videos_per_shard=4, env=ray)  # all at once, to compare
     return root, out, bad.stem, stage
 
 

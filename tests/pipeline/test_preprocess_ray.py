@@ -25,15 +25,19 @@ from schemas.dataset import read_dataset_info
 from schemas.manifest import read_manifest
 from schemas.sample import decode_sample
 from tests.conftest import (
+    RAY,
     REPO,
     SHARED_DATA,
     free_port,
+    kill_session,
     one_ran_one_refused,
     ray_task_pids,
     run_inline,
     run_job,
     run_together,
+    session_pids,
     start_job,
+    start_session,
     wait_for,
 )
 from tests.helpers import BAD_REASONS, QUICK_FLOW, flags, whole_shards, write_bad_inputs
@@ -265,10 +269,10 @@ def test_help_documents_every_flag():
 SLOW = SyntheticConfig(classes=2, videos_per_class=4, width=96, height=72, frames=12, seed=5)
 
 
-def run_and_kill(manifest: Path, out: Path, started, victims) -> tuple[str, int, list[int]]:
-    """Run jobs.preprocess; once `started()` holds, SIGKILL the processes `victims()` names; wait for the end.
-    Returns (output, exit status, the killed PIDs)."""
-    job = start_job("--manifest", str(manifest), "--out", str(out), "--videos-per-shard", "2", "--progress-seconds", "1")
+def run_and_kill(manifest: Path, out: Path, started, victims, env: dict) -> tuple[str, int, list[int]]:
+    """Run jobs.preprocess on the session's cluster (`env`); once `started()` holds, SIGKILL the processes `victims()`
+    names; wait for the end. Returns (output, exit status, the killed PIDs)."""
+    job = start_job("--manifest", str(manifest), "--out", str(out), "--videos-per-shard", "2", "--progress-seconds", "1", env=env)
     try:
         assert wait_for(started, timeout=120), "the work to interrupt never started"
         killed = victims()
@@ -281,7 +285,7 @@ def run_and_kill(manifest: Path, out: Path, started, victims) -> tuple[str, int,
     return output, job.returncode, killed
 
 
-def test_every_busy_worker_killed_is_retried_and_every_video_lands_once(tmp_path):
+def test_every_busy_worker_killed_is_retried_and_every_video_lands_once(tmp_path, ray_cluster):
     manifest, entries = make_manifest(tmp_path, SLOW, bad=True)
     out = tmp_path / "out"
 
@@ -290,7 +294,7 @@ def test_every_busy_worker_killed_is_retried_and_every_video_lands_once(tmp_path
         return ray_task_pids() + ray_task_pids("ray::ProgressTracker")  # every shard task and the progress actor
 
     started = lambda: ray_task_pids() and ray_task_pids("ray::ProgressTracker")  # noqa: E731
-    output, status, _ = run_and_kill(manifest, out, started, busy)
+    output, status, _ = run_and_kill(manifest, out, started, busy, ray_cluster.env)
     assert status == 0, output
     total = len(entries) + len(BAD_REASONS)
     assert f"{len(entries)} ok, {len(BAD_REASONS)} failed of {total} videos" in output  # the summary counts them all
@@ -301,12 +305,12 @@ def test_every_busy_worker_killed_is_retried_and_every_video_lands_once(tmp_path
         assert results[name]["reason"].startswith(reason)
 
 
-def test_killed_flow_workers_are_restarted_and_every_video_lands_once(tmp_path):
+def test_killed_flow_workers_are_restarted_and_every_video_lands_once(tmp_path, ray_cluster):
     manifest, entries = make_manifest(tmp_path, SLOW, bad=False)
     out = tmp_path / "out"
     # every flow worker (one per core), once all have started and one is computing (requests wait on them)
     started = lambda: len(ray_task_pids("ray::_FlowActor")) == os.cpu_count() and ray_task_pids("ray::_FlowActor.compute")  # noqa: E731
-    output, status, killed = run_and_kill(manifest, out, started, lambda: ray_task_pids("ray::_FlowActor"))
+    output, status, killed = run_and_kill(manifest, out, started, lambda: ray_task_pids("ray::_FlowActor"), ray_cluster.env)
     assert status == 0, output
     assert len(killed) == os.cpu_count()
     assert_every_good_video_exactly_once(out, manifest)
@@ -318,38 +322,21 @@ def test_killed_flow_workers_are_restarted_and_every_video_lands_once(tmp_path):
 
 @pytest.fixture(scope="module")
 def ray_head():
-    ray_bin = str(Path(sys.executable).parent / "ray")
+    """A head of its own for `ray job submit` with token authentication, as a real cluster has it (the session's
+    shared cluster has it off: see conftest.ray_cluster); ended by its session id, as every process a test starts."""
     port, dashboard = free_port(), free_port()
     # Ray's token authentication: the head writes ~/.ray/auth_token and the job client reads it in token mode.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
-    start = subprocess.run(
-        [
-            ray_bin,
-            "start",
-            "--head",
-            "--node-ip-address",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--dashboard-host",
-            "127.0.0.1",
-            "--dashboard-port",
-            str(dashboard),
-            "--num-cpus",
-            "2",
-            "--disable-usage-stats",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=180,
-    )
-    assert start.returncode == 0, start.stdout + start.stderr
+    command = [RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--dashboard-host", "127.0.0.1"]
+    command += ["--dashboard-port", str(dashboard), "--num-cpus", "2", "--disable-usage-stats"]
+    command += ["--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port())]
+    sid = start_session(command, env)
     try:
-        yield ray_bin, f"http://127.0.0.1:{dashboard}", env
+        yield RAY, f"http://127.0.0.1:{dashboard}", env
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        kill_session(sid)
+        wait_for(lambda: not session_pids(sid), timeout=30)
 
 
 def test_ray_job_submit_on_a_real_head(tmp_path, ray_head):
@@ -397,7 +384,7 @@ def test_injected_flow_faults_cost_no_video(tmp_path, ray_head):
 # --- the real clips --------------------------------------------------------------------------------------
 
 
-def test_real_clips_come_out_right(tmp_path):
+def test_real_clips_come_out_right(tmp_path, ray_cluster):
     videos = SHARED_DATA / "videos"
     if not videos.is_dir():
         pytest.skip(f"reference clips absent ({videos})")
@@ -427,7 +414,7 @@ def test_real_clips_come_out_right(tmp_path):
     assert made.returncode == 0, made.stderr
     out = tmp_path / "out"
     settings = dict(modalities="rgb", videos_per_shard=3, progress_seconds=5)
-    result = run_job("jobs.preprocess", *flags(manifest=tmp_path / "m.parquet", out=out, **settings))
+    result = run_job("jobs.preprocess", *flags(manifest=tmp_path / "m.parquet", out=out, **settings), env=ray_cluster.env)
     assert result.returncode == 0 and "6 ok, 0 failed" in result.stdout, result.stdout + result.stderr
     for members in read_shards(out):
         sample = decode_sample(members)

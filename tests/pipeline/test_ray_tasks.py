@@ -60,14 +60,14 @@ def test_the_driver_and_the_shard_tasks_start_without_torch():
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_run_shards_with_and_without_the_flow_service(tmp_path):
+def test_run_shards_with_and_without_the_flow_service(tmp_path, ray_cluster):
     entries = generate_dataset(SyntheticConfig(classes=2, videos_per_class=2, width=64, height=48, frames=5, seed=3), tmp_path / "v")
     records = [VideoRecord(f"v{i}", str(tmp_path / "v" / e.relpath), e.label, "c", "train", "x") for i, e in enumerate(entries)]
     specs = plan_shards(records, 2)
     cfg = ProcessConfig(modalities=("rgb", "tvl1"), decode=DecodeConfig(short_side=None))
     pairs = len(records) * (5 - 1)
     seen = []
-    with ray_session(None):
+    with ray_session(ray_cluster.address):
         assert start_flow_service(ProcessConfig(modalities=("rgb",)), ClusterConfig()) is None  # no flow, no workers
         results, stats = run_shards(specs, cfg, str(tmp_path / "service"), ClusterConfig(poll_seconds=0.2), lambda *c: seen.append(c))
         in_task, no_stats = run_shards(specs, cfg, str(tmp_path / "in_task"), ClusterConfig(flow_workers=0))

@@ -231,14 +231,15 @@ def test_a_killed_training_run_resumes_from_its_last_checkpoint(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_a_cluster_without_room_for_the_ranks_stops_in_one_sentence(tiny_dataset, tmp_path):
-    ranks = (os.cpu_count() or 1) + 1  # one CPU each: embedded Ray can never place them all
+def test_a_cluster_without_room_for_the_ranks_stops_in_one_sentence(tiny_dataset, tmp_path, ray_cluster):
+    ranks = 3  # one CPU each: the session's 2-CPU cluster can never place them all
     out = tmp_path / "run"
     result = run_job(
         "jobs.train",
         *flags(data=tiny_dataset, model="tsn_flow", out=out, epochs=1, input_size=32, loader_workers=0, print_freq=0),
         *flags(workers=ranks, rank_wait=5, max_failures=1),
         timeout=300,
+        env=ray_cluster.env,
     )
     assert result.returncode == 1, result.stdout + result.stderr
     # the one error line (Ray's controller may relay a log line of its own after it)
