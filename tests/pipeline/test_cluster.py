@@ -55,6 +55,9 @@ def alive_nodes(address: str, env: dict) -> int:
 
 def start_two_nodes(root: Path, extra_env: dict | None = None) -> TwoNodes:
     env = {**os.environ, **(extra_env or {}), "RAY_AUTH_MODE": "disabled", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    # A lost node is noticed in ~3 s instead of ~15 s (the GCS's health checks: every 3 s, 5 failures by default);
+    # what happens after the loss is the same, only sooner.
+    env |= {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3"}
     env.pop("RAY_ADDRESS", None)
     private, shared = root / "private", root / "shared"
     private.mkdir(parents=True)
